@@ -1,0 +1,121 @@
+"""Builders + registry: the only place that holds model hyper-parameters.
+
+    cfg = get_model_config("compact")
+    backbone = build_backbone(cfg)
+    corrector = build_corrector(cfg)
+    predictor = build_predictor("compact", weights=None, device="cpu")
+
+Registered configurations:
+    segvol-base   the published SegVol dimensions (ViT-B/16 on a 32x256x256 frame); load the official weights
+                  with ``--weights PATH --config segvol-base``.
+    segvol-test   the same architecture shrunk so that tests run it end to end in seconds (never shipped).
+    compact       the shipped CPU default: a convolutional encoder whose cached multi-scale features feed a
+                  decoder that takes the prompt maps at every scale (``app.models.compact``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from app.models.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One registered configuration: a backbone family with its hyper-parameters plus the corrector's."""
+
+    name: str
+    backbone: str  # "segvol" | "compact"
+    backbone_kwargs: dict[str, Any]
+    corrector_kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+# The paper's corrector: 8-d point features, one recurrent state carried across rounds.
+_CORRECTOR = dict(in_features=8, embed_dim=64, hidden_size=128, num_layers=1, max_offset=2.0, use_offsets=True)
+
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    "segvol-base": ModelConfig(
+        name="segvol-base",
+        backbone="segvol",
+        backbone_kwargs=dict(
+            frame=(32, 256, 256),
+            patch_size=(4, 16, 16),
+            hidden_size=768,
+            mlp_dim=3072,
+            num_layers=12,
+            num_heads=12,
+            decoder_depth=2,
+            decoder_mlp_dim=2048,
+            decoder_heads=8,
+            num_multimask_outputs=3,
+            iou_head_hidden_dim=256,
+            text_hidden_size=512,
+            text_layers=12,
+        ),
+        corrector_kwargs=dict(_CORRECTOR),
+        description="SegVol ViT-B (published dimensions), weight-compatible with BAAI/SegVol.",
+    ),
+    "segvol-test": ModelConfig(
+        name="segvol-test",
+        backbone="segvol",
+        backbone_kwargs=dict(
+            frame=(16, 64, 64),
+            patch_size=(4, 16, 16),
+            hidden_size=48,
+            mlp_dim=96,
+            num_layers=2,
+            num_heads=4,
+            decoder_depth=2,
+            decoder_mlp_dim=64,
+            decoder_heads=4,
+            num_multimask_outputs=3,
+            iou_head_hidden_dim=32,
+            text_hidden_size=32,
+            text_layers=1,
+        ),
+        corrector_kwargs=dict(_CORRECTOR, embed_dim=16, hidden_size=32),
+        description="Tiny SegVol for tests only.",
+    ),
+    "compact": ModelConfig(
+        name="compact",
+        backbone="compact",
+        backbone_kwargs=dict(frame=(32, 128, 128), channels=(16, 32, 64, 128)),
+        corrector_kwargs=dict(_CORRECTOR),
+        description="Convolutional encoder + prompt-map decoder; the CPU default shipped with weights.",
+    ),
+}
+
+DEFAULT_CONFIG = "compact"
+
+
+def get_model_config(name: str) -> ModelConfig:
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"config: unknown model config {name!r}; known: {sorted(MODEL_CONFIGS)}") from None
+
+
+def build_backbone(cfg: ModelConfig | str, *, with_text: bool = False) -> Backbone:
+    """Instantiate the backbone of a configuration (random init; load weights separately)."""
+    cfg = get_model_config(cfg) if isinstance(cfg, str) else cfg
+    if cfg.backbone == "segvol":
+        from app.models.segvol import SegVol
+
+        return SegVol(**cfg.backbone_kwargs, with_text=with_text)
+    if cfg.backbone == "compact":
+        from app.models.compact import CompactBackbone
+
+        return CompactBackbone(**cfg.backbone_kwargs)
+    raise ValueError(f"config: unknown backbone family {cfg.backbone!r}")
+
+
+def build_corrector(cfg: ModelConfig | str) -> torch.nn.Module:
+    """Instantiate the GRU corrector of a configuration (random init)."""
+    from app.models.corrector import GRUCorrector
+
+    cfg = get_model_config(cfg) if isinstance(cfg, str) else cfg
+    return GRUCorrector(**cfg.corrector_kwargs)

@@ -1,0 +1,156 @@
+"""Typed per-session and per-object state (SAM 2's explicit inference state, as dataclasses).
+
+The model weights are shared and stateless; everything a session owns lives here and stays on the
+session's device: the normalised volume, the cached image embeddings, and per object the logits over its
+region of interest, the corrector's hidden state, the prompt history and the undo stack.
+
+Conventions (see ``app.models.geometry``): volume arrays are (D, H, W) = (z, y, x) in SimpleITK's
+``GetArrayFromImage`` order; a ``Bounds`` is a half-open box (z0, y0, x0, z1, y1, x1) in volume voxels;
+a user box is *inclusive* [z0, y0, x0, z1, y1, x1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from app.models.backbone import Embedding
+
+RefineMode = Literal["gru", "decoder", "both"]
+REFINE_MODES: tuple[str, ...] = ("gru", "decoder", "both")
+Step = Literal["box", "gru", "decoder", "mask", "undo", "reset"]
+
+Bounds = tuple[int, int, int, int, int, int]
+"""Half-open voxel box (z0, y0, x0, z1, y1, x1)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """Exactly what one step changed in one object's binary mask.
+
+    Attributes:
+        object_id: the object.
+        version: the object's version after this step (strictly increasing per object).
+        step: which step produced it ("box", "gru", "decoder", "mask", "undo", "reset").
+        indices: (n,) int64 flat C-order indices into the (D, H, W) volume, ascending.
+        values: (n,) uint8 new mask values (0 or 1) at ``indices``.
+        bbox: inclusive (z0, y0, x0, z1, y1, x1) of the changed voxels, None when nothing changed.
+        timings_ms: named stage timings of this step.
+    """
+
+    object_id: int
+    version: int
+    step: str
+    indices: np.ndarray
+    values: np.ndarray
+    bbox: tuple[int, int, int, int, int, int] | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return int(self.indices.shape[0])
+
+
+@dataclass
+class Click:
+    """One user click in volume voxel indices; label 1 = foreground, 0 = background."""
+
+    z: int
+    y: int
+    x: int
+    label: int
+
+
+@dataclass
+class UndoEntry:
+    """Everything needed to put an object back exactly as it was before one prompt."""
+
+    step: str
+    box: tuple[int, int, int, int, int, int] | None
+    n_clicks: int
+    first_click: tuple[int, int, int] | None
+    roi: Bounds | None
+    logits: torch.Tensor | None  # the previous ROI logits tensor (never mutated after being stored)
+    hidden: torch.Tensor | None
+    rounds: int
+
+    @property
+    def nbytes(self) -> int:
+        n = 0
+        for t in (self.logits, self.hidden):
+            if t is not None:
+                n += t.element_size() * t.nelement()
+        return n
+
+
+@dataclass
+class ObjectState:
+    """One structure being segmented inside a session.
+
+    ``logits`` covers ``roi`` only (shape = roi extent); everywhere else the object is background.
+    """
+
+    object_id: int
+    version: int = 0
+    box: tuple[int, int, int, int, int, int] | None = None
+    clicks: list[Click] = field(default_factory=list)
+    first_click: tuple[int, int, int] | None = None
+    roi: Bounds | None = None
+    logits: torch.Tensor | None = None  # (rd, rh, rw) float32 on the session device
+    hidden: torch.Tensor | None = None  # corrector hidden state, (layers, 1, hidden)
+    rounds: int = 0  # corrector rounds run so far (seeds the error sampling)
+    undo_stack: list[UndoEntry] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        n = sum(e.nbytes for e in self.undo_stack)
+        for t in (self.logits, self.hidden):
+            if t is not None:
+                n += t.element_size() * t.nelement()
+        return n
+
+
+@dataclass
+class SessionState:
+    """One uploaded volume, its cached embeddings and its objects.
+
+    Attributes:
+        shape: (D, H, W) of the volume as uploaded.
+        spacing: (sz, sy, sx) in mm.
+        device: where every tensor of this session lives.
+        crop: half-open foreground crop of the volume the model works on (SegVol's CropForeground).
+        image: (1, 1, cd, ch, cw) float32 normalised volume, cropped to ``crop``.
+        zoom_out_embedding: the encoder output for the whole crop resized to the model frame.
+        window_cache: encoder outputs of zoom-in windows, keyed by the window's start (z, y, x) in the crop.
+        seed: base seed for the corrector's error sampling (replays are bit-identical).
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    device: torch.device
+    crop: Bounds
+    image: torch.Tensor
+    zoom_out_embedding: Embedding
+    window_cache: dict[tuple[int, int, int], Embedding] = field(default_factory=dict)
+    objects: dict[int, ObjectState] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on the device by this session (image, embeddings, objects)."""
+        n = self.image.element_size() * self.image.nelement()
+        n += _embedding_nbytes(self.zoom_out_embedding)
+        n += sum(_embedding_nbytes(e) for e in self.window_cache.values())
+        n += sum(o.nbytes for o in self.objects.values())
+        return n
+
+
+def _embedding_nbytes(emb: Embedding) -> int:
+    if isinstance(emb, torch.Tensor):
+        return emb.element_size() * emb.nelement()
+    if isinstance(emb, (tuple, list)):
+        return sum(_embedding_nbytes(e) for e in emb)
+    return 0
