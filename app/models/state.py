@@ -66,21 +66,28 @@ class Click:
 
 @dataclass
 class UndoEntry:
-    """Everything needed to put an object back exactly as it was before one prompt."""
+    """Everything needed to put an object back exactly as it was before one prompt.
+
+    The previous logits are kept either whole (``logits``: the old tensor itself, never mutated after being
+    stored) or, for sparse GRU steps on an unchanged ROI, as the few overwritten values (``sparse_index`` flat
+    indices into the ROI, ``sparse_values`` their old logits).
+    """
 
     step: str
     box: tuple[int, int, int, int, int, int] | None
-    n_clicks: int
+    clicks: list[Click]
     first_click: tuple[int, int, int] | None
     roi: Bounds | None
-    logits: torch.Tensor | None  # the previous ROI logits tensor (never mutated after being stored)
+    logits: torch.Tensor | None
     hidden: torch.Tensor | None
     rounds: int
+    sparse_index: torch.Tensor | None = None
+    sparse_values: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         n = 0
-        for t in (self.logits, self.hidden):
+        for t in (self.logits, self.hidden, self.sparse_index, self.sparse_values):
             if t is not None:
                 n += t.element_size() * t.nelement()
         return n

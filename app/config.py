@@ -1,0 +1,71 @@
+"""Service configuration (pydantic-settings).
+
+Every field can be set from the environment with the ``SEGSVC_`` prefix (``SEGSVC_PORT=9000``,
+``SEGSVC_MAX_SESSIONS=4``); the metadata store URL is also read from the plain ``REDIS_URL``.
+``python -m app`` maps its command-line flags onto the same fields.
+
+Model weights are never silently replaced by random ones: ``weights=None`` (random init, for tests and
+timing benchmarks only) is refused unless ``allow_random_weights`` is set as well.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the server process needs to know; one instance per process, built once."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGSVC_", protected_namespaces=(), extra="ignore")
+
+    # Network.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = none.")
+
+    # Model.
+    device: str = Field("auto", description='"auto" (CUDA when present, else CPU), "cpu" or "cuda:N".')
+    model_config_name: str = Field("compact", description="A registered model configuration name.")
+    weights: str | None = Field(
+        "default", description='"default" = the weights shipped for the config, a checkpoint path, or None.'
+    )
+    allow_random_weights: bool = Field(False, description="Required for weights=None (random init).")
+    warmup: bool = Field(True, description="Run one tiny session through the model before accepting traffic.")
+    seed: int = Field(0, description="Base seed of every session (prompt-log replays are bit-identical).")
+
+    # Capacity and limits.
+    max_sessions: int = Field(8, ge=1, description="Live sessions held by this process at most.")
+    max_device_bytes: int | None = Field(
+        None, ge=1, description="Device bytes all sessions may hold together (None = no byte limit)."
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when the server is full.")
+    max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest request body accepted on uploads.")
+    max_voxels: int = Field(1 << 28, ge=1, description="Largest volume (D*H*W) accepted.")
+
+    # Expiry clocks (seconds, monotonic).
+    idle_timeout_s: float = Field(1800.0, gt=0, description="A session unused this long expires.")
+    max_session_age_s: float = Field(8 * 3600.0, gt=0, description="Liveness: no session lives longer.")
+    reaper_interval_s: float = Field(10.0, gt=0, description="How often the reaper looks for expired sessions.")
+    tombstones: int = Field(10_000, ge=0, description="Expired/deleted session ids remembered for 410/404.")
+
+    # Metadata store.
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("redis_url", "SEGSVC_REDIS_URL", "REDIS_URL"),
+        description="redis://host:port/db; unset = the in-process store.",
+    )
+    redis_prefix: str = Field("segsvc:", description="Prefix of every Redis key this service writes.")
+
+    # WebSocket.
+    stream_queue_frames: int = Field(
+        1024, ge=1, description="Frames queued per WebSocket before the slow client is disconnected."
+    )
+
+    @model_validator(mode="after")
+    def _explicit_random_weights(self) -> Settings:
+        if self.weights is None and not self.allow_random_weights:
+            raise ValueError("weights: None (random init) requires allow_random_weights=True")
+        if self.max_session_age_s < self.idle_timeout_s:
+            raise ValueError("max_session_age_s: must be >= idle_timeout_s")
+        return self

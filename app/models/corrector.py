@@ -1,0 +1,199 @@
+"""The paper's GRU corrector (eq. 9) and the sparse logit-domain update (eqs. 10-11).
+
+    inp = build_corrector_input(logits, roi, shape, clicks, labels, anchor, config, generator)
+    out = corrector(inp.features[None], object_state.hidden)          # hidden carried across rounds
+    new_logits, touched = apply_correction(logits, roi, shape, inp.coords, inp.valid,
+                                           out.delta_p[0], out.delta_c[0] if out.delta_c is not None else None)
+    object_state.hidden = out.hidden
+
+Choices where the paper is ambiguous (SPEC section 2 wins):
+
+- One GRU, one recurrent state h carried from round to round (the paper's h_{t-1} -> h_t); within a round the
+  GRU runs over the 2K points as a sequence (uncertainty rows, then error rows) starting from h_{t-1}, and its
+  final state is h_t. Each point's outputs read [its own embedding, its GRU output, h_t], so every point
+  sees the whole round and the history.
+- delta_p is a probability offset in (-1, 1) (tanh), added to p and clamped to [eps, 1 - eps] before going
+  back to a logit: the session stores logits, never probabilities.
+- delta_C is bounded (max_offset * tanh, in voxels), rounded to integers, clamped to the volume and the ROI.
+  The update is written at the moved coordinate (the paper's C_t + delta_C_t); switch it off with
+  ``use_offsets=False``.
+- Output layers start near zero, so an untrained corrector is close to the identity.
+- Two rows landing on the same voxel: error rows (user evidence) beat uncertainty rows; within a block the
+  earlier row (more uncertain, or lower flat index) wins. No float accumulation, so results do not depend on
+  scatter order or atomics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class CorrectorOutput:
+    """Outputs of one corrector round.
+
+    Attributes:
+        delta_p: (B, 2K) probability offsets in (-1, 1).
+        delta_c: (B, 2K, 3) coordinate offsets in voxels, |.| <= max_offset; None when offsets are off.
+        hidden: (L, B, H) the new recurrent state h_t.
+    """
+
+    delta_p: Tensor
+    delta_c: Tensor | None
+    hidden: Tensor
+
+
+class GRUCorrector(nn.Module):
+    """Per-point MLP embedding -> GRU over the 2K points from h_{t-1} -> per-point heads.
+
+    Args:
+        in_features: feature columns of the state tensor (8).
+        embed_dim: per-point embedding size.
+        hidden_size: GRU state size H.
+        num_layers: GRU layers L.
+        max_offset: bound on |delta_c| in voxels.
+        use_offsets: whether the coordinate head exists.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 8,
+        embed_dim: int = 64,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        max_offset: float = 2.0,
+        use_offsets: bool = True,
+    ) -> None:
+        super().__init__()
+        if max_offset < 0:
+            raise ValueError(f"max_offset: must be >= 0, got {max_offset}")
+        self.in_features = in_features
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.max_offset = float(max_offset)
+        self.use_offsets = use_offsets
+        self.embed = nn.Sequential(
+            nn.Linear(in_features, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim), nn.GELU()
+        )
+        self.gru = nn.GRU(embed_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.trunk = nn.Sequential(nn.Linear(embed_dim + 2 * hidden_size, hidden_size), nn.GELU())
+        self.prob_head = nn.Linear(hidden_size, 1)
+        self.coord_head = nn.Linear(hidden_size, 3) if use_offsets else None
+        for head in (self.prob_head, self.coord_head):
+            if head is not None:  # near-identity start: tiny but non-zero, so gradients and state still flow
+                nn.init.normal_(head.weight, std=1e-3)
+                nn.init.zeros_(head.bias)
+
+    def init_hidden(self, batch: int = 1, device: torch.device | str | None = None) -> Tensor:
+        """(L, batch, H) zeros: the state before the first round."""
+        return torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
+
+    def forward(self, x: Tensor, hidden: Tensor | None = None) -> CorrectorOutput:
+        """One round.
+
+        Args:
+            x: (B, 2K, in_features) state tensors X_t.
+            hidden: (L, B, H) h_{t-1}, or None for zeros (first round).
+
+        Returns:
+            ``CorrectorOutput`` with delta_p (B, 2K), delta_c (B, 2K, 3) or None, hidden (L, B, H).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected (B, 2K, {self.in_features}), got {tuple(x.shape)}")
+        b, n, _ = x.shape
+        expected = (self.num_layers, b, self.hidden_size)
+        if hidden is not None and tuple(hidden.shape) != expected:
+            raise ValueError(f"hidden: expected {expected}, got {tuple(hidden.shape)}")
+        if hidden is None:
+            hidden = self.init_hidden(b, x.device)
+        emb = self.embed(x)  # (B, 2K, E)
+        seq, h_t = self.gru(emb, hidden.to(emb.dtype))  # (B, 2K, H), (L, B, H)
+        context = h_t[-1][:, None, :].expand(b, n, self.hidden_size)
+        feat = self.trunk(torch.cat([emb, seq, context], dim=-1))
+        delta_p = torch.tanh(self.prob_head(feat)).squeeze(-1)
+        delta_c = None
+        if self.coord_head is not None:
+            delta_c = self.max_offset * torch.tanh(self.coord_head(feat))
+        return CorrectorOutput(delta_p=delta_p, delta_c=delta_c, hidden=h_t)
+
+
+def apply_correction(
+    logits: Tensor,
+    roi: tuple[int, ...],
+    volume_shape: tuple[int, int, int],
+    coords: Tensor,
+    valid: Tensor,
+    delta_p: Tensor,
+    delta_c: Tensor | None,
+    eps: float = 1e-4,
+) -> tuple[Tensor, Tensor]:
+    """Write p + delta_p at the (moved) valid sampled voxels, in the logit domain (paper eq. 10).
+
+    Args:
+        logits: (rd, rh, rw) logits over ``roi``; never modified.
+        roi: half-open (z0, y0, x0, z1, y1, x1) in volume voxels.
+        volume_shape: (D, H, W).
+        coords: (2K, 3) long volume (z, y, x); rows [0, K) uncertainty, [K, 2K) error.
+        valid: (2K,) bool; invalid rows write nothing.
+        delta_p: (2K,) (or (1, 2K)) probability offsets.
+        delta_c: (2K, 3) (or (1, 2K, 3)) voxel offsets, rounded before use; None = no move.
+        eps: probabilities are clamped to [eps, 1 - eps] before the logit.
+
+    Returns:
+        new_logits: a new (rd, rh, rw) tensor, bit-identical to ``logits`` except at ``touched``.
+        touched: (m, 3) long local (z, y, x) of the written voxels, unique, in flat-index order.
+    """
+    if logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError("logits: expected a 3-D floating point tensor (rd, rh, rw)")
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"eps: must be in (0, 0.5), got {eps}")
+    z0, y0, x0, z1, y1, x1 = (int(v) for v in roi)
+    if (z1 - z0, y1 - y0, x1 - x0) != tuple(logits.shape):
+        raise ValueError(f"roi: extent of {tuple(roi)} does not match logits shape {tuple(logits.shape)}")
+    device = logits.device
+    delta_p = delta_p.reshape(-1) if delta_p.dim() == 2 and delta_p.shape[0] == 1 else delta_p
+    if delta_c is not None and delta_c.dim() == 3 and delta_c.shape[0] == 1:
+        delta_c = delta_c[0]
+    rows = coords.shape[0]
+    if coords.dim() != 2 or coords.shape[1] != 3 or rows % 2:
+        raise ValueError(f"coords: expected (2K, 3), got {tuple(coords.shape)}")
+    if tuple(valid.shape) != (rows,):
+        raise ValueError(f"valid: expected ({rows},), got {tuple(valid.shape)}")
+    if tuple(delta_p.shape) != (rows,):
+        raise ValueError(f"delta_p: expected ({rows},), got {tuple(delta_p.shape)}")
+    if delta_c is not None and tuple(delta_c.shape) != (rows, 3):
+        raise ValueError(f"delta_c: expected ({rows}, 3), got {tuple(delta_c.shape)}")
+
+    target = coords.to(device=device, dtype=torch.long)
+    if delta_c is not None:
+        target = target + torch.round(delta_c.to(device)).long()
+    upper_volume = torch.tensor(volume_shape, device=device) - 1
+    target = torch.minimum(target.clamp_min(0), upper_volume)
+    lo = torch.tensor((z0, y0, x0), device=device)
+    hi = torch.tensor((z1, y1, x1), device=device) - 1
+    local = torch.minimum(torch.maximum(target, lo), hi) - lo
+
+    dp = delta_p.to(device=device, dtype=torch.float32)
+    keep = valid.to(device) & torch.isfinite(dp)
+    k = rows // 2
+    row = torch.arange(rows, device=device)
+    # Priority (lower wins): error rows 0..K-1, then uncertainty rows K..2K-1; first row first in a block.
+    priority = torch.where(row >= k, row - k, row + k)[keep]
+    local, dp = local[keep], dp[keep]
+    _, h, w = logits.shape
+    flat_idx = (local[:, 0] * h + local[:, 1]) * w + local[:, 2]
+    voxels, inverse = torch.unique(flat_idx, sorted=True, return_inverse=True)
+    best = torch.full_like(voxels, 2 * rows).scatter_reduce(0, inverse, priority, reduce="amin")
+    winner_row = torch.where(best < k, best + k, best - k)  # priority -> original row
+    winner_dp = torch.zeros(rows, device=device).index_put_((row[keep],), dp)[winner_row]
+
+    new_logits = logits.clone(memory_format=torch.contiguous_format)
+    flat = new_logits.view(-1)
+    p = torch.sigmoid(flat[voxels].float())
+    p_new = (p + winner_dp).clamp(eps, 1.0 - eps)
+    flat[voxels] = torch.logit(p_new).to(flat.dtype)
+    touched = torch.stack([voxels // (h * w), (voxels // w) % h, voxels % w], dim=1)
+    return new_logits, touched

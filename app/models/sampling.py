@@ -1,0 +1,300 @@
+"""Uncertainty- and error-guided sampling (paper Algorithm 1) and the corrector's 8-d state tensor.
+
+Everything runs vectorised in torch on the device of the input logits (no numpy, no per-voxel loops).
+
+Coordinates: an object's ``logits`` is a (rd, rh, rw) tensor over its region of interest ``roi`` =
+(z0, y0, x0, z1, y1, x1), a half-open box of the (D, H, W) volume; "local" coordinates index ``logits``,
+"volume" coordinates index the volume (local + (z0, y0, x0)). Outside the ROI the object is background.
+
+Where the paper is ambiguous we chose (SPEC section 2 wins over the paper):
+
+- U_t uses the strict band |p - 0.5| < tau, ranked by |p - 0.5| ascending; equal distances are ordered by
+  flat (C-order) index of the ROI, so a replay picks the same voxels.
+- E_t is a union of balls; a voxel covered by the balls of several clicks is judged against the label of
+  the *latest* click covering it, because later clicks express the user's latest intent.
+- E_t larger than K: K voxels drawn without replacement with the caller's generator (seeded per session and
+  round, so replays are identical), returned in flat-index order; otherwise all of them in flat-index order.
+- Feature columns 0-2 and 5-7 are i/D, j/H, k/W of the *volume* (paper: "relative position within the
+  volumetric input"); the anchor is the object's first click, or the box centre before any click.
+  Padding rows are all zeros, validity included.
+- The mask used by the error set is y = sigmoid(logits) > 0.5 (SPEC: y_t = p_t > 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+N_FEATURES = 8
+"""Columns of the state tensor: z/D, y/H, x/W, p_or_label, valid, anchor z/D, anchor y/H, anchor x/W."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Settings of Algorithm 1.
+
+    Attributes:
+        tau: half-width of the uncertainty band, in (0, 0.5]. Paper text: 0.1; the authors' released code
+            used 0.1 < p < 0.9, i.e. tau = 0.4.
+        k: points per set (uncertainty and error), so the state tensor has 2K rows.
+        radius: Euclidean radius around each click, in voxels of the volume grid (>= 0).
+    """
+
+    tau: float = 0.1
+    k: int = 200
+    radius: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tau, (int, float)) and 0.0 < float(self.tau) <= 0.5):
+            raise ValueError(f"tau: must be a number in (0, 0.5], got {self.tau!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k: must be a positive integer, got {self.k!r}")
+        if not (isinstance(self.radius, (int, float)) and math.isfinite(self.radius) and self.radius >= 0):
+            raise ValueError(f"radius: must be a finite number >= 0, got {self.radius!r}")
+
+
+@dataclass
+class CorrectorInput:
+    """The state tensor X_t and coordinates C_t of one object at one round (paper eqs. 7-8).
+
+    Rows [0, K) are uncertainty points, rows [K, 2K) error points; real rows come first in each block.
+
+    Attributes:
+        features: (2K, 8) float32 [z/D, y/H, x/W, p_or_label, valid, az/D, ay/H, ax/W]; padding rows zero.
+        coords: (2K, 3) long volume voxel coordinates (z, y, x); padding rows are 0.
+        valid: (2K,) bool, False on padding rows.
+        n_uncertain: real rows in the first K.
+        n_error: real rows in the last K.
+    """
+
+    features: Tensor
+    coords: Tensor
+    valid: Tensor
+    n_uncertain: int
+    n_error: int
+
+    @property
+    def k(self) -> int:
+        return self.features.shape[0] // 2
+
+
+def sample_uncertain(logits: Tensor, tau: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The uncertainty set U_t = {|p - 0.5| < tau}, the K most uncertain first, padded to exactly K.
+
+    Args:
+        logits: (rd, rh, rw) float logits of the ROI.
+        tau: band half-width in (0, 0.5]; the band is strict.
+        k: number of rows returned.
+
+    Returns:
+        coords: (k, 3) long local (z, y, x); padding rows 0.
+        probs: (k,) float32 sigmoid(logits) at those voxels; padding rows 0.
+        valid: (k,) bool.
+    """
+    _check_logits(logits)
+    device = logits.device
+    flat = logits.reshape(-1)
+    # Cheap pre-filter in the logit domain (|p - 0.5| < tau  <=>  |z| < logit(0.5 + tau)), with a margin
+    # far above float32 sigmoid error; the exact band is then applied on the survivors only.
+    bound = math.log((0.5 + tau) / (0.5 - tau)) if tau < 0.5 else math.inf
+    candidates = torch.nonzero(flat.abs() <= bound * (1 + 1e-3) + 1e-3).squeeze(1)  # ascending flat index
+    probs_c = torch.sigmoid(flat[candidates].float())
+    dist = (probs_c - 0.5).abs()
+    in_band = dist < tau
+    candidates, probs_c, dist = candidates[in_band], probs_c[in_band], dist[in_band]
+
+    if candidates.numel() > k:
+        # Keep everything not farther than the k-th smallest distance (O(n)), then sort only those.
+        kth = torch.kthvalue(dist, k).values
+        keep = dist <= kth
+        candidates, probs_c, dist = candidates[keep], probs_c[keep], dist[keep]
+    # Stable sort on ascending flat index = ties broken by flat index.
+    order = torch.sort(dist, stable=True).indices[:k]
+    chosen, chosen_p = candidates[order], probs_c[order]
+
+    n = chosen.numel()
+    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
+    probs = torch.zeros(k, dtype=torch.float32, device=device)
+    valid = torch.zeros(k, dtype=torch.bool, device=device)
+    coords[:n] = _unravel(chosen, logits.shape)
+    probs[:n] = chosen_p
+    valid[:n] = True
+    return coords, probs, valid
+
+
+def sample_errors(
+    logits: Tensor,
+    clicks: Tensor,
+    labels: Tensor,
+    radius: float,
+    k: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The error set E_t around the clicks (paper eq. 4), sampled or padded to exactly K.
+
+    E_t = union over clicks n of the ROI voxels x with ||x - c_n||_2 <= radius where the mask
+    (sigmoid(logits) > 0.5) differs from the label that applies at x: the label of the latest click whose
+    ball covers x.
+
+    Args:
+        logits: (rd, rh, rw) float logits of the ROI.
+        clicks: (n, 3) long local (z, y, x) click coordinates, in order (n may be 0).
+        labels: (n,) long in {0, 1}.
+        radius: ball radius in voxels (>= 0).
+        k: number of rows returned.
+        generator: draws the subset when |E_t| > k (on its own device; seeded by the caller).
+
+    Returns:
+        coords: (k, 3) long local (z, y, x); padding rows 0.
+        target: (k,) float32 the applicable click label; padding rows 0.
+        valid: (k,) bool.
+    """
+    _check_logits(logits)
+    clicks, labels = _check_clicks(clicks, labels, logits.device)
+    device = logits.device
+    shape = logits.shape
+    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
+    target = torch.zeros(k, dtype=torch.float32, device=device)
+    valid = torch.zeros(k, dtype=torch.bool, device=device)
+    if clicks.shape[0] == 0:
+        return coords, target, valid
+
+    offsets = _ball_offsets(float(radius), device)  # (m, 3)
+    points = clicks[:, None, :] + offsets[None, :, :]  # (n, m, 3)
+    order = torch.arange(clicks.shape[0], device=device)[:, None].expand(-1, offsets.shape[0])  # click idx
+    extent = torch.tensor(shape, device=device)
+    inside = ((points >= 0) & (points < extent)).all(-1)
+    points, order = points[inside], order[inside]
+    flat_idx = (points[:, 0] * shape[1] + points[:, 1]) * shape[2] + points[:, 2]
+
+    # Latest click wins: the largest click index covering each voxel decides its label.
+    voxels, inverse = torch.unique(flat_idx, sorted=True, return_inverse=True)
+    latest = torch.full_like(voxels, -1).scatter_reduce(0, inverse, order, reduce="amax", include_self=True)
+    voxel_label = labels[latest]
+    mask = (torch.sigmoid(logits.reshape(-1)[voxels].float()) > 0.5).long()
+    wrong = mask != voxel_label
+    errors, error_label = voxels[wrong], voxel_label[wrong]
+
+    if errors.numel() > k:
+        pick = torch.randperm(errors.numel(), generator=generator, device=generator.device)[:k]
+        pick = torch.sort(pick.to(device)).values  # keep flat-index order among the drawn
+        errors, error_label = errors[pick], error_label[pick]
+
+    n = errors.numel()
+    coords[:n] = _unravel(errors, shape)
+    target[:n] = error_label.float()
+    valid[:n] = True
+    return coords, target, valid
+
+
+def build_corrector_input(
+    logits: Tensor,
+    roi: tuple[int, ...],
+    volume_shape: tuple[int, int, int],
+    clicks: Tensor,
+    labels: Tensor,
+    anchor: tuple[int, int, int],
+    config: SamplingConfig,
+    generator: torch.Generator,
+) -> CorrectorInput:
+    """Algorithm 1 + the state tensor for one object (paper eqs. 5-8).
+
+    Args:
+        logits: (rd, rh, rw) logits over ``roi``.
+        roi: half-open (z0, y0, x0, z1, y1, x1) in volume voxels; its extent equals ``logits.shape``.
+        volume_shape: (D, H, W).
+        clicks: (n, 3) long volume (z, y, x) coordinates of all clicks so far, in order (n may be 0).
+        labels: (n,) long in {0, 1}.
+        anchor: volume (z, y, x) of the object's first click, or of the box centre before any click.
+        config: tau, K, radius.
+        generator: for the error subset (only consumed when |E_t| > K).
+
+    Returns:
+        The ``CorrectorInput`` with 2K rows on ``logits.device``.
+    """
+    _check_logits(logits)
+    device = logits.device
+    z0, y0, x0, z1, y1, x1 = _check_roi(roi, volume_shape, logits.shape)
+    if len(anchor) != 3:
+        raise ValueError(f"anchor: expected (z, y, x), got {anchor!r}")
+    clicks, labels = _check_clicks(clicks, labels, device)
+    origin = torch.tensor((z0, y0, x0), dtype=torch.long, device=device)
+    k = config.k
+
+    u_coords, u_probs, u_valid = sample_uncertain(logits, config.tau, k)
+    e_coords, e_labels, e_valid = sample_errors(
+        logits, clicks - origin, labels, config.radius, k, generator
+    )
+    valid = torch.cat([u_valid, e_valid])
+    coords = torch.cat([u_coords, e_coords]) + origin
+    coords = torch.where(valid[:, None], coords, torch.zeros_like(coords))
+
+    scale = torch.tensor(volume_shape, dtype=torch.float32, device=device)
+    anchor_t = torch.tensor(anchor, dtype=torch.float32, device=device) / scale
+    features = torch.cat(
+        [
+            coords.float() / scale,
+            torch.cat([u_probs, e_labels])[:, None],
+            valid.float()[:, None],
+            anchor_t.expand(2 * k, 3),
+        ],
+        dim=1,
+    )
+    features = features * valid.float()[:, None]  # padding rows: all zeros
+    counts = torch.stack([u_valid.sum(), e_valid.sum()]).tolist()
+    return CorrectorInput(
+        features=features, coords=coords, valid=valid, n_uncertain=int(counts[0]), n_error=int(counts[1])
+    )
+
+
+@lru_cache(maxsize=16)
+def _ball_offsets(radius: float, device: torch.device) -> Tensor:
+    """(m, 3) long integer offsets with dz^2 + dy^2 + dx^2 <= radius^2 (inclusive), C-order."""
+    r = int(math.floor(radius))
+    axis = torch.arange(-r, r + 1)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    inside = (grid**2).sum(-1).double() <= radius * radius
+    return grid[inside].to(device)
+
+
+def _unravel(flat_idx: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """(n,) C-order flat indices of a (d, h, w) grid -> (n, 3) long (z, y, x)."""
+    _, h, w = shape
+    return torch.stack([flat_idx // (h * w), (flat_idx // w) % h, flat_idx % w], dim=1)
+
+
+def _check_logits(logits: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError("logits: expected a 3-D floating point tensor (rd, rh, rw)")
+
+
+def _check_clicks(clicks: Tensor, labels: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    clicks = torch.as_tensor(clicks, device=device)
+    labels = torch.as_tensor(labels, device=device)
+    if clicks.dim() != 2 or clicks.shape[1] != 3 or clicks.is_floating_point():
+        raise ValueError(f"clicks: expected an integer tensor of shape (n, 3), got {tuple(clicks.shape)}")
+    if labels.shape != (clicks.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"labels: expected an integer tensor of shape ({clicks.shape[0]},)")
+    if labels.numel() and bool(((labels != 0) & (labels != 1)).any()):
+        raise ValueError("labels: must be 0 (background) or 1 (foreground)")
+    return clicks.long(), labels.long()
+
+
+def _check_roi(
+    roi: tuple[int, ...], volume_shape: tuple[int, int, int], extent: torch.Size
+) -> tuple[int, int, int, int, int, int]:
+    if len(volume_shape) != 3 or any(s < 1 for s in volume_shape):
+        raise ValueError(f"volume_shape: expected three positive sizes, got {volume_shape!r}")
+    if len(roi) != 6:
+        raise ValueError(f"roi: expected (z0, y0, x0, z1, y1, x1), got {roi!r}")
+    z0, y0, x0, z1, y1, x1 = (int(v) for v in roi)
+    lo, hi = (z0, y0, x0), (z1, y1, x1)
+    if any(a < 0 or b > s or a >= b for a, b, s in zip(lo, hi, volume_shape)):
+        raise ValueError(f"roi: {roi!r} is empty or outside the volume {tuple(volume_shape)}")
+    if tuple(b - a for a, b in zip(lo, hi)) != tuple(extent):
+        raise ValueError(f"roi: extent of {roi!r} does not match logits shape {tuple(extent)}")
+    return z0, y0, x0, z1, y1, x1

@@ -1,0 +1,102 @@
+"""The error body every non-2xx reply carries, and the stable error codes with their HTTP status.
+
+    {"error": {"code": "validation_error", "message": "box: z1 < z0", "field": "box"}}
+
+``field`` names the request field at fault (a body field, ``file``, a path or query parameter) or is null.
+The SDK maps the HTTP status to its exception classes and keeps ``code`` and ``field``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*):")
+
+
+class ErrorCode(str, Enum):
+    """Stable machine-readable error codes (the HTTP status is ``ERROR_STATUS[code]``)."""
+
+    VALIDATION_ERROR = "validation_error"  # malformed or out-of-range input (a field is named)
+    INVALID_VOLUME = "invalid_volume"  # unreadable / non-3D / non-finite upload
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # upload or volume past the configured limit
+    UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
+    SESSION_NOT_FOUND = "session_not_found"
+    OBJECT_NOT_FOUND = "object_not_found"
+    NOTHING_TO_UNDO = "nothing_to_undo"
+    SESSION_EXPIRED = "session_expired"
+    SERVER_BUSY = "server_busy"  # capacity reached: retry after ``Retry-After`` seconds
+    INTERNAL_ERROR = "internal_error"
+
+
+ERROR_STATUS: Mapping[ErrorCode, int] = {
+    ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.INVALID_VOLUME: 422,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.SESSION_NOT_FOUND: 404,
+    ErrorCode.OBJECT_NOT_FOUND: 404,
+    ErrorCode.NOTHING_TO_UNDO: 409,
+    ErrorCode.SESSION_EXPIRED: 410,
+    ErrorCode.SERVER_BUSY: 503,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+
+class ErrorDetail(BaseModel):
+    """One error: a stable ``code``, a human message starting with the field name, and that field."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    code: str = Field(description="Stable error code, one of ErrorCode (clients must accept unknown codes).")
+    message: str = Field(description='Human-readable message; starts with the field name, e.g. "box: z1 < z0".')
+    field: str | None = Field(default=None, description="The request field at fault, when one is.")
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error reply."""
+
+    error: ErrorDetail
+
+
+def error_body(code: ErrorCode | str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The JSON-ready error body ``{"error": {...}}``."""
+    code_str = code.value if isinstance(code, ErrorCode) else code
+    return ErrorBody(error=ErrorDetail(code=code_str, message=message, field=field)).model_dump()
+
+
+def field_from_message(message: str) -> str | None:
+    """The leading ``name:`` of a ``ValueError`` message written as "field: problem", else None."""
+    match = _FIELD_PREFIX.match(message)
+    return match.group(1) if match else None
+
+
+_SKIPPED_LOC_PARTS = {"body", "query", "path", "header", "form", "cookie"}
+
+
+def detail_from_pydantic(errors: Sequence[Mapping[str, Any]]) -> ErrorDetail:
+    """Turn pydantic / FastAPI validation errors into one ``ErrorDetail`` naming the first bad field.
+
+    Our own validators raise ``ValueError("box: ...")``; pydantic prefixes "Value error, " which is removed.
+    The field is the error's location without the leading "body"/"query"/... part, dotted ("points.2").
+    """
+    if not errors:
+        return ErrorDetail(code=ErrorCode.VALIDATION_ERROR.value, message="request: invalid", field=None)
+    first = errors[0]
+    loc: Iterable[Any] = first.get("loc", ())
+    parts = [str(p) for p in loc if str(p) not in _SKIPPED_LOC_PARTS]
+    message = str(first.get("msg", "invalid"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    own_field = field_from_message(message)
+    if own_field is not None:
+        return ErrorDetail(code=ErrorCode.VALIDATION_ERROR.value, message=message, field=own_field)
+    field = ".".join(parts) if parts else None
+    text = f"{field}: {message}" if field else message
+    return ErrorDetail(code=ErrorCode.VALIDATION_ERROR.value, message=text, field=field)

@@ -1,0 +1,67 @@
+"""Session replies: what ``POST /v1/sessions`` and ``GET /v1/sessions/{sid}`` return.
+
+Geometry follows SimpleITK's ``GetArrayFromImage`` order: ``shape`` is [D, H, W] = (z, y, x) and
+``spacing`` is [sz, sy, sx] in mm; ``origin`` is the LPS position (x, y, z) of voxel [0, 0, 0] and
+``direction`` the 9 direction-cosine values row-major, both exactly as SimpleITK's ``GetOrigin()`` /
+``GetDirection()`` report them (ITK axis order x, y, z).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Shape3 = tuple[int, int, int]
+Vec3 = tuple[float, float, float]
+Direction9 = tuple[float, float, float, float, float, float, float, float, float]
+Box6 = tuple[int, int, int, int, int, int]
+"""Inclusive voxel box [z0, y0, x0, z1, y1, x1]."""
+
+
+class VolumeGeometry(BaseModel):
+    """Where the session's voxels sit: array shape, spacing and the physical frame of the source file."""
+
+    shape: Shape3 = Field(description="[D, H, W] = voxel counts along (z, y, x).")
+    spacing: Vec3 = Field(description="[sz, sy, sx] voxel size in mm, same order as shape.")
+    origin: Vec3 = Field(default=(0.0, 0.0, 0.0), description="LPS position (x, y, z) in mm of voxel [0, 0, 0].")
+    direction: Direction9 = Field(
+        default=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        description="Direction cosines, row-major 3x3, as SimpleITK GetDirection() (ITK axis order x, y, z).",
+    )
+
+
+class SessionCreated(VolumeGeometry):
+    """Reply of ``POST /v1/sessions`` (201). ``token`` is shown once: send it as ``Authorization: Bearer``."""
+
+    session_id: str
+    token: str
+    modality: str | None = Field(default=None, description="Modality given at upload or guessed, if any.")
+    config: str = Field(description="Name of the model configuration serving this session.")
+    expires_in_s: float = Field(description="Idle seconds after which the session expires (410).")
+    source_format: str | None = Field(default=None, description='Format the upload was read as, e.g. "nifti".')
+
+
+class ObjectInfo(BaseModel):
+    """One object of a session."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    object_id: int
+    version: int = Field(description="Monotonically increasing version; 0 = never changed.")
+    voxels: int | None = Field(default=None, description="Foreground voxel count of the current mask.")
+    bbox: Box6 | None = Field(default=None, description="Inclusive bounding box of the current mask.")
+    n_prompts: int | None = Field(default=None, description="Prompts recorded for this object.")
+
+
+class SessionInfo(VolumeGeometry):
+    """Reply of ``GET /v1/sessions/{sid}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    session_id: str
+    modality: str | None = None
+    config: str
+    created_at: float = Field(description="Unix time (s) the session was created.")
+    last_used_at: float = Field(description="Unix time (s) of the last request touching the session.")
+    expires_in_s: float = Field(description="Seconds left before the session expires if left idle.")
+    objects: list[ObjectInfo] = Field(default_factory=list)
+    source_format: str | None = None

@@ -1,0 +1,139 @@
+"""Typed training configuration, loaded from a JSON file (unknown keys are an error, so typos fail early)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    """The data engine.
+
+    Attributes:
+        root: folder holding ``manifest.json`` and the ``train/`` split (relative to the working directory).
+        cases: restrict to these train case ids (None = every train case).
+        source_weights: relative frequency of each object source: "labelled", "synthetic", "pseudo".
+            Set a weight to 0 to switch a source off (for ablations).
+        min_object_voxels: objects smaller than this are never used (the evaluation scores >= 50 voxels).
+        component_prob: probability that a labelled object is one connected component of its label.
+        npz_image_prob: probability to read the challenge's uint8 image (``case.npz``) instead of the NIfTI.
+        zoom_out_prob: probability of a zoom-out view (whole foreground resized); else a zoom-in window
+            (the paper mixes them 1:3).
+        centre_on_voxel_prob: zoom-in windows are centred on a random object voxel with this probability,
+            else on the object's box centre (SegVol's positive-weighted crops).
+        mid_slice_box_prob: probability of the challenge's 2D mid-slice box instead of an exact 3D box.
+        box_jitter: exact 3D boxes move each face by up to this fraction of the object's extent.
+        flip_prob: SegVol: random flip per axis.
+        intensity_prob / intensity_scale / intensity_shift: SegVol: random scale (1 +- s) and shift (+- o).
+        synthetic_min_voxels / synthetic_max_voxels: log-uniform size range of synthetic lesions.
+        pseudo_pool_size / pseudo_refresh_prob: pseudo-objects are kept in a pool; each draw replaces a
+            pool entry with a fresh one with this probability (SLIC is too slow to run for every sample).
+    """
+
+    root: str = "../shared/data"
+    cases: list[str] | None = None
+    source_weights: dict[str, float] = field(
+        default_factory=lambda: {"labelled": 0.4, "synthetic": 0.4, "pseudo": 0.2}
+    )
+    min_object_voxels: int = 50
+    component_prob: float = 0.3
+    npz_image_prob: float = 0.5
+    zoom_out_prob: float = 0.25
+    centre_on_voxel_prob: float = 0.75
+    mid_slice_box_prob: float = 0.5
+    box_jitter: float = 0.1
+    flip_prob: float = 0.2
+    intensity_prob: float = 0.2
+    intensity_scale: float = 0.2
+    intensity_shift: float = 0.2
+    synthetic_min_voxels: int = 50
+    synthetic_max_voxels: int = 60000
+    pseudo_pool_size: int = 64
+    pseudo_refresh_prob: float = 0.25
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        name: run name; checkpoints and logs go to ``run_dir``.
+        model_config: a name registered in ``app.models.build``.
+        seed: seeds python, numpy and torch (data and model).
+        batch_size: samples per optimisation step.
+        lr / weight_decay: AdamW.
+        corrector_lr: AdamW learning rate of the GRU corrector.
+        round_weights: relative weights of 0, 1, ... refinement rounds per sample (paper: [1,3,10,10,3,1]).
+        stage1_minutes / stage1_steps: stage 1 (box loss only) lasts until either is reached.
+        max_steps: stop after this many steps (None = no limit).
+        max_minutes: stop after this much training time (None = no limit).
+        deadline_utc: stop at this wall-clock time, ISO 8601 ("2026-11-29T21:12:00Z"), None = none.
+        checkpoint_minutes: resumable checkpoint period.
+        export_minutes: period of intermediate weight exports.
+        run_dir: checkpoints, log file, loss curve.
+        export_path: where the shipped weights are written when the run stops.
+        init_weights: optional checkpoint (shipped format) to start from.
+        num_threads: torch intra-op threads.
+        sampling_tau / sampling_k / sampling_radius: the corrector's sampling (SPEC section 2).
+        corrector_loss_weight: weight of the corrector's loss in the total.
+        log_every: steps between log lines.
+    """
+
+    name: str = "run"
+    model_config: str = "compact"
+    seed: int = 0
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    corrector_lr: float = 1e-3
+    round_weights: list[float] = field(default_factory=lambda: [1, 3, 10, 10, 3, 1])
+    stage1_minutes: float | None = None
+    stage1_steps: int | None = None
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    deadline_utc: str | None = None
+    checkpoint_minutes: float = 5.0
+    export_minutes: float = 15.0
+    run_dir: str = "runs/run"
+    export_path: str | None = None
+    init_weights: str | None = None
+    num_threads: int = 2
+    sampling_tau: float = 0.1
+    sampling_k: int = 200
+    sampling_radius: float = 4.0
+    corrector_loss_weight: float = 1.0
+    log_every: int = 10
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Build a ``TrainConfig`` from a parsed JSON object; unknown keys raise ``ValueError``."""
+    raw = dict(raw)
+    data_raw = raw.pop("data", {})
+    _check_keys("config", raw, TrainConfig)
+    _check_keys("config.data", data_raw, DataConfig)
+    return TrainConfig(**raw, data=DataConfig(**data_raw))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a JSON config file."""
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"config: {path} must hold a JSON object")
+    return config_from_dict(raw)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _check_keys(where: str, raw: dict[str, Any], cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
