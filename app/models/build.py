@@ -16,11 +16,15 @@ Registered configurations:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from app.models.backbone import Backbone
+
+if TYPE_CHECKING:
+    from app.models.predictor import Predictor, PredictorConfig
 
 
 @dataclass(frozen=True)
@@ -119,3 +123,60 @@ def build_corrector(cfg: ModelConfig | str) -> torch.nn.Module:
 
     cfg = get_model_config(cfg) if isinstance(cfg, str) else cfg
     return GRUCorrector(**cfg.corrector_kwargs)
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def default_weights_path(config_name: str) -> Path:
+    """Where the repo ships the weights of a configuration (``app/models/weights/<config>.pt``)."""
+    return WEIGHTS_DIR / f"{config_name}.pt"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> the first CUDA device when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_predictor(
+    config: str = DEFAULT_CONFIG,
+    weights: str | Path | None = "default",
+    device: str | torch.device = "cpu",
+    predictor_config: PredictorConfig | None = None,
+    *,
+    with_text: bool = False,
+    init_seed: int = 0,
+) -> Predictor:
+    """A ready predictor for a registered configuration.
+
+    Args:
+        config: registry name.
+        weights: "default" = the weights shipped in the repo for ``config`` (an error if none are);
+            a path = that checkpoint (published SegVol layouts or ours); None = random initialisation,
+            seeded with ``init_seed`` so that two processes build the same model (tests, benchmarks).
+        device: "cpu", "cuda:0", ... or "auto".
+    """
+    from app.models.predictor import Predictor
+
+    cfg = get_model_config(config)
+    dev = resolve_device(device)
+    if weights is None:
+        rng = torch.random.get_rng_state()
+        torch.manual_seed(init_seed)
+        try:
+            backbone, corrector = build_backbone(cfg, with_text=with_text), build_corrector(cfg)
+        finally:
+            torch.random.set_rng_state(rng)
+    else:
+        from app.models.weights import load_into
+
+        path = default_weights_path(cfg.name) if str(weights) == "default" else Path(weights)
+        if not path.is_file():
+            hint = " (none are shipped for this config yet)" if str(weights) == "default" else ""
+            raise FileNotFoundError(f"weights: no checkpoint at {path}{hint}; pass a checkpoint path, "
+                                    "or weights=None for a randomly initialised model")
+        backbone, corrector = build_backbone(cfg, with_text=with_text), build_corrector(cfg)
+        load_into(path, cfg, backbone, corrector, with_text=with_text)
+    return Predictor(backbone, corrector, predictor_config, device=dev, config_name=cfg.name)

@@ -1,15 +1,563 @@
 """The shared, stateless predictor: verbs on an explicit ``SessionState`` (SAM 2's video predictor shape).
 
-    predictor = build_predictor("compact", weights=None, device="cpu")
-    state = predictor.init_state(volume, spacing)            # encodes once, caches embeddings
+    predictor = build_predictor("compact")
+    state = predictor.init_state(volume, spacing)              # normalises, encodes the zoom-out view once
     change = predictor.add_box(state, 1, [z0, y0, x0, z1, y1, x1])
     changes = predictor.add_clicks(state, 1, [[z, y, x]], [1], mode="both")
     predictor.undo(state, 1); predictor.reset(state, 1)
 
-Every verb validates its arguments first (``ValueError`` naming the argument, state untouched), then
-returns exactly what changed in the object's binary mask (``Change``). Blocking: call it off the event loop.
+Every verb validates its arguments first (``ValueError`` naming the argument; the state is untouched), then
+returns exactly what changed in the object's binary mask (``Change``). Methods block: call them off the event
+loop, one at a time per session (the service holds a session lock and a device lock).
+
+Pipeline (SPEC section 1-2):
+    box / decoder step: zoom-out decode of the cached frame embedding -> ROI = bbox(zoom-out > 0.5) U box U
+        click balls, at least one window -> zoom-in: MONAI sliding windows (overlap 0.5) at native resolution,
+        each window's embedding cached in the session -> the ROI's logits replace the object's.
+    gru step: sample uncertain + error points (Algorithm 1) -> GRU corrector with the object's hidden state
+        -> logit-domain update at the valid sampled points only.
 """
 
 from __future__ import annotations
 
-# Implementation follows in this module (API first so the service and evaluation can be built against it).
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.transforms import Resize
+from torch.nn import functional as F
+
+from app.models import geometry as geo
+from app.models.backbone import Backbone
+from app.models.corrector import GRUCorrector, apply_correction
+from app.models.preprocess import foreground_bounds, normalize_intensity
+from app.models.sampling import SamplingConfig, build_corrector_input
+from app.models.state import (
+    REFINE_MODES,
+    Bounds,
+    Change,
+    Click,
+    ObjectState,
+    SessionState,
+    UndoEntry,
+)
+
+OnChange = Callable[[Change], None]
+
+
+class UnknownObjectError(KeyError):
+    """The session has no object with that id."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else "object_id: unknown object"
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Run-time settings of the predictor (the model's hyper-parameters live in ``app.models.build``).
+
+    Attributes:
+        tau: uncertainty band |p - 0.5| < tau (paper: 0.1; the authors' code effectively used 0.4).
+        k: points per set (uncertain, error) fed to the corrector.
+        radius: error-sampling radius around each click, in voxels of the volume grid.
+        overlap: zoom-in sliding-window overlap.
+        undo_depth: undo levels kept per object.
+        use_offsets: apply the corrector's coordinate-offset head.
+        background_logit: logit given to voxels newly added to an object's ROI (p ~ 4.5e-5).
+        mask_logit: |logit| used when an object starts from a given mask.
+    """
+
+    tau: float = 0.1
+    k: int = 200
+    radius: float = 4.0
+    overlap: float = 0.5
+    undo_depth: int = 16
+    use_offsets: bool = True
+    background_logit: float = -10.0
+    mask_logit: float = 10.0
+
+    def __post_init__(self) -> None:
+        SamplingConfig(tau=self.tau, k=self.k, radius=self.radius)  # validates tau, k, radius
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap: must be in [0, 1), got {self.overlap}")
+        if self.undo_depth < 1:
+            raise ValueError(f"undo_depth: must be >= 1, got {self.undo_depth}")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(tau=self.tau, k=self.k, radius=self.radius)
+
+
+class _Timer:
+    """Named stage timings in milliseconds (synchronising CUDA so the numbers mean something)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+
+class Predictor:
+    """A backbone + corrector shared by all sessions; all per-session data lives in ``SessionState``."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        corrector: GRUCorrector | None,
+        config: PredictorConfig | None = None,
+        device: torch.device | str = "cpu",
+        config_name: str = "custom",
+    ) -> None:
+        self.device = torch.device(device)
+        self.backbone = backbone.to(self.device).eval()
+        self.corrector = corrector.to(self.device).eval() if corrector is not None else None
+        self.config = config or PredictorConfig()
+        self.config_name = config_name
+        self.frame: tuple[int, int, int] = tuple(backbone.frame)  # type: ignore[assignment]
+
+    # --- session ----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def init_state(self, volume: np.ndarray, spacing: Sequence[float], *, seed: int = 0) -> SessionState:
+        """Normalise the volume, move it to the device and encode the zoom-out view once.
+
+        Args:
+            volume: (D, H, W) real-valued array, any dtype.
+            spacing: (sz, sy, sx) in mm.
+            seed: base seed of the corrector's error sampling (same seed + same prompts = same result).
+        """
+        arr = geo.validate_volume(volume)
+        sp = geo.validate_spacing(spacing)
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        norm = normalize_intensity(arr)
+        crop = foreground_bounds(norm)
+        image = torch.from_numpy(norm).to(self.device)
+        # Pad (at the end) to at least one window so zoom-in windows never need MONAI's implicit padding and a
+        # window's cache key is simply its start in the volume grid.
+        pad = [max(f - s, 0) for f, s in zip(self.frame, image.shape, strict=True)]
+        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))[None, None]
+        zoom_out = Resize(spatial_size=self.frame, mode="nearest")(image[0][(slice(None), *geo.slices_of(crop))])
+        embedding = self.backbone.encode(torch.as_tensor(zoom_out, device=self.device)[None].float())
+        return SessionState(
+            shape=tuple(int(s) for s in arr.shape),  # type: ignore[arg-type]
+            spacing=sp,
+            device=self.device,
+            crop=crop,
+            image=image,
+            zoom_out_embedding=embedding,
+            seed=seed,
+        )
+
+    def object_ids(self, state: SessionState) -> list[int]:
+        return sorted(state.objects)
+
+    # --- prompts ----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def add_box(self, state: SessionState, object_id: int, box: Sequence[int]) -> Change:
+        """Segment an object from an inclusive box [z0, y0, x0, z1, y1, x1]; restarts the object if it exists."""
+        _check_object_id(object_id)
+        b = geo.validate_box(box, state.shape)
+        obj = state.objects.get(object_id) or ObjectState(object_id=object_id)
+        timer = _Timer(self.device)
+        roi, logits = self._decode(state, obj, b, np.zeros((0, 3), np.int64), np.zeros(0, np.int64), timer,
+                                   use_old=False)
+        self._push_undo(obj, "box")
+        old_roi, old_logits = obj.roi, obj.logits
+        obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = b, [], None, None, 0
+        obj.roi, obj.logits = roi, logits
+        state.objects[object_id] = obj
+        return self._finish(state, obj, "box", old_roi, old_logits, timer)
+
+    @torch.inference_mode()
+    def add_clicks(
+        self,
+        state: SessionState,
+        object_id: int,
+        points: Sequence[Sequence[int]] | np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        mode: str = "both",
+        on_change: OnChange | None = None,
+    ) -> list[Change]:
+        """Refine an object with clicks (label 1 = foreground, 0 = background).
+
+        ``mode``: "gru" (the paper's sparse corrector step), "decoder" (re-run prompt encoder + mask decoder
+        on the cached embeddings with the box and all clicks) or "both" (GRU first, streamed, then decoder).
+        Returns one Change per step; ``on_change`` is called right after each step.
+        """
+        _check_object_id(object_id)
+        pts, labs = geo.validate_points(points, labels, state.shape)
+        if mode not in REFINE_MODES:
+            raise ValueError(f"mode: expected one of {list(REFINE_MODES)}, got {mode!r}")
+        if mode in ("gru", "both") and self.corrector is None:
+            raise ValueError(f"mode: {mode!r} needs a corrector, and this predictor has none")
+        obj = state.objects.get(object_id) or ObjectState(object_id=object_id)
+        state.objects[object_id] = obj
+        self._push_undo(obj, f"clicks:{mode}")
+        new_clicks = [Click(int(p[0]), int(p[1]), int(p[2]), int(lab)) for p, lab in zip(pts, labs, strict=True)]
+        if obj.first_click is None:
+            obj.first_click = (new_clicks[0].z, new_clicks[0].y, new_clicks[0].x)
+        obj.clicks = obj.clicks + new_clicks
+        changes: list[Change] = []
+        if mode in ("gru", "both"):
+            changes.append(self._gru_step(state, obj))
+            if on_change is not None:
+                on_change(changes[-1])
+        if mode in ("decoder", "both"):
+            timer = _Timer(self.device)
+            all_pts = np.array([[c.z, c.y, c.x] for c in obj.clicks], dtype=np.int64)
+            all_labs = np.array([c.label for c in obj.clicks], dtype=np.int64)
+            roi, logits = self._decode(state, obj, obj.box, all_pts, all_labs, timer, use_old=True)
+            old_roi, old_logits = obj.roi, obj.logits
+            obj.roi, obj.logits = roi, logits
+            changes.append(self._finish(state, obj, "decoder", old_roi, old_logits, timer))
+            if on_change is not None:
+                on_change(changes[-1])
+        return changes
+
+    @torch.inference_mode()
+    def set_mask(self, state: SessionState, object_id: int, mask: np.ndarray) -> Change:
+        """Start an object from an existing (D, H, W) binary mask (clears its prompts and memory; undoable)."""
+        _check_object_id(object_id)
+        m = np.asarray(mask)
+        if m.shape != state.shape:
+            raise ValueError(f"mask: shape {list(m.shape)} does not match the volume {list(state.shape)}")
+        if not (m.dtype == np.bool_ or np.issubdtype(m.dtype, np.integer)) or not np.isin(m, (0, 1)).all():
+            raise ValueError("mask: expected a binary mask of 0/1 values")
+        obj = state.objects.get(object_id) or ObjectState(object_id=object_id)
+        timer = _Timer(self.device)
+        fb = geo.mask_bounds(m)
+        roi = geo.grow_bounds(fb, 1, state.shape) if fb is not None else None
+        logits = None
+        if roi is not None:
+            sub = torch.from_numpy(np.ascontiguousarray(m[geo.slices_of(roi)]).astype(bool)).to(self.device)
+            logits = torch.where(sub, self.config.mask_logit, -self.config.mask_logit).float()
+        self._push_undo(obj, "mask")
+        old_roi, old_logits = obj.roi, obj.logits
+        obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = None, [], None, None, 0
+        obj.roi, obj.logits = roi, logits
+        state.objects[object_id] = obj
+        timer.lap("set_mask")
+        return self._finish(state, obj, "mask", old_roi, old_logits, timer)
+
+    @torch.inference_mode()
+    def undo(self, state: SessionState, object_id: int) -> Change:
+        """Put the object back exactly as it was before its last prompt (box, clicks, mask or reset)."""
+        obj = self._object(state, object_id)
+        if not obj.undo_stack:
+            raise ValueError(f"object_id: nothing to undo for object {object_id}")
+        timer = _Timer(self.device)
+        entry = obj.undo_stack.pop()
+        old_roi, old_logits = obj.roi, obj.logits
+        if entry.sparse_index is not None:
+            assert obj.logits is not None and entry.sparse_values is not None  # invariant of _push_undo
+            restored = obj.logits.clone()
+            restored.view(-1)[entry.sparse_index] = entry.sparse_values
+            obj.logits = restored
+        else:
+            obj.logits = entry.logits
+        obj.roi, obj.box, obj.clicks = entry.roi, entry.box, list(entry.clicks)
+        obj.first_click, obj.hidden, obj.rounds = entry.first_click, entry.hidden, entry.rounds
+        timer.lap("restore")
+        return self._finish(state, obj, "undo", old_roi, old_logits, timer)
+
+    @torch.inference_mode()
+    def reset(self, state: SessionState, object_id: int) -> Change:
+        """Empty the object (no box, clicks, mask or memory); undoable."""
+        obj = self._object(state, object_id)
+        timer = _Timer(self.device)
+        self._push_undo(obj, "reset")
+        old_roi, old_logits = obj.roi, obj.logits
+        obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = None, [], None, None, 0
+        obj.roi, obj.logits = None, None
+        timer.lap("reset")
+        return self._finish(state, obj, "reset", old_roi, old_logits, timer)
+
+    @torch.inference_mode()
+    def remove_object(self, state: SessionState, object_id: int) -> Change:
+        """Clear the object's mask and forget it (not undoable)."""
+        obj = self._object(state, object_id)
+        timer = _Timer(self.device)
+        indices, values, bbox = _mask_diff(state.shape, obj.roi, obj.logits, None, None)
+        del state.objects[object_id]
+        timer.lap("diff")
+        return Change(object_id, obj.version + 1, "reset", indices, values, bbox, timer.ms)
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def get_mask(self, state: SessionState, object_id: int) -> np.ndarray:
+        """The object's binary mask, (D, H, W) uint8."""
+        obj = self._object(state, object_id)
+        out = np.zeros(state.shape, dtype=np.uint8)
+        if obj.roi is not None and obj.logits is not None:
+            out[geo.slices_of(obj.roi)] = (obj.logits > 0).to(torch.uint8).cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def get_probabilities(self, state: SessionState, object_id: int) -> tuple[Bounds | None, np.ndarray | None]:
+        """The object's ROI and its probability map over that ROI (float32), or (None, None) when empty."""
+        obj = self._object(state, object_id)
+        if obj.roi is None or obj.logits is None:
+            return None, None
+        return obj.roi, torch.sigmoid(obj.logits).cpu().numpy()
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def _object(self, state: SessionState, object_id: int) -> ObjectState:
+        _check_object_id(object_id)
+        try:
+            return state.objects[object_id]
+        except KeyError:
+            raise UnknownObjectError(f"object_id: no object {object_id} in this session") from None
+
+    def _push_undo(self, obj: ObjectState, step: str) -> None:
+        # The old logits tensor is referenced, not copied: every step builds a new tensor. GRU-only steps
+        # (<= 2K voxels written) turn this into a sparse record in _gru_step.
+        obj.undo_stack.append(UndoEntry(step=step, box=obj.box, clicks=list(obj.clicks), first_click=obj.first_click,
+                                        roi=obj.roi, logits=obj.logits, hidden=obj.hidden, rounds=obj.rounds))
+        del obj.undo_stack[: -self.config.undo_depth]
+
+    def _finish(self, state: SessionState, obj: ObjectState, step: str, old_roi: Bounds | None,
+                old_logits: torch.Tensor | None, timer: _Timer) -> Change:
+        indices, values, bbox = _mask_diff(state.shape, old_roi, old_logits, obj.roi, obj.logits)
+        timer.lap("diff")
+        obj.version += 1
+        return Change(obj.object_id, obj.version, step, indices, values, bbox, timer.ms)
+
+    def _gru_step(self, state: SessionState, obj: ObjectState) -> Change:
+        """One corrector round on the object (paper section 2.2-2.5)."""
+        assert self.corrector is not None  # checked by add_clicks
+        cfg = self.config
+        timer = _Timer(self.device)
+        clicks = np.array([[c.z, c.y, c.x] for c in obj.clicks], dtype=np.int64)
+        labels = np.array([c.label for c in obj.clicks], dtype=np.int64)
+        old_roi, old_logits = obj.roi, obj.logits
+        roi = geo.bounds_union(old_roi, geo.ball_bounds(clicks, cfg.radius, state.shape))
+        assert roi is not None  # there is at least one click
+        logits = self._logits_over(obj, roi)
+        # The object's first click; the box centre before any click (SPEC section 2.3).
+        anchor = obj.first_click if obj.first_click is not None else _box_centre(obj.box)  # type: ignore[arg-type]
+        gen = torch.Generator(device=self.device).manual_seed(_round_seed(state.seed, obj.object_id, obj.rounds))
+        inp = build_corrector_input(
+            logits, roi, state.shape,
+            torch.as_tensor(clicks, device=self.device), torch.as_tensor(labels, device=self.device),
+            anchor, cfg.sampling, gen,
+        )
+        timer.lap("sample")
+        out = self.corrector(inp.features[None], obj.hidden)
+        timer.lap("corrector")
+        delta_c = out.delta_c[0] if (cfg.use_offsets and out.delta_c is not None) else None
+        new_logits, touched = apply_correction(logits, roi, state.shape, inp.coords, inp.valid,
+                                               out.delta_p[0], delta_c)
+        timer.lap("update")
+        obj.hidden, obj.rounds = out.hidden, obj.rounds + 1
+        obj.roi, obj.logits = roi, new_logits
+        entry = obj.undo_stack[-1]
+        if roi == old_roi and old_logits is not None and entry.step == "clicks:gru":
+            # Keep only the overwritten values instead of a second full copy of the ROI.
+            flat = _local_flat(touched, geo.bounds_shape(roi))
+            obj.undo_stack[-1] = replace(entry, logits=None, sparse_index=flat,
+                                         sparse_values=old_logits.reshape(-1)[flat].clone())
+            indices, values, bbox = _sparse_diff(state.shape, roi, old_logits, new_logits, touched)
+        else:
+            indices, values, bbox = _mask_diff(state.shape, old_roi, old_logits, roi, new_logits)
+        timer.lap("diff")
+        obj.version += 1
+        return Change(obj.object_id, obj.version, "gru", indices, values, bbox, timer.ms)
+
+    def _logits_over(self, obj: ObjectState, roi: Bounds) -> torch.Tensor:
+        """The object's logits on ``roi`` (which contains its current ROI), background where it had none."""
+        if obj.roi == roi and obj.logits is not None:
+            return obj.logits
+        out = torch.full(geo.bounds_shape(roi), self.config.background_logit, device=self.device)
+        if obj.roi is not None and obj.logits is not None:
+            rel = tuple(slice(obj.roi[a] - roi[a], obj.roi[a + 3] - roi[a]) for a in range(3))
+            out[rel] = obj.logits
+        return out
+
+    def _decode(self, state: SessionState, obj: ObjectState, box: geo.InclusiveBox | None, points: np.ndarray,
+                labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds, torch.Tensor]:
+        """Zoom-out then zoom-in decode from cached embeddings; returns the new (ROI, logits over ROI)."""
+        frame_logits = self._zoom_out(state, box, points, labels)
+        timer.lap("zoom_out")
+        roi = None
+        fg = torch.nonzero(frame_logits[0, 0] > 0)
+        if fg.shape[0] > 0:
+            lo, hi = fg.min(dim=0).values.tolist(), (fg.max(dim=0).values + 1).tolist()
+            roi = geo.frame_bounds_to_volume((*lo, *hi), state.crop, self.frame)  # type: ignore[arg-type]
+        if box is not None:
+            roi = geo.bounds_union(roi, geo.box_to_bounds(box))
+        roi = geo.bounds_union(roi, geo.ball_bounds(points, self.config.radius, state.shape))
+        if use_old:
+            roi = geo.bounds_union(roi, obj.roi)
+        if roi is None:  # no prompt reached the volume and nothing was predicted: an empty object
+            roi = geo.ball_bounds(np.array([[s // 2 for s in state.shape]]), 0, state.shape)
+            assert roi is not None
+        padded = tuple(int(s) for s in state.image.shape[2:])
+        work = geo.expand_to_min_size(roi, self.frame, padded)  # type: ignore[arg-type]
+        # work contains the object's current ROI when use_old (roi was united with it above).
+        prev = self._logits_over(obj, work) if use_old else None
+        logits = self._zoom_in(state, work, box, points, labels, frame_logits, prev, work if use_old else None,
+                               timer)
+        timer.lap("zoom_in")
+        roi_vol = geo.bounds_intersection(work, (0, 0, 0, *state.shape))
+        assert roi_vol is not None
+        rel = tuple(slice(roi_vol[a] - work[a], roi_vol[a + 3] - work[a]) for a in range(3))
+        return roi_vol, logits[rel].contiguous()
+
+    def _zoom_out(self, state: SessionState, box: geo.InclusiveBox | None, points: np.ndarray,
+                  labels: np.ndarray) -> torch.Tensor:
+        """(1, 1, *frame) logits of the zoom-out view for these prompts."""
+        fbox = geo.box_to_frame(box, state.crop, self.frame) if box is not None else None
+        boxes = torch.tensor([fbox], dtype=torch.float32, device=self.device) if fbox is not None else None
+        pts, labs = None, None
+        if len(points):
+            fp = geo.points_to_frame(points, state.crop, self.frame)
+            pts = torch.as_tensor(fp, dtype=torch.float32, device=self.device)[None]
+            labs = torch.as_tensor(labels, dtype=torch.long, device=self.device)[None]
+        return self.backbone.decode(state.zoom_out_embedding, boxes, pts, labs, None)
+
+    def _zoom_in(self, state: SessionState, work: Bounds, box: geo.InclusiveBox | None, points: np.ndarray,
+                 labels: np.ndarray, frame_logits: torch.Tensor, prev: torch.Tensor | None,
+                 prev_roi: Bounds | None, timer: _Timer) -> torch.Tensor:
+        """Sliding-window decode over ``work`` (volume grid); returns logits of shape bounds_shape(work)."""
+        image = state.image[(slice(None), slice(None), *geo.slices_of(work))]
+
+        def predict(window: torch.Tensor, locations: list[list[slice]]) -> torch.Tensor:
+            outs = []
+            for b, loc in enumerate(locations):
+                start = tuple(work[a] + loc[2 + a].start for a in range(3))
+                win: Bounds = (*start, *(s + f for s, f in zip(start, self.frame, strict=True)))  # type: ignore
+                outs.append(self._decode_window(state, win, window[b : b + 1], box, points, labels,
+                                                frame_logits, prev, prev_roi))
+            return torch.cat(outs)
+
+        out = sliding_window_inference(image, self.frame, 1, predict, overlap=self.config.overlap,
+                                       mode="constant", with_coord=True)
+        return out[0, 0]  # type: ignore[index]
+
+    def _decode_window(self, state: SessionState, win: Bounds, pixels: torch.Tensor,
+                       box: geo.InclusiveBox | None, points: np.ndarray, labels: np.ndarray,
+                       frame_logits: torch.Tensor, prev: torch.Tensor | None, prev_roi: Bounds | None,
+                       ) -> torch.Tensor:
+        wbox = geo.box_in_window(box, win) if box is not None else None
+        wpts, wlabs = geo.points_in_window(points, labels, win)
+        if wbox is None and len(wpts) == 0:
+            # No prompt reaches this window: SegVol keeps the zoom-out prediction there.
+            return self._zoom_out_in_window(state, frame_logits, win)
+        key = win[:3]
+        emb = state.window_cache.get(key)  # type: ignore[arg-type]
+        if emb is None:
+            emb = self.backbone.encode(pixels)
+            state.window_cache[key] = emb  # type: ignore[index]
+        boxes = torch.tensor([wbox], dtype=torch.float32, device=self.device) if wbox is not None else None
+        pts = torch.as_tensor(wpts, dtype=torch.float32, device=self.device)[None] if len(wpts) else None
+        labs = torch.as_tensor(wlabs, dtype=torch.long, device=self.device)[None] if len(wpts) else None
+        mask = None
+        if self.backbone.supports_mask_prompt and prev is not None and prev_roi is not None:
+            mask = torch.full(self.frame, self.config.background_logit, device=self.device)
+            inter = geo.bounds_intersection(win, prev_roi)
+            if inter is not None:
+                dst = tuple(slice(inter[a] - win[a], inter[a + 3] - win[a]) for a in range(3))
+                src = tuple(slice(inter[a] - prev_roi[a], inter[a + 3] - prev_roi[a]) for a in range(3))
+                mask[dst] = prev[src]
+            mask = mask[None, None]
+        return self.backbone.decode(emb, boxes, pts, labs, mask)
+
+    def _zoom_out_in_window(self, state: SessionState, frame_logits: torch.Tensor, win: Bounds) -> torch.Tensor:
+        """Trilinear sample of the zoom-out logits over a volume window (background outside the crop)."""
+        crop = state.crop
+        cs = geo.bounds_shape(crop)
+        axes = []
+        for a in range(3):
+            v = torch.arange(win[a], win[a + 3], device=self.device, dtype=torch.float32) - crop[a]
+            axes.append((2 * (v + 0.5) / cs[a]) - 1)  # align_corners=False normalisation over the crop
+        gz, gy, gx = torch.meshgrid(*axes, indexing="ij")
+        grid = torch.stack((gx, gy, gz), dim=-1)[None]  # grid_sample wants (x, y, z) order
+        out = F.grid_sample(frame_logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        inside = (grid.abs() <= 1).all(dim=-1)[:, None]
+        return torch.where(inside, out, torch.full_like(out, self.config.background_logit))
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _check_object_id(object_id: int) -> None:
+    if isinstance(object_id, bool) or not isinstance(object_id, (int, np.integer)) or not 1 <= object_id < 2**31:
+        raise ValueError(f"object_id: expected an integer in [1, 2^31), got {object_id!r}")
+
+
+def _box_centre(box: geo.InclusiveBox) -> tuple[int, int, int]:
+    return ((box[0] + box[3]) // 2, (box[1] + box[4]) // 2, (box[2] + box[5]) // 2)
+
+
+def _round_seed(seed: int, object_id: int, rounds: int) -> int:
+    """A distinct, reproducible seed per (session seed, object, corrector round)."""
+    return (seed * 1_000_003 + int(object_id) * 10_007 + rounds) % (2**62)
+
+
+def _local_flat(coords: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    return (coords[:, 0] * shape[1] + coords[:, 1]) * shape[2] + coords[:, 2]
+
+
+def _to_volume(coords: torch.Tensor, origin: Bounds, shape: tuple[int, int, int]
+               ) -> tuple[np.ndarray, tuple[int, int, int, int, int, int] | None]:
+    """Local (m, 3) coords in a region starting at origin -> ascending volume flat indices + inclusive bbox."""
+    if coords.shape[0] == 0:
+        return np.zeros(0, np.int64), None
+    g = coords + torch.as_tensor(origin[:3], device=coords.device)
+    flat = _local_flat(g, shape).cpu().numpy().astype(np.int64)
+    lo, hi = g.min(dim=0).values.tolist(), g.max(dim=0).values.tolist()
+    return flat, (lo[0], lo[1], lo[2], hi[0], hi[1], hi[2])
+
+
+def _mask_diff(shape: tuple[int, int, int], old_roi: Bounds | None, old: torch.Tensor | None,
+               new_roi: Bounds | None, new: torch.Tensor | None
+               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int, int, int] | None]:
+    """Changed voxels of the binary mask (logits > 0) between two (ROI, logits) states of an object."""
+    old_roi = old_roi if old is not None else None
+    new_roi = new_roi if new is not None else None
+    region = geo.bounds_union(old_roi, new_roi)
+    if region is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint8), None
+    device = (old if old is not None else new).device  # type: ignore[union-attr]
+    size = geo.bounds_shape(region)
+    masks = []
+    for roi, logits in ((old_roi, old), (new_roi, new)):
+        m = torch.zeros(size, dtype=torch.bool, device=device)
+        if roi is not None and logits is not None:
+            m[tuple(slice(roi[a] - region[a], roi[a + 3] - region[a]) for a in range(3))] = logits > 0
+        masks.append(m)
+    changed = masks[0] != masks[1]
+    coords = torch.nonzero(changed)  # row-major order -> ascending volume flat indices
+    values = masks[1][changed].to(torch.uint8).cpu().numpy()
+    flat, bbox = _to_volume(coords, region, shape)
+    return flat, values, bbox
+
+
+def _sparse_diff(shape: tuple[int, int, int], roi: Bounds, old: torch.Tensor, new: torch.Tensor,
+                 touched: torch.Tensor) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int, int, int] | None]:
+    """Diff of a step that only wrote ``touched`` (m, 3) local voxels of an unchanged ROI."""
+    if touched.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint8), None
+    t = touched.long()
+    before = old[t[:, 0], t[:, 1], t[:, 2]] > 0
+    after = new[t[:, 0], t[:, 1], t[:, 2]] > 0
+    sel = before != after
+    coords = t[sel]
+    flat, bbox = _to_volume(coords, roi, shape)
+    values = after[sel].to(torch.uint8).cpu().numpy()
+    order = np.argsort(flat, kind="stable")
+    return flat[order], values[order], bbox
