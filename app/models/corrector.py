@@ -8,10 +8,13 @@
 
 Choices where the paper is ambiguous (SPEC section 2 wins):
 
-- One GRU, one recurrent state h carried from round to round (the paper's h_{t-1} -> h_t); within a round the
-  GRU runs over the 2K points as a sequence (uncertainty rows, then error rows) starting from h_{t-1}, and its
-  final state is h_t. Each point's outputs read [its own embedding, its GRU output, h_t], so every point
-  sees the whole round and the history.
+- One GRU, one recurrent state h carried from round to round (the paper's h_{t-1} -> h_t). Default
+  (``recurrence="points"``): within a round the GRU runs over the 2K points as a sequence (uncertainty rows,
+  then error rows) starting from h_{t-1}, and its final state is h_t; each point's outputs read [its own
+  embedding, its GRU output, h_t], so every point sees the whole round and the history. Alternative
+  (``recurrence="rounds"``): the rounds are the time steps; the valid points' embeddings are pooled (mean,
+  max) into one GRU step h_{t-1} -> h_t, and each point reads [its embedding, h_t]. Same contract, one serial
+  step instead of 2K (much cheaper on CPU), order-invariant over the points.
 - delta_p is a probability offset in (-1, 1) (tanh), added to p and clamped to [eps, 1 - eps] before going
   back to a logit: the session stores logits, never probabilities.
 - delta_C is bounded (max_offset * tanh, in voxels), rounded to integers, clamped to the volume and the ROI.
@@ -26,9 +29,13 @@ Choices where the paper is ambiguous (SPEC section 2 wins):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+Recurrence = Literal["points", "rounds"]
+VALID_COLUMN = 4  # the validity flag's column in the state tensor (see app.models.sampling)
 
 
 @dataclass
@@ -47,7 +54,7 @@ class CorrectorOutput:
 
 
 class GRUCorrector(nn.Module):
-    """Per-point MLP embedding -> GRU over the 2K points from h_{t-1} -> per-point heads.
+    """Per-point MLP embedding -> GRU from h_{t-1} (over the points, or one step per round) -> per-point heads.
 
     Args:
         in_features: feature columns of the state tensor (8).
@@ -56,6 +63,8 @@ class GRUCorrector(nn.Module):
         num_layers: GRU layers L.
         max_offset: bound on |delta_c| in voxels.
         use_offsets: whether the coordinate head exists.
+        recurrence: "points" (GRU over the 2K points, starting from h_{t-1}) or "rounds" (one GRU step per
+            round on the pooled valid points); see the module docstring.
     """
 
     def __init__(
@@ -66,20 +75,27 @@ class GRUCorrector(nn.Module):
         num_layers: int = 1,
         max_offset: float = 2.0,
         use_offsets: bool = True,
+        recurrence: Recurrence = "points",
     ) -> None:
         super().__init__()
         if max_offset < 0:
             raise ValueError(f"max_offset: must be >= 0, got {max_offset}")
+        if recurrence not in ("points", "rounds"):
+            raise ValueError(f"recurrence: must be 'points' or 'rounds', got {recurrence!r}")
         self.in_features = in_features
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.max_offset = float(max_offset)
         self.use_offsets = use_offsets
+        self.recurrence = recurrence
         self.embed = nn.Sequential(
             nn.Linear(in_features, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim), nn.GELU()
         )
-        self.gru = nn.GRU(embed_dim, hidden_size, num_layers=num_layers, batch_first=True)
-        self.trunk = nn.Sequential(nn.Linear(embed_dim + 2 * hidden_size, hidden_size), nn.GELU())
+        per_round = recurrence == "rounds"
+        gru_in = 2 * embed_dim if per_round else embed_dim  # pooled (mean, max) or per point
+        self.gru = nn.GRU(gru_in, hidden_size, num_layers=num_layers, batch_first=True)
+        trunk_in = embed_dim + (hidden_size if per_round else 2 * hidden_size)
+        self.trunk = nn.Sequential(nn.Linear(trunk_in, hidden_size), nn.GELU())
         self.prob_head = nn.Linear(hidden_size, 1)
         self.coord_head = nn.Linear(hidden_size, 3) if use_offsets else None
         for head in (self.prob_head, self.coord_head):
@@ -110,14 +126,30 @@ class GRUCorrector(nn.Module):
         if hidden is None:
             hidden = self.init_hidden(b, x.device)
         emb = self.embed(x)  # (B, 2K, E)
-        seq, h_t = self.gru(emb, hidden.to(emb.dtype))  # (B, 2K, H), (L, B, H)
-        context = h_t[-1][:, None, :].expand(b, n, self.hidden_size)
-        feat = self.trunk(torch.cat([emb, seq, context], dim=-1))
+        hidden = hidden.to(emb.dtype)
+        if self.recurrence == "points":
+            seq, h_t = self.gru(emb, hidden)  # (B, 2K, H), (L, B, H)
+            context = h_t[-1][:, None, :].expand(b, n, self.hidden_size)
+            feat = self.trunk(torch.cat([emb, seq, context], dim=-1))
+        else:
+            _, h_t = self.gru(_pool_valid(emb, x[..., VALID_COLUMN] > 0)[:, None, :], hidden)
+            context = h_t[-1][:, None, :].expand(b, n, self.hidden_size)
+            feat = self.trunk(torch.cat([emb, context], dim=-1))
         delta_p = torch.tanh(self.prob_head(feat)).squeeze(-1)
         delta_c = None
         if self.coord_head is not None:
             delta_c = self.max_offset * torch.tanh(self.coord_head(feat))
         return CorrectorOutput(delta_p=delta_p, delta_c=delta_c, hidden=h_t)
+
+
+def _pool_valid(emb: Tensor, valid: Tensor) -> Tensor:
+    """(B, N, E) embeddings, (B, N) bool -> (B, 2E) [mean, max] over the valid rows (zeros if none)."""
+    weight = valid.to(emb.dtype)[..., None]
+    count = weight.sum(1).clamp_min(1.0)
+    mean = (emb * weight).sum(1) / count
+    maxed = emb.masked_fill(~valid[..., None], float("-inf")).amax(1)
+    maxed = torch.where(valid.any(1, keepdim=True), maxed, torch.zeros_like(maxed))
+    return torch.cat([mean, maxed], dim=-1)
 
 
 def apply_correction(
@@ -137,7 +169,7 @@ def apply_correction(
         roi: half-open (z0, y0, x0, z1, y1, x1) in volume voxels.
         volume_shape: (D, H, W).
         coords: (2K, 3) long volume (z, y, x); rows [0, K) uncertainty, [K, 2K) error.
-        valid: (2K,) bool; invalid rows write nothing.
+        valid: (2K,) bool; invalid rows (and rows with a non-finite delta) write nothing.
         delta_p: (2K,) (or (1, 2K)) probability offsets.
         delta_c: (2K, 3) (or (1, 2K, 3)) voxel offsets, rounded before use; None = no move.
         eps: probabilities are clamped to [eps, 1 - eps] before the logit.
@@ -167,17 +199,19 @@ def apply_correction(
     if delta_c is not None and tuple(delta_c.shape) != (rows, 3):
         raise ValueError(f"delta_c: expected ({rows}, 3), got {tuple(delta_c.shape)}")
 
+    dp = delta_p.to(device=device, dtype=torch.float32)
+    keep = valid.to(device) & torch.isfinite(dp)
     target = coords.to(device=device, dtype=torch.long)
     if delta_c is not None:
-        target = target + torch.round(delta_c.to(device)).long()
+        dc = delta_c.to(device)
+        keep &= torch.isfinite(dc).all(1)
+        target = target + torch.round(torch.nan_to_num(dc, nan=0.0, posinf=0.0, neginf=0.0)).long()
     upper_volume = torch.tensor(volume_shape, device=device) - 1
     target = torch.minimum(target.clamp_min(0), upper_volume)
     lo = torch.tensor((z0, y0, x0), device=device)
     hi = torch.tensor((z1, y1, x1), device=device) - 1
     local = torch.minimum(torch.maximum(target, lo), hi) - lo
 
-    dp = delta_p.to(device=device, dtype=torch.float32)
-    keep = valid.to(device) & torch.isfinite(dp)
     k = rows // 2
     row = torch.arange(rows, device=device)
     # Priority (lower wins): error rows 0..K-1, then uncertainty rows K..2K-1; first row first in a block.

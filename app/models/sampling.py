@@ -9,7 +9,8 @@ Coordinates: an object's ``logits`` is a (rd, rh, rw) tensor over its region of 
 Where the paper is ambiguous we chose (SPEC section 2 wins over the paper):
 
 - U_t uses the strict band |p - 0.5| < tau, ranked by |p - 0.5| ascending; equal distances are ordered by
-  flat (C-order) index of the ROI, so a replay picks the same voxels.
+  flat (C-order) index of the ROI, so a replay picks the same voxels. Both are evaluated on |z| (z = logit),
+  the exact monotone equivalent of |p - 0.5|, so float32 sigmoid rounding never merges distinct voxels.
 - E_t is a union of balls; a voxel covered by the balls of several clicks is judged against the label of
   the *latest* click covering it, because later clicks express the user's latest intent.
 - E_t larger than K: K voxels drawn without replacement with the caller's generator (seeded per session and
@@ -17,7 +18,8 @@ Where the paper is ambiguous we chose (SPEC section 2 wins over the paper):
 - Feature columns 0-2 and 5-7 are i/D, j/H, k/W of the *volume* (paper: "relative position within the
   volumetric input"); the anchor is the object's first click, or the box centre before any click.
   Padding rows are all zeros, validity included.
-- The mask used by the error set is y = sigmoid(logits) > 0.5 (SPEC: y_t = p_t > 0.5).
+- The mask is y = p > 0.5, evaluated exactly as z > 0 (``mask_from_logits``); use the same helper wherever
+  a mask is derived from logits so that the error set and the streamed mask agree.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class CorrectorInput:
         return self.features.shape[0] // 2
 
 
+def mask_from_logits(logits: Tensor) -> Tensor:
+    """y = (sigmoid(z) > 0.5), computed exactly as z > 0 (float32 sigmoid rounds tiny z to 0.5)."""
+    return logits > 0
+
+
 def sample_uncertain(logits: Tensor, tau: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The uncertainty set U_t = {|p - 0.5| < tau}, the K most uncertain first, padded to exactly K.
 
@@ -96,25 +103,22 @@ def sample_uncertain(logits: Tensor, tau: float, k: int) -> tuple[Tensor, Tensor
         valid: (k,) bool.
     """
     _check_logits(logits)
+    SamplingConfig(tau=tau, k=k)  # same checks, same messages
     device = logits.device
     flat = logits.reshape(-1)
-    # Cheap pre-filter in the logit domain (|p - 0.5| < tau  <=>  |z| < logit(0.5 + tau)), with a margin
-    # far above float32 sigmoid error; the exact band is then applied on the survivors only.
-    bound = math.log((0.5 + tau) / (0.5 - tau)) if tau < 0.5 else math.inf
-    candidates = torch.nonzero(flat.abs() <= bound * (1 + 1e-3) + 1e-3).squeeze(1)  # ascending flat index
-    probs_c = torch.sigmoid(flat[candidates].float())
-    dist = (probs_c - 0.5).abs()
-    in_band = dist < tau
-    candidates, probs_c, dist = candidates[in_band], probs_c[in_band], dist[in_band]
-
+    # Work on |z|: sigmoid is strictly increasing, so |p - 0.5| < tau  <=>  |z| < logit(0.5 + tau) and the
+    # order by |z| is the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties),
+    # at the cost of one abs and one compare per ROI voxel.
+    abs_z = flat.float().abs()
+    candidates = torch.nonzero(abs_z < _logit_band(tau, device)).squeeze(1)  # ascending flat index
+    key = abs_z[candidates]
     if candidates.numel() > k:
-        # Keep everything not farther than the k-th smallest distance (O(n)), then sort only those.
-        kth = torch.kthvalue(dist, k).values
-        keep = dist <= kth
-        candidates, probs_c, dist = candidates[keep], probs_c[keep], dist[keep]
-    # Stable sort on ascending flat index = ties broken by flat index.
-    order = torch.sort(dist, stable=True).indices[:k]
-    chosen, chosen_p = candidates[order], probs_c[order]
+        # Keep everything not farther than the k-th smallest (O(n)), then sort only those.
+        keep = key <= torch.kthvalue(key, k).values
+        candidates, key = candidates[keep], key[keep]
+    # Stable sort of an ascending-flat-index list: equal |z| stay in flat-index order.
+    chosen = candidates[torch.sort(key, stable=True).indices[:k]]
+    chosen_p = torch.sigmoid(flat[chosen].float())
 
     n = chosen.numel()
     coords = torch.zeros(k, 3, dtype=torch.long, device=device)
@@ -137,7 +141,7 @@ def sample_errors(
     """The error set E_t around the clicks (paper eq. 4), sampled or padded to exactly K.
 
     E_t = union over clicks n of the ROI voxels x with ||x - c_n||_2 <= radius where the mask
-    (sigmoid(logits) > 0.5) differs from the label that applies at x: the label of the latest click whose
+    (p > 0.5, i.e. logits > 0) differs from the label that applies at x: the label of the latest click whose
     ball covers x.
 
     Args:
@@ -154,6 +158,7 @@ def sample_errors(
         valid: (k,) bool.
     """
     _check_logits(logits)
+    SamplingConfig(k=k, radius=radius)  # same checks, same messages
     clicks, labels = _check_clicks(clicks, labels, logits.device)
     device = logits.device
     shape = logits.shape
@@ -175,7 +180,7 @@ def sample_errors(
     voxels, inverse = torch.unique(flat_idx, sorted=True, return_inverse=True)
     latest = torch.full_like(voxels, -1).scatter_reduce(0, inverse, order, reduce="amax", include_self=True)
     voxel_label = labels[latest]
-    mask = (torch.sigmoid(logits.reshape(-1)[voxels].float()) > 0.5).long()
+    mask = mask_from_logits(logits.reshape(-1)[voxels]).long()
     wrong = mask != voxel_label
     errors, error_label = voxels[wrong], voxel_label[wrong]
 
@@ -226,9 +231,7 @@ def build_corrector_input(
     k = config.k
 
     u_coords, u_probs, u_valid = sample_uncertain(logits, config.tau, k)
-    e_coords, e_labels, e_valid = sample_errors(
-        logits, clicks - origin, labels, config.radius, k, generator
-    )
+    e_coords, e_labels, e_valid = sample_errors(logits, clicks - origin, labels, config.radius, k, generator)
     valid = torch.cat([u_valid, e_valid])
     coords = torch.cat([u_coords, e_coords]) + origin
     coords = torch.where(valid[:, None], coords, torch.zeros_like(coords))
@@ -259,6 +262,15 @@ def _ball_offsets(radius: float, device: torch.device) -> Tensor:
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     inside = (grid**2).sum(-1).double() <= radius * radius
     return grid[inside].to(device)
+
+
+def _logit_band(tau: float, device: torch.device) -> Tensor:
+    """The float32 T with |z| < T  <=>  |sigmoid(z) - 0.5| < tau (exact sigmoid) for every float32 z."""
+    exact = 2.0 * math.atanh(2.0 * tau) if tau < 0.5 else math.inf  # = logit(0.5 + tau)
+    t = torch.tensor(exact, dtype=torch.float32)
+    if float(t) < exact:  # round up: the smallest float32 >= exact keeps the band strict
+        t = torch.nextafter(t, torch.tensor(math.inf))
+    return t.to(device)
 
 
 def _unravel(flat_idx: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
@@ -293,8 +305,8 @@ def _check_roi(
         raise ValueError(f"roi: expected (z0, y0, x0, z1, y1, x1), got {roi!r}")
     z0, y0, x0, z1, y1, x1 = (int(v) for v in roi)
     lo, hi = (z0, y0, x0), (z1, y1, x1)
-    if any(a < 0 or b > s or a >= b for a, b, s in zip(lo, hi, volume_shape)):
+    if any(a < 0 or b > s or a >= b for a, b, s in zip(lo, hi, volume_shape, strict=True)):
         raise ValueError(f"roi: {roi!r} is empty or outside the volume {tuple(volume_shape)}")
-    if tuple(b - a for a, b in zip(lo, hi)) != tuple(extent):
+    if tuple(b - a for a, b in zip(lo, hi, strict=True)) != tuple(extent):
         raise ValueError(f"roi: extent of {roi!r} does not match logits shape {tuple(extent)}")
     return z0, y0, x0, z1, y1, x1
