@@ -8,16 +8,14 @@ The SDK maps the HTTP status to its exception classes and keeps ``code`` and ``f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field
 
-
-_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*):")
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z0-9_]+|\[\d+\])*:")
 
 
 class ErrorCode(str, Enum):
@@ -72,7 +70,7 @@ def error_body(code: ErrorCode | str, message: str, field: str | None = None) ->
 
 
 def field_from_message(message: str) -> str | None:
-    """The leading ``name:`` of a ``ValueError`` message written as "field: problem", else None."""
+    """The field named by a message written as "field: problem" ("points[2]: ..." -> "points"), else None."""
     match = _FIELD_PREFIX.match(message)
     return match.group(1) if match else None
 

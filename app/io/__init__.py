@@ -1,0 +1,1 @@
+"""File formats at the edge of the service: reading uploaded volumes and writing masks."""

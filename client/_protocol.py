@@ -1,0 +1,197 @@
+"""Sans-IO halves of every SDK call: build the request, parse the reply (shared by sync and async clients).
+
+Requests are validated with the same pydantic models the server uses, so bad input fails locally with the
+same message ("box: z1 < z0") as a ``ValidationError`` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydantic
+
+from app.schemas import paths
+from app.schemas.errors import detail_from_pydantic
+from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, RefineMode
+from app.schemas.sessions import SessionCreated, SessionInfo
+from client._errors import SegError, ValidationError, error_from_reply
+
+VolumeInput = np.ndarray | str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, independent of the client doing the IO."""
+
+    method: str
+    path: str
+    json: dict[str, Any] | None = None
+    params: dict[str, str] | None = None
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    data: dict[str, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"headers": self.headers}
+        for name in ("json", "params", "files", "data"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    return {paths.AUTHORIZATION_HEADER: paths.BEARER_PREFIX + token}
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """Raise the typed ``SegError`` for a non-2xx reply."""
+    if response.status_code >= 400:
+        raise error_from_reply(response.status_code, response.content, response.headers)
+    return response
+
+
+def _validated(model: type[pydantic.BaseModel], **values: Any) -> pydantic.BaseModel:
+    try:
+        return model(**values)
+    except pydantic.ValidationError as exc:
+        detail = detail_from_pydantic(exc.errors())
+        raise ValidationError(detail.message, code=detail.code, field=detail.field) from None
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays / scalars -> nested Python lists / numbers (pydantic's strict checks want those)."""
+    return np.asarray(value).tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+# --- sessions ----------------------------------------------------------------------------------------
+
+
+def create_session(
+    volume: VolumeInput, spacing: Sequence[float] | None, modality: str | None
+) -> Request:
+    """``POST /v1/sessions``. A numpy (D, H, W) array is sent as npz (``imgs`` + ``spacing`` in (z, y, x),
+    with ``spacing_order=zyx``); a path is sent as the file itself (its extension picks the reader)."""
+    data: dict[str, str] = {}
+    if modality is not None:
+        data[paths.UPLOAD_MODALITY_FIELD] = modality
+    if isinstance(volume, np.ndarray):
+        if volume.ndim != 3:
+            raise ValidationError(f"volume: expected a (D, H, W) array, got shape {volume.shape}", field="volume")
+        sp = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+        if len(sp) != 3 or not all(s > 0 for s in sp):
+            raise ValidationError(f"spacing: expected 3 positive values (sz, sy, sx), got {spacing}",
+                                  field="spacing")
+        buf = io.BytesIO()
+        np.savez_compressed(buf, imgs=np.ascontiguousarray(volume), spacing=np.asarray(sp, dtype=np.float64))
+        files = {paths.UPLOAD_FILE_FIELD: ("volume.npz", buf.getvalue(), "application/x-npz")}
+        data[paths.UPLOAD_SPACING_ORDER_FIELD] = "zyx"
+    else:
+        if spacing is not None:
+            raise ValidationError("spacing: only for numpy volumes; a file carries its own spacing",
+                                  field="spacing")
+        file_path = Path(volume)
+        files = {paths.UPLOAD_FILE_FIELD: (file_path.name, file_path.read_bytes(), "application/octet-stream")}
+    return Request("POST", paths.SESSIONS, files=files, data=data)
+
+
+def parse_created(response: httpx.Response) -> SessionCreated:
+    return SessionCreated.model_validate_json(check(response).content)
+
+
+def session_info(sid: str, token: str) -> Request:
+    return Request("GET", paths.SESSION.format(session_id=sid), headers=auth_headers(token))
+
+
+def parse_info(response: httpx.Response) -> SessionInfo:
+    return SessionInfo.model_validate_json(check(response).content)
+
+
+def close_session(sid: str, token: str) -> Request:
+    return Request("DELETE", paths.SESSION.format(session_id=sid), headers=auth_headers(token))
+
+
+# --- objects -----------------------------------------------------------------------------------------
+
+
+def _object_path(template: str, sid: str, oid: int) -> str:
+    if isinstance(oid, bool) or not isinstance(oid, (int, np.integer)):
+        raise ValidationError(f"object_id: expected an int, got {oid!r}", field="object_id")
+    if not paths.MIN_OBJECT_ID <= int(oid) <= paths.MAX_OBJECT_ID:
+        raise ValidationError(f"object_id: must be in {paths.MIN_OBJECT_ID}..{paths.MAX_OBJECT_ID}, got {oid}",
+                              field="object_id")
+    return template.format(session_id=sid, object_id=int(oid))
+
+
+def box(sid: str, token: str, oid: int, box_: Sequence[float] | np.ndarray, world: bool) -> Request:
+    body = _validated(BoxRequest, box=_plain(box_), world=world)
+    return Request("POST", _object_path(paths.OBJECT_BOX, sid, oid), json=body.model_dump(),
+                   headers=auth_headers(token))
+
+
+def clicks(
+    sid: str, token: str, oid: int, points: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[int] | np.ndarray,
+    mode: RefineMode, world: bool,
+) -> Request:
+    body = _validated(ClicksRequest, points=_plain(points), labels=_plain(labels), mode=mode, world=world)
+    return Request("POST", _object_path(paths.OBJECT_CLICKS, sid, oid), json=body.model_dump(),
+                   headers=auth_headers(token))
+
+
+def undo(sid: str, token: str, oid: int) -> Request:
+    return Request("POST", _object_path(paths.OBJECT_UNDO, sid, oid), headers=auth_headers(token))
+
+
+def reset(sid: str, token: str, oid: int) -> Request:
+    return Request("POST", _object_path(paths.OBJECT_RESET, sid, oid), headers=auth_headers(token))
+
+
+def remove(sid: str, token: str, oid: int) -> Request:
+    return Request("DELETE", _object_path(paths.OBJECT, sid, oid), headers=auth_headers(token))
+
+
+def set_mask(sid: str, token: str, oid: int, mask: np.ndarray) -> Request:
+    """``PUT .../mask`` with an npz holding ``mask`` (uint8 0/1, (D, H, W))."""
+    arr = np.asarray(mask)
+    if arr.ndim != 3:
+        raise ValidationError(f"mask: expected a (D, H, W) array, got shape {arr.shape}", field="mask")
+    if arr.dtype != bool and not bool(np.isin(arr, (0, 1)).all()):
+        raise ValidationError("mask: values must be 0 or 1", field="mask")
+    buf = io.BytesIO()
+    arrays: dict[str, Any] = {paths.MASK_NPZ_KEY: arr.astype(np.uint8)}
+    np.savez_compressed(buf, **arrays)
+    files = {paths.UPLOAD_FILE_FIELD: ("mask.npz", buf.getvalue(), "application/x-npz")}
+    return Request("PUT", _object_path(paths.OBJECT_MASK, sid, oid), files=files, headers=auth_headers(token))
+
+
+def parse_prompt(response: httpx.Response) -> PromptReply:
+    return PromptReply.model_validate_json(check(response).content)
+
+
+def get_mask(sid: str, token: str, oid: int, fmt: MaskFormat | str) -> Request:
+    fmt_value = MaskFormat(fmt).value
+    return Request("GET", _object_path(paths.OBJECT_MASK, sid, oid), params={paths.FORMAT_QUERY: fmt_value},
+                   headers=auth_headers(token))
+
+
+def get_segmentation(sid: str, token: str, fmt: MaskFormat | str) -> Request:
+    fmt_value = MaskFormat(fmt).value
+    return Request("GET", paths.SEGMENTATION.format(session_id=sid), params={paths.FORMAT_QUERY: fmt_value},
+                   headers=auth_headers(token))
+
+
+def parse_npz(response: httpx.Response, key: str) -> np.ndarray:
+    """The array ``key`` of an npz reply (no pickles)."""
+    content = check(response).content
+    try:
+        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+            return np.asarray(npz[key])
+    except (ValueError, OSError, KeyError) as exc:
+        raise SegError(f"reply: not an npz with key {key!r} ({exc})", status=response.status_code) from None

@@ -1,0 +1,159 @@
+"""Synchronous SDK: ``Client`` (one per server) and ``Session`` (one uploaded volume)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+import httpx
+import numpy as np
+
+from app.schemas import paths
+from app.schemas.prompts import MaskFormat, PromptReply, RefineMode
+from app.schemas.sessions import SessionCreated, SessionInfo
+from client import _protocol as proto
+from client._errors import TransportError
+from client._protocol import Request, VolumeInput
+from client._stream import MaskStream
+
+DEFAULT_TIMEOUT = 120.0
+"""Seconds; uploads encode the volume on the server, which can take a while on CPU."""
+
+
+class Client:
+    """A connection pool to one server.
+
+    Args:
+        base_url: e.g. "http://127.0.0.1:8000".
+        transport: an ``httpx.BaseTransport`` (e.g. ``httpx.MockTransport`` in tests); default: the network.
+        timeout: seconds per request.
+        headers: extra headers sent with every request.
+    """
+
+    def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
+                                  headers=headers)
+
+    def _send(self, request: Request) -> httpx.Response:
+        try:
+            return self._http.request(request.method, request.path, **request.kwargs())
+        except httpx.TransportError as exc:
+            raise TransportError(f"{request.method} {request.path}: {exc!r}") from exc
+
+    def create_session(self, volume: VolumeInput, *, spacing: Sequence[float] | None = None,
+                       modality: str | None = None) -> Session:
+        """Upload a volume and open a session on it.
+
+        Args:
+            volume: a (D, H, W) numpy array in (z, y, x) order, or a path to a NIfTI / NRRD / MHA / npz /
+                zip (MHD+RAW or DICOM series) file.
+            spacing: (sz, sy, sx) mm, numpy volumes only (default 1 mm).
+            modality: "CT", "MR", ... (optional).
+        """
+        created = proto.parse_created(self._send(proto.create_session(volume, spacing, modality)))
+        return Session(self, created.session_id, created.token, created=created)
+
+    def session(self, session_id: str, token: str) -> Session:
+        """Attach to an existing session (e.g. from another process)."""
+        return Session(self, session_id, token)
+
+    def health(self) -> bool:
+        """True when ``/healthz`` answers 2xx."""
+        try:
+            return self._http.get(paths.HEALTHZ).is_success
+        except httpx.TransportError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Session:
+    """One server-side session. Coordinates are (z, y, x) voxel indices; boxes are inclusive
+    [z0, y0, x0, z1, y1, x1]. Every prompt returns a ``PromptReply`` (new version, changed count, bbox)."""
+
+    def __init__(self, client: Client, session_id: str, token: str,
+                 created: SessionCreated | None = None) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.token = token
+        self.created = created
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        """(D, H, W) when this handle created the session (else see ``info()``)."""
+        return None if self.created is None else self.created.shape
+
+    def _send(self, request: Request) -> httpx.Response:
+        return self.client._send(request)
+
+    def info(self) -> SessionInfo:
+        return proto.parse_info(self._send(proto.session_info(self.session_id, self.token)))
+
+    def box(self, object_id: int, box: Sequence[float] | np.ndarray, *, world: bool = False) -> PromptReply:
+        """Start (or restart) ``object_id`` from an inclusive box [z0, y0, x0, z1, y1, x1]."""
+        return proto.parse_prompt(self._send(proto.box(self.session_id, self.token, object_id, box, world)))
+
+    def clicks(self, object_id: int, points: Sequence[Sequence[float]] | np.ndarray,
+               labels: Sequence[int] | np.ndarray, *, mode: RefineMode = "both", world: bool = False
+               ) -> PromptReply:
+        """Add clicks: ``points`` (N, 3) as (z, y, x), ``labels`` (N,) 1 = foreground, 0 = background."""
+        request = proto.clicks(self.session_id, self.token, object_id, points, labels, mode, world)
+        return proto.parse_prompt(self._send(request))
+
+    def undo(self, object_id: int) -> PromptReply:
+        return proto.parse_prompt(self._send(proto.undo(self.session_id, self.token, object_id)))
+
+    def reset(self, object_id: int) -> PromptReply:
+        return proto.parse_prompt(self._send(proto.reset(self.session_id, self.token, object_id)))
+
+    def remove(self, object_id: int) -> None:
+        """Delete the object (its mask, prompts and history)."""
+        proto.check(self._send(proto.remove(self.session_id, self.token, object_id)))
+
+    def set_mask(self, object_id: int, mask: np.ndarray) -> PromptReply:
+        """Replace the object's mask with ``mask`` ((D, H, W), 0/1 or bool), e.g. to refine an existing one."""
+        return proto.parse_prompt(self._send(proto.set_mask(self.session_id, self.token, object_id, mask)))
+
+    def mask(self, object_id: int) -> np.ndarray:
+        """The object's current mask, uint8 (D, H, W) of 0/1."""
+        response = self._send(proto.get_mask(self.session_id, self.token, object_id, MaskFormat.NPZ))
+        return proto.parse_npz(response, paths.MASK_NPZ_KEY)
+
+    def download_mask(self, object_id: int, fmt: MaskFormat | str = MaskFormat.NIFTI_GZ) -> bytes:
+        """The object's mask as a file ("npz", "nii.gz" or "nrrd") in the uploaded volume's geometry."""
+        response = self._send(proto.get_mask(self.session_id, self.token, object_id, fmt))
+        return proto.check(response).content
+
+    def segmentation(self) -> np.ndarray:
+        """All objects as one (D, H, W) label map (value = object id, 0 = background)."""
+        response = self._send(proto.get_segmentation(self.session_id, self.token, MaskFormat.NPZ))
+        return proto.parse_npz(response, paths.SEGMENTATION_NPZ_KEY)
+
+    def download_segmentation(self, fmt: MaskFormat | str = MaskFormat.NIFTI_GZ) -> bytes:
+        response = self._send(proto.get_segmentation(self.session_id, self.token, fmt))
+        return proto.check(response).content
+
+    def stream(self, *, open_timeout: float = 10.0) -> MaskStream:
+        """Open the diff stream: a consumer keeping a local mask per object (use ``with``)."""
+        return MaskStream(self.client.base_url, self.session_id, self.token, open_timeout=open_timeout)
+
+    def close(self) -> None:
+        """Delete the session on the server (frees its device memory)."""
+        proto.check(self._send(proto.close_session(self.session_id, self.token)))
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
