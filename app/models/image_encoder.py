@@ -30,16 +30,16 @@ class ViTImageEncoder(ViT):
         num_layers: int,
         num_heads: int,
     ) -> None:
-        frame = tuple(int(s) for s in frame)
-        patch_size = tuple(int(p) for p in patch_size)
         if len(frame) != 3 or len(patch_size) != 3:
             raise ValueError(f"frame: expected 3 sides and a 3-d patch size, got {frame} and {patch_size}")
-        if any(s % p for s, p in zip(frame, patch_size, strict=True)):
-            raise ValueError(f"frame: {frame} is not a multiple of patch_size {patch_size}")
+        d, h, w = (int(s) for s in frame)
+        p0, p1, p2 = (int(p) for p in patch_size)
+        if d % p0 or h % p1 or w % p2:
+            raise ValueError(f"frame: {(d, h, w)} is not a multiple of patch_size {(p0, p1, p2)}")
         super().__init__(
             in_channels=1,
-            img_size=frame,
-            patch_size=patch_size,
+            img_size=(d, h, w),
+            patch_size=(p0, p1, p2),
             hidden_size=hidden_size,
             mlp_dim=mlp_dim,
             num_layers=num_layers,
@@ -48,9 +48,9 @@ class ViTImageEncoder(ViT):
             classification=False,
             dropout_rate=0.0,
         )
-        self.frame = frame
-        self.grid = tuple(s // p for s, p in zip(frame, patch_size, strict=True))
+        self.frame = (d, h, w)
+        self.grid = (d // p0, h // p1, w // p2)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         tokens, _ = super().forward(x)  # (B, g0*g1*g2, hidden), final LayerNorm applied
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *self.grid)

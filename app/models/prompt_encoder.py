@@ -14,6 +14,7 @@ which is geometrically consistent but does not match the published weights.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,8 @@ class LayerNorm2d(nn.Module):
 
 class PositionEmbeddingRandom3D(nn.Module):
     """Random-Fourier positional encoding: a fixed gaussian matrix (3, C/2) -> [sin, cos] features (C)."""
+
+    positional_encoding_gaussian_matrix: Tensor
 
     def __init__(self, num_pos_feats: int, scale: float = 1.0) -> None:
         super().__init__()
@@ -100,11 +103,15 @@ class PromptEncoder3D(nn.Module):
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
-        self.input_image_size = tuple(input_image_size)
-        self.image_embedding_size = tuple(image_embedding_size)
+        d, h, w = input_image_size
+        g0, g1, g2 = image_embedding_size
+        self.input_image_size = (int(d), int(h), int(w))
+        self.image_embedding_size = (int(g0), int(g1), int(g2))
         self.reference_point_normalisation = reference_point_normalisation
         self.pe_layer = PositionEmbeddingRandom3D(embed_dim // 2)
-        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(self.num_point_embeddings))
+        self.point_embeddings = nn.ModuleList(
+            nn.Embedding(1, embed_dim) for _ in range(self.num_point_embeddings)
+        )
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
         self.mask_downscaling = nn.Sequential(
             nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
@@ -116,6 +123,10 @@ class PromptEncoder3D(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def _point_embedding(self, index: int) -> Tensor:
+        """(1, C) learned embedding ``index`` (0 negative, 1 positive, 2/3 box corners)."""
+        return cast(nn.Embedding, self.point_embeddings[index]).weight
 
     def get_dense_pe(self) -> Tensor:
         """(1, C, g0, g1, g2) positional encoding of the image-embedding grid."""
@@ -137,15 +148,15 @@ class PromptEncoder3D(nn.Module):
         embedding = self.encode_coords(points)
         label = labels[..., None]
         embedding = torch.where(label == -1, self.not_a_point_embed.weight, embedding)
-        embedding = embedding + (label == 0) * self.point_embeddings[0].weight
-        embedding = embedding + (label == 1) * self.point_embeddings[1].weight
+        embedding = embedding + (label == 0) * self._point_embedding(0)
+        embedding = embedding + (label == 1) * self._point_embedding(1)
         return embedding
 
     def _embed_boxes(self, boxes: Tensor) -> Tensor:
         """boxes (B, 6) inclusive [z0, y0, x0, z1, y1, x1] -> two corner tokens (B, 2, C)."""
         corners = (boxes + 0.5).reshape(-1, 2, 3)
         embedding = self.encode_coords(corners)
-        corner_types = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        corner_types = torch.cat([self._point_embedding(2), self._point_embedding(3)], dim=0)
         return embedding + corner_types
 
     def forward(

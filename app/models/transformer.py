@@ -8,7 +8,6 @@ cross-attention; a final token->image attention closes the stack. Cross-attentio
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,7 +34,9 @@ class Attention(nn.Module):
         self.internal_dim = embedding_dim // downsample_rate
         self.num_heads = num_heads
         if self.internal_dim % num_heads != 0:
-            raise ValueError(f"num_heads: {num_heads} does not divide the attention width {self.internal_dim}")
+            raise ValueError(
+                f"num_heads: {num_heads} does not divide the attention width {self.internal_dim}"
+            )
         self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
@@ -78,7 +79,9 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """queries/query_pe: (B, Nt, C) tokens; keys/key_pe: (B, Ni, C) image. Returns both updated."""
         if self.skip_first_layer_pe:
             # SAM's first layer replaces (not adds to) the queries with the self-attention output.
@@ -129,7 +132,9 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """
         Args:
             image_embedding: (B, C, d, h, w) image features (plus the dense prompt embedding).
