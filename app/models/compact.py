@@ -48,8 +48,8 @@ class FastCPUConv3d(nn.Conv3d):
     Why by hand: PyTorch's CPU dispatch (``ConvParams::use_mkldnn``, tuned for 2-D) sends a batch-1 3-D
     convolution with N*C*D*H <= 20480 to the native ``slow_conv3d``, which is 3-10x slower than oneDNN at
     the k>1 convolutions of this model (e.g. 16->16 channels at 16x64x64: 180 ms vs 19 ms, one thread),
-    and runs 1x1x1 convolutions through an unfold copy that is several times slower than the matrix
-    product they are. CPU float32 with zero padding: k>1 or strided -> oneDNN, 1x1x1 stride 1 -> matmul.
+    and 1x1x1 convolutions take a path about 2x slower than the batched matrix product they are.
+    CPU float32 with zero padding: k>1 or strided -> oneDNN, 1x1x1 stride 1 -> ``baddbmm``.
     Anything else (CUDA, other dtypes) -> ``nn.Conv3d`` unchanged.
     """
 
@@ -143,6 +143,8 @@ class CompactBackbone(Backbone):
             raise ValueError(
                 f"click_sigma: expected three positive widths (z, y, x), got {tuple(click_sigma)}"
             )
+        if "batch" in norm.lower():
+            raise ValueError(f"norm: {norm!r} depends on the batch; use an instance or group norm")
         self.strides: tuple[Triple, ...] = tuple(_triple("strides", s) for s in strides)
 
         # Cumulative stride and grid size of every scale; scale 0 is the frame itself.
@@ -210,14 +212,16 @@ class CompactBackbone(Backbone):
         """Cached features of a batch of views.
 
         Args:
-            image: (B, 1, d, h, w) float, normalised to [0, 1], (d, h, w) == ``frame``.
+            image: (B, 1, d, h, w) in the model's dtype (float32), normalised to [0, 1], (d, h, w) == ``frame``.
         Returns:
-            (image, f_1, ..., f_L): the input itself (B, 1, d, h, w) and f_l (B, channels[l-1], *scale_sizes[l]).
+            (image, f_1, ..., f_L): a copy of the input (B, 1, d, h, w) and f_l (B, channels[l-1],
+            *scale_sizes[l]).
         """
         _check_shape("image", image, (None, 1, *self.frame))
-        if not image.is_floating_point():
-            raise ValueError(f"image: expected a floating point tensor, got {image.dtype}")
-        feats = [image]
+        dtype = self.coarse_head.conv.conv.weight.dtype
+        if image.dtype != dtype:
+            raise ValueError(f"image: expected dtype {dtype} (the model's), got {image.dtype}")
+        feats = [image.clone()]  # the cached embedding owns its copy of the image
         x = image
         for level in self.encoder:
             x = level(x)

@@ -68,6 +68,11 @@ class PredictorConfig:
         use_offsets: apply the corrector's coordinate-offset head.
         background_logit: logit given to voxels newly added to an object's ROI (p ~ 4.5e-5).
         mask_logit: |logit| used when an object starts from a given mask.
+        roi_box_margin: when a box is given, the zoom-out prediction only widens the zoom-in ROI up to this
+            fraction of the box extent on each side. SegVol unites the whole zoom-out prediction with the box
+            (None restores that); an unbounded union lets one stray zoom-out blob turn a small box into dozens
+            of zoom-in windows, which costs seconds per prompt on a CPU, while the user's box already bounds the
+            object.
     """
 
     tau: float = 0.1
@@ -78,8 +83,11 @@ class PredictorConfig:
     use_offsets: bool = True
     background_logit: float = -10.0
     mask_logit: float = 10.0
+    roi_box_margin: float | None = 0.5
 
     def __post_init__(self) -> None:
+        if self.roi_box_margin is not None and self.roi_box_margin < 0:
+            raise ValueError(f"roi_box_margin: must be >= 0 or None, got {self.roi_box_margin}")
         SamplingConfig(tau=self.tau, k=self.k, radius=self.radius)  # validates tau, k, radius
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap: must be in [0, 1), got {self.overlap}")
@@ -398,7 +406,11 @@ class Predictor:
             lo, hi = fg.min(dim=0).values.tolist(), (fg.max(dim=0).values + 1).tolist()
             roi = geo.frame_bounds_to_volume((*lo, *hi), state.crop, self.frame)  # type: ignore[arg-type]
         if box is not None:
-            roi = geo.bounds_union(roi, geo.box_to_bounds(box))
+            box_b = geo.box_to_bounds(box)
+            if roi is not None and self.config.roi_box_margin is not None:
+                margin = [int(round(self.config.roi_box_margin * e)) + 1 for e in geo.bounds_shape(box_b)]
+                roi = geo.bounds_intersection(roi, geo.grow_bounds(box_b, margin, state.shape))
+            roi = geo.bounds_union(roi, box_b)
         roi = geo.bounds_union(roi, geo.ball_bounds(points, self.config.radius, state.shape))
         if use_old:
             roi = geo.bounds_union(roi, obj.roi)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,7 +188,8 @@ def test_prompt_maps_clicks_are_visible_at_every_scale(model: CompactBackbone) -
     for scale, stride in enumerate(model.scale_strides):
         for channel, (z, y, x) in ((fg, (5, 99, 17)), (bg, (20, 30, 110))):
             where = (z // stride[0], y // stride[1], x // stride[2])  # the coarse voxel holding the click
-            assert maps[scale][0, channel][where] > 0.5, (scale, channel)
+            # The width at a scale is at least half its voxel: >= exp(-1.5) wherever the click falls in it.
+            assert maps[scale][0, channel][where] >= math.exp(-1.5), (scale, channel)
         assert maps[scale][0, fg].max() <= 1.0
     # A foreground click leaves the background map untouched far from any background click.
     assert maps[0][0, bg, 5, 99, 17] < 1e-6
@@ -253,6 +256,8 @@ def test_bad_encode_input_names_the_argument(model: CompactBackbone) -> None:
         model.encode(torch.zeros(1, 1, 16, 128, 128))
     with pytest.raises(ValueError, match=r"^image: "):
         model.encode(torch.zeros(1, 1, *model.frame, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"^image: "):
+        model.encode(torch.zeros(1, 1, *model.frame, dtype=torch.float64))
 
 
 @pytest.mark.parametrize(
@@ -296,3 +301,5 @@ def test_bad_hyper_parameters_name_the_argument() -> None:
         CompactBackbone(strides=((2, 2, 2),))
     with pytest.raises(ValueError, match=r"^click_sigma: "):
         CompactBackbone(click_sigma=(1.0, 0.0, 2.0))
+    with pytest.raises(ValueError, match=r"^norm: "):
+        CompactBackbone(norm="batch")
