@@ -26,7 +26,7 @@ def foreground_norm(volume: np.ndarray) -> np.ndarray:
     fg = flat[flat > flat.mean()]
     if fg.size == 0:  # constant volume: nothing is above the mean
         return np.zeros_like(v)
-    lower, upper = np.percentile(fg, [0.05, 99.95])
+    lower, upper = (float(q) for q in np.percentile(fg, [0.05, 99.95]))  # python floats keep float32
     mean, std = float(fg.mean()), float(fg.std())
     out = np.clip(v, lower, upper)
     out -= mean
@@ -38,7 +38,7 @@ def normalize_intensity(volume: np.ndarray) -> np.ndarray:
     """ForegroundNorm then min-max to [0, 1]. (D, H, W) -> (D, H, W) float32 in [0, 1]."""
     z = foreground_norm(volume)
     if float(z.max()) <= float(z.min()):
-        return np.zeros_like(z)
+        return np.zeros(z.shape, dtype=np.float32)
     scaled = ScaleIntensity(minv=0.0, maxv=1.0)(torch.from_numpy(z)[None])
     return np.asarray(scaled[0], dtype=np.float32)
 

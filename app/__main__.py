@@ -1,0 +1,71 @@
+"""``python -m app``: run the service with uvicorn, one worker process (sessions live in this process).
+
+    python -m app                                   # 127.0.0.1:8000, compact model, shipped weights
+    python -m app --port 9000 --config segvol-base --weights /path/to/segvol.pt --device cuda:0
+    REDIS_URL=redis://127.0.0.1:6379/0 python -m app          # metadata in Redis
+    python -m app --config segvol-test --random-weights       # tests / timing only: untrained model
+
+Flags override the environment (``SEGSVC_*``, ``REDIS_URL``), which overrides the defaults. Run one such
+process per device; put several behind a router that pins each session id to its process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m app", description="Interactive 3D segmentation service.")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--config", dest="model_config_name", help="model configuration (default compact)")
+    p.add_argument("--weights", help='checkpoint path, or "default" for the weights shipped with the config')
+    p.add_argument("--random-weights", action="store_true",
+                   help="serve a randomly initialised model (tests and timing benchmarks only)")
+    p.add_argument("--device", help='"auto" (default), "cpu" or "cuda:N"')
+    p.add_argument("--redis-url", help="metadata store URL (default: $REDIS_URL, else in-process)")
+    p.add_argument("--max-sessions", type=int)
+    p.add_argument("--max-device-bytes", type=int)
+    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds")
+    p.add_argument("--max-session-age", dest="max_session_age_s", type=float, help="seconds")
+    p.add_argument("--reaper-interval", dest="reaper_interval_s", type=float, help="seconds")
+    p.add_argument("--max-upload-bytes", type=int)
+    p.add_argument("--max-voxels", type=int)
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p.parse_args(argv)
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "max_sessions",
+            "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
+            "max_voxels")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if args.random_weights:
+        if args.weights is not None:
+            raise SystemExit("--random-weights and --weights are exclusive")
+        overrides.update(weights=None, allow_random_weights=True)
+    if args.no_warmup:
+        overrides["warmup"] = False
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import uvicorn
+
+    from app.config import Settings
+    from app.main import create_app
+
+    args = parse_args(argv)
+    settings = Settings(**settings_overrides(args))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The app object (not an import string) is passed: uvicorn runs it in this one process.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
+                log_level=args.log_level, ws_max_size=1 << 20)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Domain errors -> HTTP status, error code and WebSocket close code: the one table, and its handlers.
+
+Every non-2xx reply carries ``app.schemas.errors.ErrorBody``: ``{"error": {"code", "message", "field"}}``.
+
+    domain error (app.errors)   HTTP  code                 WebSocket close
+    InvalidInput                422   validation_error     4400
+    InvalidVolume               422   invalid_volume       4400
+    PayloadTooLarge             413   payload_too_large    4400
+    Unauthorized                401   unauthorized         4401
+    SessionNotFound             404   session_not_found    4404
+    ObjectNotFound              404   object_not_found     (stream: an "error" message, stays open)
+    NothingToUndo               409   nothing_to_undo      -
+    SessionExpired              410   session_expired      4410
+    CapacityExceeded            503   server_busy          4503   (+ Retry-After)
+    StoreUnavailable            500   internal_error       1011
+
+Framework errors use the same body: request validation -> 422 naming the field, other HTTP errors keep
+their status, anything unexpected -> 500 ``internal_error`` (details only in the server log).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import (
+    CapacityExceeded,
+    InvalidInput,
+    InvalidVolume,
+    NothingToUndo,
+    ObjectNotFound,
+    PayloadTooLarge,
+    ServiceError,
+    SessionExpired,
+    SessionNotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
+from app.schemas.errors import ERROR_STATUS, ErrorCode, detail_from_pydantic, error_body
+from app.schemas.paths import RETRY_AFTER_HEADER, StreamCloseCode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    code: ErrorCode
+    close_code: int
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]
+
+
+ERROR_TABLE: dict[type[ServiceError], ErrorMapping] = {
+    InvalidInput: ErrorMapping(ErrorCode.VALIDATION_ERROR, StreamCloseCode.BAD_MESSAGE),
+    InvalidVolume: ErrorMapping(ErrorCode.INVALID_VOLUME, StreamCloseCode.BAD_MESSAGE),
+    PayloadTooLarge: ErrorMapping(ErrorCode.PAYLOAD_TOO_LARGE, StreamCloseCode.BAD_MESSAGE),
+    Unauthorized: ErrorMapping(ErrorCode.UNAUTHORIZED, StreamCloseCode.UNAUTHORIZED),
+    SessionNotFound: ErrorMapping(ErrorCode.SESSION_NOT_FOUND, StreamCloseCode.NOT_FOUND),
+    ObjectNotFound: ErrorMapping(ErrorCode.OBJECT_NOT_FOUND, StreamCloseCode.NOT_FOUND),
+    NothingToUndo: ErrorMapping(ErrorCode.NOTHING_TO_UNDO, StreamCloseCode.BAD_MESSAGE),
+    SessionExpired: ErrorMapping(ErrorCode.SESSION_EXPIRED, StreamCloseCode.SESSION_EXPIRED),
+    CapacityExceeded: ErrorMapping(ErrorCode.SERVER_BUSY, StreamCloseCode.SERVER_BUSY),
+    StoreUnavailable: ErrorMapping(ErrorCode.INTERNAL_ERROR, StreamCloseCode.INTERNAL_ERROR),
+}
+
+_INTERNAL = ErrorMapping(ErrorCode.INTERNAL_ERROR, StreamCloseCode.INTERNAL_ERROR)
+
+# Plain HTTP errors raised by the framework (unknown route, wrong method, body too large, ...).
+_HTTP_CODES: dict[int, str] = {
+    400: ErrorCode.VALIDATION_ERROR.value,
+    404: "not_found",
+    405: "method_not_allowed",
+    413: ErrorCode.PAYLOAD_TOO_LARGE.value,
+    415: "unsupported_media_type",
+}
+
+
+def mapping_for(error: ServiceError) -> ErrorMapping:
+    """The table entry of ``error``'s class (or of its nearest mapped base class)."""
+    for cls in type(error).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]  # type: ignore[index]
+    return _INTERNAL
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    """The HTTP reply of a domain error."""
+    m = mapping_for(error)
+    headers: dict[str, str] = {}
+    if isinstance(error, CapacityExceeded):
+        headers[RETRY_AFTER_HEADER] = str(error.retry_after_s)
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(m.code, error.message, error.field), status_code=m.status, headers=headers)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a request body streams in, as soon as it passes the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"file: the request body is over the {limit}-byte upload limit")
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = detail_from_pydantic(exc.errors())
+    return JSONResponse(error_body(detail.code, detail.message, detail.field), status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = str(exc.detail)
+    field = "file" if isinstance(exc, BodyTooLarge) else None
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "body: could not parse the request body"
+        field = "body"
+    return JSONResponse(error_body(code, message, field), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body(ErrorCode.INTERNAL_ERROR, "server: internal error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

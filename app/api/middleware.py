@@ -1,0 +1,94 @@
+"""ASGI middleware: request latency metrics per route template, and the request body size limit."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import BodyTooLarge
+from app.schemas.errors import ErrorCode, error_body
+from app.sessions.metrics import ServiceMetrics
+
+
+class RequestMetrics:
+    """Observe every HTTP request's latency, labelled by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_seconds.labels(method=scope["method"], route=template, status=str(status)).observe(
+                time.perf_counter() - started)
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, counting bytes as they stream in.
+
+    A declared ``Content-Length`` past the limit is refused before the body is read; otherwise the body is
+    counted chunk by chunk and ``BodyTooLarge`` is raised inside the app's ``receive`` the moment the count
+    passes the limit (the app's error handler turns it into the 413 error body).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await _reply_413(send, self.max_bytes)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _reply_413(send: Send, limit: int) -> None:
+    body = json.dumps(error_body(ErrorCode.PAYLOAD_TOO_LARGE,
+                                 f"file: the request body is over the {limit}-byte upload limit", "file")).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

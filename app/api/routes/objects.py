@@ -1,0 +1,119 @@
+"""Objects of a session: box, clicks, undo, reset, start from a mask, download the mask, remove.
+
+Every mask-changing route replies with ``PromptReply``: the object's new version, the net count and bbox of
+changed voxels, and each model step with its timings; the changed voxels themselves go out on the
+session's WebSocket stream as diff frames (the "gru" step of a click before the "decoder" step runs).
+The prompt is in the session's history before the reply is sent. A failed request changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+
+from app.api.deps import ManagerDep, ObjectIdPath, SessionDep, SettingsDep
+from app.api.routes.sessions import file_response, volume_meta
+from app.api.uploads import read_mask
+from app.io.volumes import VolumeLimits, save_mask
+from app.schemas import paths
+from app.schemas.errors import ErrorBody
+from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply
+from app.sessions.manager import PromptOutcome, Session
+from app.sessions.validation import world_box_to_voxel, world_to_voxel
+
+router = APIRouter(tags=["objects"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    404: {"model": ErrorBody, "description": "Unknown session or object."},
+    410: {"model": ErrorBody, "description": "The session expired."},
+    422: {"model": ErrorBody, "description": "Malformed or out-of-volume input; `field` names it."},
+    503: {"model": ErrorBody, "description": "Device memory full; retry after Retry-After seconds."},
+}
+
+
+def prompt_reply(outcome: PromptOutcome) -> PromptReply:
+    return PromptReply(
+        object_id=outcome.object_id,
+        version=outcome.version,
+        changed=outcome.changed,
+        bbox=outcome.bbox,
+        steps=[StepReply(step=c.step, version=c.version, changed=c.count, bbox=c.bbox,  # type: ignore[arg-type]
+                         timings_ms=c.timings_ms) for c in outcome.changes],
+        timings_ms=outcome.timings_ms,
+    )
+
+
+def _geometry(session: Session) -> dict[str, object]:
+    r = session.record
+    return {"spacing_zyx": r.spacing, "origin_xyz": r.origin, "direction": r.direction}
+
+
+@router.post(paths.OBJECT_BOX, summary="Segment an object from a 3D box (restarts the object)", responses=_ERRORS)
+async def add_box(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: BoxRequest
+                  ) -> PromptReply:
+    box = world_box_to_voxel(body.box, **_geometry(session)) if body.world else list(body.voxel_box())
+    return prompt_reply(await manager.add_box(session, object_id, box))
+
+
+@router.post(paths.OBJECT_CLICKS, summary="Refine an object with clicks", responses=_ERRORS)
+async def add_clicks(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ClicksRequest
+                     ) -> PromptReply:
+    if body.world:
+        points = [tuple(int(v) for v in p) for p in world_to_voxel(body.points, **_geometry(session))]
+    else:
+        points = body.voxel_points()
+    return prompt_reply(await manager.add_clicks(session, object_id, points, body.labels, mode=body.mode))
+
+
+@router.post(paths.OBJECT_UNDO, summary="Undo the object's last prompt",
+             responses={**_ERRORS, 409: {"model": ErrorBody, "description": "Nothing to undo."}})
+async def undo(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> PromptReply:
+    return prompt_reply(await manager.undo(session, object_id))
+
+
+@router.post(paths.OBJECT_RESET, summary="Empty the object (undoable)", responses=_ERRORS)
+async def reset(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> PromptReply:
+    return prompt_reply(await manager.reset(session, object_id))
+
+
+@router.put(paths.OBJECT_MASK, summary="Start the object from an existing mask (npz key 'mask', nii.gz, nrrd)",
+            responses={**_ERRORS, 413: {"model": ErrorBody, "description": "Upload past the limit."}})
+async def put_mask(
+    session: SessionDep,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    object_id: ObjectIdPath,
+    file: Annotated[UploadFile, File(description="A (D, H, W) 0/1 mask of the volume's shape.")],
+) -> PromptReply:
+    limits = VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    mask = await read_mask(file, volume_meta(session), limits)
+    return prompt_reply(await manager.set_mask(session, object_id, mask))
+
+
+@router.get(
+    paths.OBJECT_MASK,
+    summary="Download the object's mask",
+    response_class=Response,
+    responses={**_ERRORS, 200: {"content": {"application/x-npz": {}, "application/gzip": {},
+                                            "application/octet-stream": {}},
+                                "description": f"npz key {paths.MASK_NPZ_KEY!r}: uint8 (D, H, W); the "
+                                f"{paths.OBJECT_VERSION_HEADER} header gives the version."}},
+)
+async def get_mask(
+    session: SessionDep,
+    manager: ManagerDep,
+    object_id: ObjectIdPath,
+    fmt: Annotated[MaskFormat, Query(alias=paths.FORMAT_QUERY)] = MaskFormat.NPZ,
+) -> Response:
+    mask, version = await manager.get_mask(session, object_id)
+    data = await asyncio.to_thread(save_mask, mask, volume_meta(session), fmt.value, npz_key=paths.MASK_NPZ_KEY)
+    return file_response(data, fmt, f"object-{object_id}", {paths.OBJECT_VERSION_HEADER: str(version)})
+
+
+@router.delete(paths.OBJECT, status_code=204, summary="Remove the object (not undoable)", responses=_ERRORS)
+async def remove_object(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> Response:
+    await manager.remove_object(session, object_id)
+    return Response(status_code=204)

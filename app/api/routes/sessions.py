@@ -1,0 +1,114 @@
+"""Sessions: create (upload a volume), inspect, delete, and download all objects as one label map."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+
+from app.api.deps import ManagerDep, SessionDep, SettingsDep
+from app.api.uploads import read_volume
+from app.io.volumes import VolumeLimits, VolumeMeta, save_mask
+from app.schemas import paths
+from app.schemas.errors import ErrorBody
+from app.schemas.prompts import MaskFormat
+from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
+from app.sessions.manager import Geometry, Session
+
+router = APIRouter(tags=["sessions"])
+
+_AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    404: {"model": ErrorBody, "description": "Unknown session (or a token of another session)."},
+    410: {"model": ErrorBody, "description": "The session expired."},
+}
+
+
+def volume_meta(session: Session) -> VolumeMeta:
+    r = session.record
+    return VolumeMeta(shape=r.shape, spacing=r.spacing, origin=r.origin, direction=r.direction)
+
+
+def file_response(data: bytes, fmt: MaskFormat, stem: str, headers: dict[str, str] | None = None) -> Response:
+    disposition = {"Content-Disposition": f'attachment; filename="{stem}{fmt.extension}"'}
+    return Response(content=data, media_type=fmt.media_type, headers={**disposition, **(headers or {})})
+
+
+@router.post(
+    paths.SESSIONS,
+    status_code=201,
+    summary="Upload a volume and open a session",
+    responses={
+        413: {"model": ErrorBody, "description": "Upload or volume past the configured limit."},
+        422: {"model": ErrorBody, "description": "Unreadable, non-3D or non-finite volume."},
+        503: {"model": ErrorBody, "description": "Server full; retry after Retry-After seconds."},
+    },
+)
+async def create_session(
+    manager: ManagerDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="NIfTI, NRRD, MHA, MHD+RAW or DICOM series as .zip, "
+                                                 "or a CVPR25 .npz (imgs, spacing).")],
+    modality: Annotated[str | None, Form(max_length=64, description="CT, MR, PET, ... (optional).")] = None,
+    spacing_order: Annotated[Literal["auto", "zyx", "xyz"], Form(
+        description="Axis order of an .npz upload's spacing.")] = "auto",
+) -> SessionCreated:
+    manager.check_room_for_session()  # refuse early, before decoding the upload
+    limits = VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    loaded = await read_volume(file, limits, spacing_order)
+    geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
+    session, token = await manager.create(loaded.array, geometry, modality=modality or loaded.modality,
+                                          source_format=loaded.source_format)
+    r = session.record
+    return SessionCreated(
+        session_id=r.session_id, token=token, shape=r.shape, spacing=r.spacing, origin=r.origin,
+        direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
+        expires_in_s=manager.expires_in_s(session), source_format=r.source_format,
+    )
+
+
+@router.get(paths.SESSION, summary="Session geometry, objects and expiry", responses=_AUTH_ERRORS)
+async def get_session_info(session: SessionDep, manager: ManagerDep) -> SessionInfo:
+    summaries = await manager.object_summaries(session)
+    history = await manager.store.prompt_history(session.session_id)
+    prompts: dict[int, int] = {}
+    for p in history:
+        prompts[p.object_id] = prompts.get(p.object_id, 0) + 1
+    stored = await manager.store.get_session(session.session_id)
+    r = stored or session.record
+    return SessionInfo(
+        session_id=r.session_id, shape=r.shape, spacing=r.spacing, origin=r.origin,
+        direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
+        created_at=r.created_at, last_used_at=r.last_used_at, expires_in_s=manager.expires_in_s(session),
+        source_format=r.source_format,
+        objects=[ObjectInfo(object_id=oid, version=v, voxels=n, bbox=bbox, n_prompts=prompts.get(oid, 0))
+                 for oid, v, n, bbox in summaries],
+    )
+
+
+@router.delete(paths.SESSION, status_code=204, summary="Close the session and free its memory",
+               responses=_AUTH_ERRORS)
+async def delete_session(session: SessionDep, manager: ManagerDep) -> Response:
+    await manager.close(session)
+    return Response(status_code=204)
+
+
+@router.get(
+    paths.SEGMENTATION,
+    summary="All objects as one label map (value = object id; overlaps: the most recently changed object wins)",
+    response_class=Response,
+    responses={**_AUTH_ERRORS, 200: {"content": {t: {} for t in ("application/x-npz", "application/gzip",
+                                                                  "application/octet-stream")},
+                                     "description": f"npz key {paths.SEGMENTATION_NPZ_KEY!r}, uint8 or uint16"}},
+)
+async def get_segmentation(
+    session: SessionDep,
+    manager: ManagerDep,
+    fmt: Annotated[MaskFormat, Query(alias=paths.FORMAT_QUERY)] = MaskFormat.NPZ,
+) -> Response:
+    labels, versions = await manager.segmentation(session)
+    data = await asyncio.to_thread(save_mask, labels, volume_meta(session), fmt.value,
+                                   npz_key=paths.SEGMENTATION_NPZ_KEY)
+    header = ",".join(f"{oid}={v}" for oid, v in versions.items())
+    return file_response(data, fmt, "segmentation", {"X-Object-Versions": header})

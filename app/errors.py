@@ -1,0 +1,63 @@
+"""Domain errors of the service layer (no web framework here).
+
+``app.api.errors`` maps each class to an HTTP status, an error code and a WebSocket close code in one
+table. Messages start with the field at fault ("box: z1 < z0") whenever there is one, and ``field`` names it.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a client on purpose."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(ServiceError):
+    """A prompt or parameter is malformed or outside the volume; nothing was changed."""
+
+
+class InvalidVolume(ServiceError):
+    """An uploaded file is unreadable, not a 3D volume, or has non-finite values."""
+
+
+class PayloadTooLarge(ServiceError):
+    """An upload or a volume is larger than the configured limit."""
+
+
+class Unauthorized(ServiceError):
+    """The bearer token is missing or belongs to no session."""
+
+
+class SessionNotFound(ServiceError):
+    """No such session here (also used when a token of another session is presented: existence stays hidden)."""
+
+
+class SessionExpired(ServiceError):
+    """The session existed but expired (idle timeout or maximum age)."""
+
+
+class ObjectNotFound(ServiceError):
+    """The session has no object with this id."""
+
+
+class NothingToUndo(ServiceError):
+    """Undo asked for an object whose undo stack is empty."""
+
+
+class CapacityExceeded(ServiceError):
+    """The server holds as many sessions (or device bytes) as it may; retry later."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(ServiceError):
+    """The metadata store could not be reached; the request was not acknowledged."""

@@ -1,0 +1,716 @@
+"""The session manager: live sessions on the device, their metadata, expiry, capacity and the diff stream.
+
+    manager = SessionManager(predictor, store, DeviceExecutor(), SessionLimits(...))
+    session, token = await manager.create(volume, geometry, modality="CT")
+    session = manager.authenticate(session_id, token)       # 401 / 404 / 410 as domain errors
+    outcome = await manager.add_clicks(session, 1, [(z, y, x)], [1], mode="gru")
+
+Concurrency policy
+------------------
+One event loop, one worker process per device. Every session has its own lock; the device has one lock
+(``DeviceExecutor``). **Lock order: session lock, then device lock** (``app.sessions.locks`` refuses any
+other order at run time). Everything that reads or writes a session's model state holds its session lock
+for the whole request (device work, prompt-history append, version bookkeeping), so requests on one
+session are applied one at a time, in arrival order; the device lock is held only around the blocking
+model call, which runs on the executor's thread so the event loop keeps serving other sessions, health
+checks and WebSocket frames. Nothing awaits the store while holding the device lock.
+
+A mutating request runs as its own task shielded from cancellation: once a prompt reached the device,
+a client that disconnects cannot leave the model state ahead of the prompt history.
+
+Acknowledgement: the prompt is appended to the store's history (with the object's new version) *before*
+the reply is sent. If that append fails the session is closed (its device state would no longer match
+its history) and the client gets ``StoreUnavailable``.
+
+Expiry clocks (monotonic): a session ends when unused for ``idle_timeout_s`` (idle clock, reset by every
+authenticated request) or when older than ``max_session_age_s`` (liveness clock, never reset). The reaper
+sweeps periodically; ``authenticate``/``get`` also check on access. Ended ids are kept in a bounded
+tombstone map so later requests get 410 (expired) or 404 (deleted) instead of 401.
+
+Capacity: at most ``max_sessions`` live sessions (creations in flight included), and at most
+``max_device_bytes`` of session state on the device (checked before and after encoding a new volume,
+and before creating a new object). Past either: ``CapacityExceeded`` (503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from app.errors import (
+    CapacityExceeded,
+    InvalidInput,
+    InvalidVolume,
+    NothingToUndo,
+    ObjectNotFound,
+    SessionExpired,
+    SessionNotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
+from app.schemas.diffs import ObjectRemoved
+from app.schemas.prompts import REFINE_MODES
+from app.sessions.changes import Bbox, net_change
+from app.sessions.diffs import encode_change, encode_snapshot
+from app.sessions.executor import DeviceExecutor
+from app.sessions.locks import SESSION_LEVEL, OrderedLock
+from app.sessions.metrics import ServiceMetrics
+from app.sessions.store import MetadataStore, PromptRecord, SessionRecord
+from app.sessions.subscribers import Close, Subscriber
+from app.sessions.validation import check_box, check_points
+
+if TYPE_CHECKING:
+    from app.models.predictor import Predictor
+    from app.models.state import Change, SessionState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# WebSocket close codes the manager asks for (mirrors app.schemas.paths.StreamCloseCode).
+CLOSE_GOING_AWAY = 1001
+CLOSE_SESSION_ENDED = 4410
+CLOSE_TOO_SLOW = 4503
+
+
+def hash_token(token: str) -> str:
+    """Hex sha256 of a bearer token (only the hash is kept)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Capacity and expiry settings of a manager (see ``app.config.Settings``)."""
+
+    max_sessions: int = 8
+    max_device_bytes: int | None = None
+    retry_after_s: int = 5
+    idle_timeout_s: float = 1800.0
+    max_session_age_s: float = 8 * 3600.0
+    tombstones: int = 10_000
+    stream_queue_frames: int = 1024
+    max_subscribers: int = 16
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical frame of an uploaded volume (see ``app.schemas.sessions.VolumeGeometry``)."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class Session:
+    """One live session: its record, its device state and its concurrency/bookkeeping attributes.
+
+    Attributes:
+        record: the metadata as stored (created_at/last_used_at wall-clock, for display).
+        state: the predictor's device-resident state; touch only under ``lock`` and through the executor.
+        lock: the session lock (taken before the device lock).
+        versions: object id -> version of its last step (updated on the device thread, step by step).
+        change_order: object id -> sequence number of its last change (label-map overlap rule).
+        nbytes: device bytes of ``state`` after the last request (cached for metrics and capacity).
+    """
+
+    record: SessionRecord
+    state: SessionState
+    lock: OrderedLock
+    created_mono: float
+    last_used_mono: float
+    nbytes: int = 0
+    versions: dict[int, int] = field(default_factory=dict)
+    change_order: dict[int, int] = field(default_factory=dict)
+    subscribers: set[Subscriber] = field(default_factory=set)
+    closed: bool = False
+
+    @property
+    def session_id(self) -> str:
+        return self.record.session_id
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.record.shape
+
+    def broadcast(self, item: bytes | str) -> None:
+        """Queue a frame or message to every subscriber (event loop thread only)."""
+        for sub in list(self.subscribers):
+            sub.push(item)
+            if sub.closed:
+                self.subscribers.discard(sub)
+
+
+@dataclass(frozen=True)
+class PromptOutcome:
+    """The result of one acknowledged prompt.
+
+    ``changed``/``bbox`` are the net change of the whole request; ``changes`` has one entry per model step.
+    """
+
+    object_id: int
+    version: int
+    changed: int
+    bbox: Bbox | None
+    changes: list[Change]
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Tombstone:
+    token_hash: str
+    reason: str  # "idle" | "max_age" | "deleted" | "store" | "shutdown"
+
+
+class SessionManager:
+    """Owns every live session of this process. Use from the event loop thread only."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        store: MetadataStore,
+        executor: DeviceExecutor,
+        limits: SessionLimits | None = None,
+        metrics: ServiceMetrics | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.predictor = predictor
+        self.store = store
+        self.executor = executor
+        self.limits = limits or SessionLimits()
+        self.metrics = metrics or ServiceMetrics()
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._owners: dict[str, str] = {}  # token hash -> session id (live and tombstoned)
+        self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
+        self._creating = 0
+        self._change_seq = itertools.count(1)
+
+    # --- introspection --------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def session_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def device_bytes(self) -> int:
+        """Device bytes held by all live sessions (as of their last request)."""
+        return sum(s.nbytes for s in self._sessions.values())
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        volume: np.ndarray,
+        geometry: Geometry,
+        *,
+        modality: str | None = None,
+        source_format: str | None = None,
+    ) -> tuple[Session, str]:
+        """Encode a (D, H, W) volume into a new session; return it with its bearer token (shown once).
+
+        Raises ``CapacityExceeded`` when full, ``InvalidVolume`` when the model refuses the volume.
+        """
+        self._check_room_for_session()
+        self._creating += 1
+        try:
+            try:
+                state = await self.executor.run(
+                    self.predictor.init_state, volume, geometry.spacing, seed=self.limits.seed
+                )
+            except ValueError as e:
+                raise InvalidVolume(f"file: {e}", field="file") from e
+            nbytes = state.nbytes
+            limit = self.limits.max_device_bytes
+            if limit is not None and self.device_bytes() + nbytes > limit:
+                self.metrics.capacity_rejections.labels(limit="device_bytes").inc()
+                raise CapacityExceeded(
+                    f"capacity: a session of this volume needs {nbytes} device bytes, "
+                    f"{max(limit - self.device_bytes(), 0)} are free",
+                    retry_after_s=self.limits.retry_after_s,
+                )
+            token = secrets.token_urlsafe(32)
+            now_wall, now = time.time(), self._clock()
+            record = SessionRecord(
+                session_id=secrets.token_urlsafe(12),
+                token_hash=hash_token(token),
+                shape=tuple(int(s) for s in state.shape),  # type: ignore[arg-type]
+                spacing=tuple(float(s) for s in geometry.spacing),  # type: ignore[arg-type]
+                origin=tuple(float(s) for s in geometry.origin),  # type: ignore[arg-type]
+                direction=tuple(float(s) for s in geometry.direction),
+                modality=modality,
+                config=self.predictor.config_name,
+                created_at=now_wall,
+                last_used_at=now_wall,
+                source_format=source_format,
+            )
+            await self.store.create_session(record)
+            session = Session(record=record, state=state, lock=OrderedLock(f"session:{record.session_id}",
+                              SESSION_LEVEL), created_mono=now, last_used_mono=now, nbytes=nbytes)
+            self._sessions[record.session_id] = session
+            self._owners[record.token_hash] = record.session_id
+            return session, token
+        finally:
+            self._creating -= 1
+
+    def authenticate(self, session_id: str, token: str | None) -> Session:
+        """The live session ``session_id`` if ``token`` is its token; touches the idle clock.
+
+        Raises:
+            Unauthorized: no token, or a token of no session (existence of ``session_id`` is not revealed).
+            SessionNotFound: the token belongs to *another* session, or this session was deleted.
+            SessionExpired: this session expired (idle timeout or maximum age).
+        """
+        if not token:
+            raise Unauthorized("authorization: missing bearer token", field="authorization")
+        digest = hash_token(token)
+        session = self._sessions.get(session_id)
+        if session is not None and hmac.compare_digest(digest, session.record.token_hash):
+            self._check_alive(session)
+            session.last_used_mono = self._clock()
+            return session
+        tomb = self._tombstones.get(session_id)
+        if tomb is not None and hmac.compare_digest(digest, tomb.token_hash):
+            self._raise_ended(session_id, tomb)
+        if digest in self._owners:
+            raise SessionNotFound(f"session_id: no session {session_id}", field="session_id")
+        raise Unauthorized("authorization: invalid token", field="authorization")
+
+    def get(self, session_id: str) -> Session:
+        """The live session (no authentication: internal use). 404 unknown, 410 expired."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            tomb = self._tombstones.get(session_id)
+            if tomb is not None:
+                self._raise_ended(session_id, tomb)
+            raise SessionNotFound(f"session_id: no session {session_id}", field="session_id")
+        self._check_alive(session)
+        return session
+
+    def mark_used(self, session: Session) -> None:
+        """Reset the idle clock (in memory only)."""
+        session.last_used_mono = self._clock()
+
+    async def touch(self, session: Session) -> None:
+        """Reset the idle clock and record the use in the store (best effort: a read must not fail on it)."""
+        session.last_used_mono = self._clock()
+        try:
+            await self.store.touch_session(session.session_id, time.time())
+        except StoreUnavailable:
+            log.warning("session %s: could not record its last use", session.session_id)
+
+    def expires_in_s(self, session: Session) -> float:
+        """Seconds left before the session expires if nobody uses it."""
+        now = self._clock()
+        idle_left = self.limits.idle_timeout_s - (now - session.last_used_mono)
+        age_left = self.limits.max_session_age_s - (now - session.created_mono)
+        return max(0.0, min(idle_left, age_left))
+
+    async def close(self, session: Session) -> None:
+        """Delete a session (DELETE): waits for its in-flight request, then frees everything."""
+        await self._end(session, "deleted")
+
+    async def expire_due(self) -> list[str]:
+        """End every session past a deadline (the reaper's sweep); return their ids."""
+        due = [(s, r) for s in list(self._sessions.values()) if (r := self._overdue(s)) is not None]
+        for session, reason in due:
+            await self._end(session, reason)
+        return [s.session_id for s, _ in due]
+
+    async def shutdown(self) -> None:
+        """End every session (server stopping): subscribers get 1001, store records are removed."""
+        for session in list(self._sessions.values()):
+            await self._end(session, "shutdown")
+
+    # --- prompts --------------------------------------------------------------------------------------------
+
+    async def add_box(self, session: Session, object_id: int, box: Sequence[int]) -> PromptOutcome:
+        """Segment ``object_id`` from an inclusive voxel box; restarts the object."""
+        b = check_box(box, session.shape)
+
+        def run(on_change: Callable[[Change], None]) -> list[Change]:
+            change = self.predictor.add_box(session.state, object_id, b)
+            on_change(change)
+            return [change]
+
+        return await self._prompt(session, "box", object_id, {"box": list(b)}, run, creates=True)
+
+    async def add_clicks(
+        self,
+        session: Session,
+        object_id: int,
+        points: Sequence[Sequence[int]],
+        labels: Sequence[int],
+        mode: str = "both",
+    ) -> PromptOutcome:
+        """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed as it lands."""
+        pts, labs = check_points(points, labels, session.shape)
+        if mode not in REFINE_MODES:
+            raise InvalidInput(f"mode: expected one of {list(REFINE_MODES)}, got {mode!r}", field="mode")
+
+        def run(on_change: Callable[[Change], None]) -> list[Change]:
+            return self.predictor.add_clicks(session.state, object_id, pts, labs, mode=mode, on_change=on_change)
+
+        args = {"points": [list(p) for p in pts], "labels": labs, "mode": mode}
+        return await self._prompt(session, "clicks", object_id, args, run, creates=True)
+
+    async def set_mask(self, session: Session, object_id: int, mask: np.ndarray) -> PromptOutcome:
+        """Start ``object_id`` from a (D, H, W) 0/1 mask."""
+        if tuple(mask.shape) != session.shape:
+            raise InvalidInput(
+                f"file: mask shape {list(mask.shape)} does not match the volume {list(session.shape)}", field="file"
+            )
+        m = np.ascontiguousarray(mask)
+        digest = hashlib.sha256(m.astype(np.uint8, copy=False).tobytes()).hexdigest()
+
+        def run(on_change: Callable[[Change], None]) -> list[Change]:
+            change = self.predictor.set_mask(session.state, object_id, m)
+            on_change(change)
+            return [change]
+
+        args = {"sha256": digest, "voxels": int(np.count_nonzero(m))}
+        return await self._prompt(session, "mask", object_id, args, run, creates=True)
+
+    async def undo(self, session: Session, object_id: int) -> PromptOutcome:
+        """Put the object back as it was before its last prompt."""
+
+        def run(on_change: Callable[[Change], None]) -> list[Change]:
+            change = self.predictor.undo(session.state, object_id)
+            on_change(change)
+            return [change]
+
+        return await self._prompt(session, "undo", object_id, {}, run, creates=False, needs_undo=True)
+
+    async def reset(self, session: Session, object_id: int) -> PromptOutcome:
+        """Empty the object (undoable)."""
+
+        def run(on_change: Callable[[Change], None]) -> list[Change]:
+            change = self.predictor.reset(session.state, object_id)
+            on_change(change)
+            return [change]
+
+        return await self._prompt(session, "reset", object_id, {}, run, creates=False)
+
+    async def remove_object(self, session: Session, object_id: int) -> int:
+        """Clear and forget the object (not undoable); subscribers get a ``removed`` message. Returns the
+        object's final version (a later prompt on the same id starts a new object at version 1)."""
+
+        async def body() -> int:
+            self._require_object(session, object_id)
+            change = await self.executor.run(self.predictor.remove_object, session.state, object_id)
+            session.nbytes = session.state.nbytes
+            prompt = PromptRecord(op="remove", object_id=object_id, version=change.version, at=time.time())
+            try:
+                await self.store.commit_prompt(session.session_id, prompt)
+            except StoreUnavailable:
+                await self._end_locked(session, "store")
+                raise
+            session.versions.pop(object_id, None)
+            session.change_order.pop(object_id, None)
+            session.last_used_mono = self._clock()
+            self.metrics.prompts.labels(op="remove").inc()
+            session.broadcast(ObjectRemoved(object_id=object_id, version=change.version).model_dump_json())
+            return change.version
+
+        task = asyncio.ensure_future(self._locked(session, body))
+        return await asyncio.shield(task)
+
+    # --- reading --------------------------------------------------------------------------------------------
+
+    async def get_mask(self, session: Session, object_id: int) -> tuple[np.ndarray, int]:
+        """The object's (D, H, W) uint8 mask and the version it corresponds to."""
+
+        async def body() -> tuple[np.ndarray, int]:
+            self._require_object(session, object_id)
+            mask = await self.executor.run(self.predictor.get_mask, session.state, object_id)
+            return mask, session.versions.get(object_id, 0)
+
+        return await self._locked(session, body)
+
+    async def segmentation(self, session: Session) -> tuple[np.ndarray, dict[int, int]]:
+        """All objects as one (D, H, W) label map (value = object id) and the versions it shows.
+
+        Overlaps: the most recently changed object wins (objects are painted in change order).
+        dtype uint8 when every id fits, else uint16.
+        """
+
+        async def body() -> tuple[np.ndarray, dict[int, int]]:
+            order = sorted(session.state.objects, key=lambda oid: session.change_order.get(oid, 0))
+            dtype = np.uint8 if all(oid <= 255 for oid in order) else np.uint16
+
+            def paint() -> np.ndarray:
+                labels = np.zeros(session.shape, dtype=dtype)
+                for oid in order:
+                    labels[self.predictor.get_mask(session.state, oid) != 0] = oid
+                return labels
+
+            labels = await self.executor.run(paint)
+            return labels, {oid: session.versions.get(oid, 0) for oid in order}
+
+        return await self._locked(session, body)
+
+    async def object_summaries(self, session: Session) -> list[tuple[int, int, int, Bbox | None]]:
+        """(object id, version, foreground voxels, inclusive bbox) of every object."""
+
+        async def body() -> list[tuple[int, int, int, Bbox | None]]:
+            def summarise() -> list[tuple[int, int, int, Bbox | None]]:
+                out = []
+                for oid in sorted(session.state.objects):
+                    mask = self.predictor.get_mask(session.state, oid)
+                    out.append((oid, session.versions.get(oid, 0), int(np.count_nonzero(mask)), _bbox(mask)))
+                return out
+
+            return await self.executor.run(summarise)
+
+        return await self._locked(session, body)
+
+    # --- stream ---------------------------------------------------------------------------------------------
+
+    async def subscribe(self, session: Session) -> tuple[Subscriber, dict[int, int]]:
+        """Register a stream subscriber; returns it with the object versions it starts from.
+
+        Taken under the session lock, so every frame the subscriber receives has a higher version than
+        the returned ones (no step is half-published at that moment).
+        """
+
+        async def body() -> tuple[Subscriber, dict[int, int]]:
+            if len(session.subscribers) >= self.limits.max_subscribers:
+                raise CapacityExceeded(
+                    f"stream: session already has {len(session.subscribers)} subscribers",
+                    retry_after_s=self.limits.retry_after_s,
+                )
+            sub = Subscriber(self.limits.stream_queue_frames,
+                             overflow_close=Close(CLOSE_TOO_SLOW, "client too slow: reconnect and resync"))
+            session.subscribers.add(sub)
+            return sub, dict(session.versions)
+
+        return await self._locked(session, body)
+
+    def unsubscribe(self, session: Session, sub: Subscriber) -> None:
+        session.subscribers.discard(sub)
+
+    async def snapshot(self, session: Session, subscriber: Subscriber, object_id: int | None) -> list[int]:
+        """Queue snapshot frames (of one object, or of all when None) to ``subscriber``; return their ids.
+
+        Built and queued under the session lock, so the snapshot sits in the subscriber's outbox exactly
+        between the frames before it and the frames after it.
+        """
+
+        async def body() -> list[int]:
+            if object_id is not None:
+                self._require_object(session, object_id)
+            ids = [object_id] if object_id is not None else sorted(session.state.objects)
+
+            def build() -> list[bytes]:
+                return [
+                    encode_snapshot(self.predictor.get_mask(session.state, oid), object_id=oid,
+                                    version=session.versions.get(oid, 0))
+                    for oid in ids
+                ]
+
+            frames = await self.executor.run(build)
+            for frame in frames:
+                subscriber.push(frame)
+                self.metrics.stream_frames.labels(kind="snapshot").inc()
+                self.metrics.stream_frame_bytes.inc(len(frame))
+            return ids
+
+        return await self._locked(session, body)
+
+    # --- internals ------------------------------------------------------------------------------------------
+
+    async def _prompt(
+        self,
+        session: Session,
+        op: str,
+        object_id: int,
+        args: dict[str, Any],
+        run: Callable[[Callable[[Change], None]], list[Change]],
+        *,
+        creates: bool,
+        needs_undo: bool = False,
+    ) -> PromptOutcome:
+        """Run one mutating prompt: session lock -> device work (streamed) -> history append -> outcome."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+
+        def on_change(change: Change) -> None:  # device thread: version bookkeeping + frame encoding
+            base = session.versions.get(change.object_id, 0)
+            session.versions[change.object_id] = change.version
+            frame = encode_change(change, shape=session.shape, base_version=base) if session.subscribers else None
+            loop.call_soon_threadsafe(self._published, session, change, frame)
+
+        def device_work() -> tuple[list[Change], int]:
+            changes = run(on_change)
+            return changes, session.state.nbytes
+
+        async def body() -> PromptOutcome:
+            if object_id in session.state.objects:
+                if needs_undo and not session.state.objects[object_id].undo_stack:
+                    raise NothingToUndo(f"object_id: nothing to undo for object {object_id}", field="object_id")
+            elif creates:
+                self._check_room_for_object()
+            else:
+                raise ObjectNotFound(f"object_id: no object {object_id} in this session", field="object_id")
+            try:
+                changes, nbytes = await self.executor.run(device_work)
+            except ValueError as e:  # the predictor validates before touching the state
+                raise _invalid_input(e) from e
+            except KeyError as e:  # UnknownObjectError, also raised before any change
+                raise ObjectNotFound(str(e), field="object_id") from e
+            except Exception:
+                # A failure inside a step may leave the state ahead of its history: end the session.
+                log.exception("session %s: %s failed on the device; closing the session", session.session_id, op)
+                await self._end_locked(session, "error")
+                raise
+            session.nbytes = nbytes
+            prompt = PromptRecord(op=op, object_id=object_id, args=args, version=changes[-1].version,
+                                  at=time.time())
+            try:
+                await self.store.commit_prompt(session.session_id, prompt)
+            except StoreUnavailable:
+                log.error("session %s: prompt not recorded; closing the session", session.session_id)
+                await self._end_locked(session, "store")
+                raise
+            session.last_used_mono = self._clock()
+            session.change_order[object_id] = next(self._change_seq)
+            self.metrics.prompts.labels(op=op).inc()
+            changed, bbox = net_change(changes, session.shape)
+            timings = {f"{c.step}.{k}": v for c in changes for k, v in c.timings_ms.items()}
+            timings["total"] = (time.perf_counter() - started) * 1e3
+            return PromptOutcome(object_id, changes[-1].version, changed, bbox, changes, timings)
+
+        # Shielded: a disconnecting client must not interrupt a prompt between the device and the store.
+        task = asyncio.ensure_future(self._locked(session, body))
+        return await asyncio.shield(task)
+
+    def _published(self, session: Session, change: Change, frame: bytes | None) -> None:
+        """Event loop side of a step: metrics, and the frame to every subscriber."""
+        self.metrics.observe_timings(change.step, change.timings_ms)
+        if frame is not None and not session.closed:
+            session.broadcast(frame)
+            n = len(session.subscribers)
+            self.metrics.stream_frames.labels(kind="diff").inc(n)
+            self.metrics.stream_frame_bytes.inc(n * len(frame))
+
+    async def _locked(self, session: Session, body: Callable[[], Awaitable[T]]) -> T:
+        async with session.lock:
+            if session.closed:
+                tomb = self._tombstones.get(session.session_id)
+                self._raise_ended(session.session_id, tomb or _Tombstone("", "deleted"))
+            return await body()
+
+    def _require_object(self, session: Session, object_id: int) -> None:
+        if object_id not in session.state.objects:
+            raise ObjectNotFound(f"object_id: no object {object_id} in this session", field="object_id")
+
+    def check_room_for_session(self) -> None:
+        """Raise ``CapacityExceeded`` now if a new session could not be admitted (cheap; call before
+        reading an upload)."""
+        self._check_room_for_session()
+
+    def _check_room_for_session(self) -> None:
+        if len(self._sessions) + self._creating >= self.limits.max_sessions:
+            self.metrics.capacity_rejections.labels(limit="sessions").inc()
+            raise CapacityExceeded(
+                f"capacity: {self.limits.max_sessions} sessions are open; retry later",
+                retry_after_s=self.limits.retry_after_s,
+            )
+        self._check_room_for_object()
+
+    def _check_room_for_object(self) -> None:
+        limit = self.limits.max_device_bytes
+        if limit is not None and self.device_bytes() >= limit:
+            self.metrics.capacity_rejections.labels(limit="device_bytes").inc()
+            raise CapacityExceeded(
+                f"capacity: sessions hold {self.device_bytes()} of {limit} device bytes; retry later",
+                retry_after_s=self.limits.retry_after_s,
+            )
+
+    def _overdue(self, session: Session) -> str | None:
+        now = self._clock()
+        if now - session.created_mono > self.limits.max_session_age_s:
+            return "max_age"
+        if now - session.last_used_mono > self.limits.idle_timeout_s:
+            return "idle"
+        return None
+
+    def _check_alive(self, session: Session) -> None:
+        reason = self._overdue(session)
+        if reason is not None:
+            self._forget(session, reason)
+            asyncio.get_running_loop().create_task(self._end(session, reason))
+            raise SessionExpired(f"session_id: session {session.session_id} expired ({reason})",
+                                 field="session_id")
+
+    def _raise_ended(self, session_id: str, tomb: _Tombstone) -> None:
+        if tomb.reason == "deleted":
+            raise SessionNotFound(f"session_id: session {session_id} was deleted", field="session_id")
+        raise SessionExpired(f"session_id: session {session_id} expired ({tomb.reason})", field="session_id")
+
+    def _forget(self, session: Session, reason: str) -> None:
+        """Take the session out of service at once (no new request finds it) and tombstone its id."""
+        sid = session.session_id
+        if self._sessions.get(sid) is not session:
+            return
+        del self._sessions[sid]
+        self.metrics.sessions_ended.labels(reason=reason).inc()
+        if self.limits.tombstones <= 0:
+            self._owners.pop(session.record.token_hash, None)
+            return
+        self._tombstones[sid] = _Tombstone(session.record.token_hash, reason)
+        while len(self._tombstones) > self.limits.tombstones:
+            old_sid, old = self._tombstones.popitem(last=False)
+            if self._owners.get(old.token_hash) == old_sid:
+                del self._owners[old.token_hash]
+
+    async def _end(self, session: Session, reason: str) -> None:
+        self._forget(session, reason)
+        async with session.lock:  # wait for the request in flight, if any
+            await self._end_locked(session, reason)
+
+    async def _end_locked(self, session: Session, reason: str) -> None:
+        if session.closed:
+            return
+        self._forget(session, reason)
+        session.closed = True
+        code = CLOSE_GOING_AWAY if reason == "shutdown" else CLOSE_SESSION_ENDED
+        for sub in list(session.subscribers):
+            sub.close(Close(code, f"session {reason}"))
+        session.subscribers.clear()
+        session.state = None  # type: ignore[assignment]  # frees the device tensors
+        session.nbytes = 0
+        try:
+            await self.store.delete_session(session.session_id)
+        except StoreUnavailable:
+            log.warning("session %s: could not delete its store record", session.session_id)
+
+
+def _invalid_input(e: ValueError) -> InvalidInput:
+    from app.schemas.errors import field_from_message
+
+    message = str(e)
+    return InvalidInput(message, field=field_from_message(message))
+
+
+def _bbox(mask: np.ndarray) -> Bbox | None:
+    fg = mask != 0
+    zs = np.flatnonzero(fg.any(axis=(1, 2)))
+    if zs.size == 0:
+        return None
+    ys = np.flatnonzero(fg.any(axis=(0, 2)))
+    xs = np.flatnonzero(fg.any(axis=(0, 1)))
+    return (int(zs[0]), int(ys[0]), int(xs[0]), int(zs[-1]), int(ys[-1]), int(xs[-1]))

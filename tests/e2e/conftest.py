@@ -1,0 +1,118 @@
+"""A real server process per configuration: ``python -m app`` on a free port, killed after the tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 240.0
+SHAPE = (24, 64, 64)
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, n: int = 40) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
+    """Start ``python -m app --config segvol-test --random-weights`` and wait until /readyz answers 200."""
+    port = _free_port()
+    log_path = log_dir / f"server-{port}.log"
+    # Hermetic: no inherited service settings, only what this test asks for.
+    inherited = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SEGSVC_")}
+    full_env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--config", "segvol-test",
+           "--random-weights", "--log-level", "warning", *flags]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+    log_dir = tmp_path_factory.mktemp("servers")
+
+    def make(*flags: str, env: dict[str, str] | None = None) -> Server:
+        server = start_server(log_dir, *flags, env=env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def server(server_factory: Callable[..., Server]) -> Server:
+    """The main test server: in-process store, 2 MB upload limit, room for many sessions."""
+    return server_factory("--max-upload-bytes", str(2 << 20), "--max-sessions", "32", "--no-warmup")
+
+
+def synthetic_volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """A noisy volume with one bright block at [6:18, 20:44, 20:44]."""
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(0.0, 10.0, shape).astype(np.float32)
+    vol[6:18, 20:44, 20:44] += 200.0
+    return vol
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def upload(url: str, volume: np.ndarray | None = None, *, spacing: tuple[float, float, float] = (2.0, 1.0, 1.0),
+           filename: str = "volume.npz", content: bytes | None = None) -> httpx.Response:
+    """POST /v1/sessions with an npz of ``volume`` (or raw ``content`` under ``filename``)."""
+    if content is None:
+        vol = synthetic_volume() if volume is None else volume
+        content = npz_bytes(imgs=vol, spacing=np.asarray(spacing))
+    return httpx.post(f"{url}/v1/sessions", files={"file": (filename, content)},
+                      data={"spacing_order": "zyx"}, timeout=120)

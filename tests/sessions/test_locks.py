@@ -1,0 +1,95 @@
+"""The lock order (session, then device) is enforced, and the executor keeps the event loop free."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from app.sessions.executor import DeviceExecutor
+from app.sessions.locks import DEVICE_LEVEL, SESSION_LEVEL, LockOrderError, OrderedLock, held_levels
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_session_then_device_is_allowed_and_released() -> None:
+    session, device = OrderedLock("s", SESSION_LEVEL), OrderedLock("d", DEVICE_LEVEL)
+    async with session:
+        async with device:
+            assert held_levels() == (SESSION_LEVEL, DEVICE_LEVEL)
+        assert held_levels() == (SESSION_LEVEL,)
+    assert held_levels() == ()
+    assert not session.locked() and not device.locked()
+
+
+async def test_session_lock_under_device_lock_is_refused() -> None:
+    session, device = OrderedLock("s", SESSION_LEVEL), OrderedLock("d", DEVICE_LEVEL)
+    async with device:
+        with pytest.raises(LockOrderError, match="lock order"):
+            async with session:
+                pass
+    assert not session.locked()
+
+
+async def test_two_session_locks_at_once_are_refused() -> None:
+    a, b = OrderedLock("a", SESSION_LEVEL), OrderedLock("b", SESSION_LEVEL)
+    async with a:
+        with pytest.raises(LockOrderError):
+            async with b:
+                pass
+
+
+async def test_executor_refuses_to_run_under_its_own_lock() -> None:
+    executor = DeviceExecutor()
+    try:
+        async with executor.lock:
+            with pytest.raises(LockOrderError):
+                await executor.run(lambda: None)
+        assert executor.waiting == 0
+    finally:
+        executor.shutdown()
+
+
+async def test_held_levels_are_per_task() -> None:
+    lock = OrderedLock("s", SESSION_LEVEL)
+    seen: list[tuple[int, ...]] = []
+
+    async def other() -> None:
+        seen.append(held_levels())
+
+    async with lock:
+        await asyncio.create_task(other())
+    assert seen == [()]
+
+
+async def test_executor_runs_off_loop_one_at_a_time() -> None:
+    executor = DeviceExecutor()
+    release = threading.Event()
+    running = 0
+    max_running = 0
+    guard = threading.Lock()
+
+    def work() -> str:
+        nonlocal running, max_running
+        with guard:
+            running += 1
+            max_running = max(max_running, running)
+        release.wait(5)
+        with guard:
+            running -= 1
+        return threading.current_thread().name
+
+    try:
+        tasks = [asyncio.create_task(executor.run(work)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        # The event loop is not blocked while the device thread works, and the others queue.
+        assert executor.waiting == 2
+        release.set()
+        names = await asyncio.gather(*tasks)
+        assert max_running == 1
+        assert all(n != threading.current_thread().name for n in names)
+        assert executor.waiting == 0
+    finally:
+        release.set()
+        executor.shutdown()
