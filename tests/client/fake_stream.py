@@ -46,8 +46,8 @@ class FakeStreamServer:
         with self._lock:
             hello = {"type": "hello", "session_id": "s1", "shape": list(self.shape),
                      "frame_version": FRAME_FORMAT_VERSION, "objects": {str(k): v for k, v in self.versions.items()}}
+            self.connections.append(connection)  # before hello: a test may close it right after
             connection.send(json.dumps(hello))
-            self.connections.append(connection)
         for message in connection:
             msg = json.loads(message)
             self.received.append(msg)

@@ -33,7 +33,7 @@ def test_output_shapes_and_registry_kwargs(recurrence):
     assert out.delta_c is not None and out.delta_c.shape == (3, 10, 3)
     assert out.hidden.shape == (2, 3, 32)
     cfg = get_model_config("compact")
-    out = GRUCorrector(**cfg.corrector_kwargs, recurrence=recurrence)(_features(rows=400), None)
+    out = GRUCorrector(**{**cfg.corrector_kwargs, "recurrence": recurrence})(_features(rows=400), None)
     assert out.delta_p.shape == (1, 400) and out.hidden.shape == (1, 1, cfg.corrector_kwargs["hidden_size"])
 
 

@@ -18,7 +18,7 @@ FRAME = (16, 64, 64)  # segvol-test
 def _reference() -> dict[str, tuple[tuple[int, ...], str]]:
     """The published state_dict list: key -> (shape, dtype)."""
     out = {}
-    for line in REFERENCE_LIST.read_text().splitlines():
+    for line in REFERENCE_LIST.read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         key, shape, dtype = line.split("\t")
