@@ -12,7 +12,7 @@ Every non-2xx reply carries ``app.schemas.errors.ErrorBody``: ``{"error": {"code
     NothingToUndo               409   nothing_to_undo      -
     SessionExpired              410   session_expired      4410
     CapacityExceeded            503   server_busy          4503   (+ Retry-After)
-    StoreUnavailable            500   internal_error       1011
+    StoreUnavailable            503   store_unavailable    1011   (+ Retry-After: the retry_after_s setting)
 
 Framework errors use the same body: request validation -> 422 naming the field, other HTTP errors keep
 their status, anything unexpected -> 500 ``internal_error`` (details only in the server log).
@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.config import Settings
 from app.errors import (
     CapacityExceeded,
     InvalidInput,
@@ -67,10 +68,11 @@ ERROR_TABLE: dict[type[ServiceError], ErrorMapping] = {
     NothingToUndo: ErrorMapping(ErrorCode.NOTHING_TO_UNDO, StreamCloseCode.BAD_MESSAGE),
     SessionExpired: ErrorMapping(ErrorCode.SESSION_EXPIRED, StreamCloseCode.SESSION_EXPIRED),
     CapacityExceeded: ErrorMapping(ErrorCode.SERVER_BUSY, StreamCloseCode.SERVER_BUSY),
-    StoreUnavailable: ErrorMapping(ErrorCode.INTERNAL_ERROR, StreamCloseCode.INTERNAL_ERROR),
+    StoreUnavailable: ErrorMapping(ErrorCode.STORE_UNAVAILABLE, StreamCloseCode.INTERNAL_ERROR),
 }
 
 _INTERNAL = ErrorMapping(ErrorCode.INTERNAL_ERROR, StreamCloseCode.INTERNAL_ERROR)
+_DEFAULT_RETRY_AFTER_S: int = Settings.model_fields["retry_after_s"].default
 
 # Plain HTTP errors raised by the framework (unknown route, wrong method, body too large, ...).
 _HTTP_CODES: dict[int, str] = {
@@ -90,15 +92,28 @@ def mapping_for(error: ServiceError) -> ErrorMapping:
     return _INTERNAL
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    """The HTTP reply of a domain error."""
+# The store's own message names its host and the driver's error: that goes to the log, not to clients.
+STORE_UNAVAILABLE_MESSAGE = "store: the session store is unreachable; nothing was recorded, retry later"
+
+
+def error_response(error: ServiceError, *, retry_after_s: int | None = None) -> JSONResponse:
+    """The HTTP reply of a domain error.
+
+    ``retry_after_s``: the ``Retry-After`` of a 503 whose error carries none itself (``StoreUnavailable``);
+    the handlers pass the ``retry_after_s`` setting, the one ``CapacityExceeded`` carries.
+    """
     m = mapping_for(error)
     headers: dict[str, str] = {}
+    message = error.message
     if isinstance(error, CapacityExceeded):
         headers[RETRY_AFTER_HEADER] = str(error.retry_after_s)
+    elif m.status == 503 and retry_after_s is not None:
+        headers[RETRY_AFTER_HEADER] = str(retry_after_s)
+    if isinstance(error, StoreUnavailable):
+        message = STORE_UNAVAILABLE_MESSAGE
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(error_body(m.code, error.message, error.field), status_code=m.status, headers=headers)
+    return JSONResponse(error_body(m.code, message, error.field), status_code=m.status, headers=headers)
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -110,7 +125,11 @@ class BodyTooLarge(StarletteHTTPException):
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc)
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    retry_after_s = settings.retry_after_s if settings is not None else _DEFAULT_RETRY_AFTER_S
+    return error_response(exc, retry_after_s=retry_after_s)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -30,6 +30,7 @@ class ErrorCode(str, Enum):
     NOTHING_TO_UNDO = "nothing_to_undo"
     SESSION_EXPIRED = "session_expired"
     SERVER_BUSY = "server_busy"  # capacity reached: retry after ``Retry-After`` seconds
+    STORE_UNAVAILABLE = "store_unavailable"  # metadata store unreachable: retry after ``Retry-After`` seconds
     INTERNAL_ERROR = "internal_error"
 
 
@@ -43,6 +44,7 @@ ERROR_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.NOTHING_TO_UNDO: 409,
     ErrorCode.SESSION_EXPIRED: 410,
     ErrorCode.SERVER_BUSY: 503,
+    ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 

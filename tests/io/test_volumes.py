@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import stat
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -200,7 +201,7 @@ INF[0, 0, 0] = np.inf
 SMALL = VolumeLimits(max_bytes=50_000, max_voxels=1000, max_zip_members=10, max_unzipped_bytes=100_000)
 
 BAD_FILES: list[tuple[str, bytes, str, str, type[Exception]]] = [
-    ("truncated gzip", GOOD_NII[: len(GOOD_NII) // 2], "v.nii.gz", "could not read 'v.nii.gz' as NIfTI", ValueError),
+    ("truncated gzip", GOOD_NII[: len(GOOD_NII) // 2], "v.nii.gz", "'v.nii.gz' is truncated", ValueError),
     ("text file", b"hello, not an image\n" * 20, "v.nii.gz", "could not read 'v.nii.gz' as NIfTI", ValueError),
     ("text as nrrd", b"hello\n" * 20, "v.nrrd", "could not read 'v.nrrd' as NRRD", ValueError),
     ("empty", b"", "v.nii.gz", "is empty", ValueError),
@@ -239,6 +240,95 @@ def test_bad_files_are_refused_with_a_message_naming_the_file(
     with pytest.raises(error, match=match) as info:
         load_volume(data, filename, limits=SMALL)
     assert str(info.value).startswith("file: ")
+
+
+# --- truncated files: ITK zero-fills a short NIfTI, so the loader measures every file against its header ---
+
+TRUNCATION_VOLUME = asymmetric((6, 16, 16)) + 1  # no zero voxel: zero padding would be invisible otherwise
+
+
+def sitk_file_bytes(tmp_path: Path, suffix: str, compress: bool, array: np.ndarray = TRUNCATION_VOLUME) -> bytes:
+    path = tmp_path / f"whole{suffix}"
+    sitk.WriteImage(sitk_image(array), str(path), useCompression=compress)
+    return path.read_bytes()
+
+
+# (format suffix, compressed, where to cut: a fraction of the file or a negative byte count)
+TRUNCATIONS = [
+    (".nii", False, 0.5),
+    (".nii", False, -1),  # one byte short of the last voxel
+    (".nii", False, 200),  # inside the 348-byte header
+    (".nii.gz", True, 0.5),
+    (".nii.gz", True, -4),  # every voxel is there, the gzip trailer (CRC, length) is cut
+    (".nii.gz", True, 30),  # inside the compressed header
+    (".mha", False, 0.5),
+    (".mha", False, -1),
+    (".mha", True, -1),
+    (".mha", False, 60),  # inside the text header
+    (".nrrd", False, 0.5),  # NRRD's own reader reports the short read
+    (".nrrd", True, 0.7),
+]
+
+
+@pytest.mark.parametrize(("suffix", "compress", "cut"), TRUNCATIONS, ids=[f"{s}-{'gz' if c else 'raw'}-{k}"
+                                                                          for s, c, k in TRUNCATIONS])
+def test_truncated_files_are_refused_not_zero_filled(tmp_path: Path, suffix: str, compress: bool, cut: float
+                                                     ) -> None:
+    whole = sitk_file_bytes(tmp_path, suffix, compress)
+    np.testing.assert_array_equal(load_volume(whole, f"v{suffix}").array, TRUNCATION_VOLUME)
+    n = int(len(whole) * cut) if 0 < cut < 1 else (len(whole) + int(cut) if cut < 0 else int(cut))
+    match = "could not read|truncated" if suffix == ".nrrd" else "truncated"
+    with pytest.raises(ValueError, match=match) as info:
+        load_volume(whole[:n], f"v{suffix}")
+    assert str(info.value).startswith("file: ")
+    assert tempfile.gettempdir() not in str(info.value)  # the server's upload folder is not reported
+
+
+def test_truncated_file_loaded_from_a_path_is_refused(tmp_path: Path) -> None:
+    whole = sitk_file_bytes(tmp_path, ".nii", False)
+    path = tmp_path / "cut.nii"
+    path.write_bytes(whole[:-10])
+    with pytest.raises(ValueError, match=r"^file: 'cut.nii' is truncated: .* the header declares"):
+        load_volume(path)
+
+
+def test_complete_gzip_of_a_short_nifti_is_refused_by_the_declared_size(tmp_path: Path) -> None:
+    raw = sitk_file_bytes(tmp_path, ".nii", False)
+    declared = len(raw)  # sitk writes vox_offset 352 and nothing after the voxels
+    short = gzip.compress(raw[: declared - 100])
+    with pytest.raises(ValueError, match=rf"truncated: {declared - 100} bytes .* declares {declared}"):
+        load_volume(short, "v.nii.gz")
+
+
+def test_corrupt_gzip_stream_is_refused(tmp_path: Path) -> None:
+    data = bytearray(sitk_file_bytes(tmp_path, ".nii.gz", True))
+    data[len(data) // 2] ^= 0xFF  # flip a byte inside the deflate data
+    with pytest.raises(ValueError, match="^file: ") as info:
+        load_volume(bytes(data), "v.nii.gz")
+    assert "truncated or corrupt" in str(info.value) or "could not read" in str(info.value)
+
+
+def test_nifti_variants_that_are_complete_still_load(tmp_path: Path) -> None:
+    data = TRUNCATION_VOLUME.transpose(2, 1, 0).astype(np.float32)  # nibabel order (X, Y, Z)
+    with_extension = nib.Nifti1Image(data, np.eye(4))
+    with_extension.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment pushing vox_offset"))
+    big_endian = nib.Nifti1Image(data.astype(">f4"), np.eye(4))
+    for name, image in (("ext.nii", with_extension), ("be.nii", big_endian)):
+        nib.save(image, tmp_path / name)
+        content = (tmp_path / name).read_bytes()
+        np.testing.assert_array_equal(load_volume(content, name).array, TRUNCATION_VOLUME, err_msg=name)
+        np.testing.assert_array_equal(load_volume(content + bytes(16), name).array, TRUNCATION_VOLUME,
+                                      err_msg=f"{name} with trailing bytes")
+        with pytest.raises(ValueError, match="truncated"):
+            load_volume(content[:-3], name)
+
+
+def test_mhd_with_a_short_raw_in_a_zip_is_refused(tmp_path: Path) -> None:
+    sitk.WriteImage(sitk_image(TRUNCATION_VOLUME), str(tmp_path / "vol.mhd"))
+    raw = (tmp_path / "vol.raw").read_bytes()
+    short = zip_bytes({"vol.mhd": (tmp_path / "vol.mhd").read_bytes(), "vol.raw": raw[:-2]})
+    with pytest.raises(ValueError, match=rf"truncated: {len(raw) - 2} bytes of voxel data, .* declares {len(raw)}"):
+        load_volume(short, "case.zip")
 
 
 def test_vector_images_are_refused(tmp_path: Path) -> None:
