@@ -81,6 +81,13 @@ class TrainConfig:
         sampling_tau / sampling_k / sampling_radius: the corrector's sampling (SPEC section 2).
         corrector_loss_weight: weight of the corrector's loss in the total.
         log_every: steps between log lines.
+        max_consecutive_failures: a failing step (odd sample) is logged and skipped; this many in a row stop.
+        grad_rounds: "all" back-propagates every refinement round (the paper); "last" only the box round and
+            each sample's last round (intermediate decodes run without gradients; cheaper on a CPU).
+        warmup_steps / min_lr_fraction: linear warm-up, then cosine decay to this fraction of the lr over
+            the planned run (time limits, else max_steps).
+        train_frames / train_frame_weights: frames to train at (None = the model's frame), drawn per step
+            with these weights; only fully convolutional backbones accept frames other than their own.
     """
 
     name: str = "run"
@@ -107,6 +114,12 @@ class TrainConfig:
     sampling_radius: float = 4.0
     corrector_loss_weight: float = 1.0
     log_every: int = 10
+    grad_rounds: str = "all"
+    max_consecutive_failures: int = 20
+    warmup_steps: int = 20
+    min_lr_fraction: float = 0.05
+    train_frames: list[list[int]] | None = None
+    train_frame_weights: list[float] | None = None
     data: DataConfig = field(default_factory=DataConfig)
 
 
@@ -116,7 +129,10 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     data_raw = raw.pop("data", {})
     _check_keys("config", raw, TrainConfig)
     _check_keys("config.data", data_raw, DataConfig)
-    return TrainConfig(**raw, data=DataConfig(**data_raw))
+    cfg = TrainConfig(**raw, data=DataConfig(**data_raw))
+    if cfg.grad_rounds not in ("all", "last"):
+        raise ValueError(f"grad_rounds: expected 'all' or 'last', got {cfg.grad_rounds!r}")
+    return cfg
 
 
 def load_config(path: str | Path) -> TrainConfig:
