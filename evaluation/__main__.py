@@ -1,0 +1,149 @@
+"""Command line: run the CVPR 2025 interactive protocol and write the reports.
+
+    python -m evaluation --data ../shared/data --split dev --out runs/dev \
+        [--server URL] [--methods backbone,gru,decoder,both,random_walker,box_fill] \
+        [--config compact] [--weights PATH|default|none] [--box 2d|3d] [--cases N|name,name] [--tau 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from evaluation.backends import MODEL_METHODS, Method, PredictorMethod
+from evaluation.baselines import BoxFillMethod, RandomWalkerMethod
+from evaluation.cases import DEFAULT_MIN_VOXELS, find_cases
+from evaluation.metrics import NSD_TOLERANCE_MM
+from evaluation.report import summary_markdown, write_reports
+from evaluation.runner import evaluate
+
+BASELINES = ("random_walker", "box_fill")
+ALL_METHODS = (*MODEL_METHODS, *BASELINES)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="../shared/data", help="manifest folder, or any folder of npz files with gts")
+    p.add_argument("--split", default="dev", help="manifest split ('all' for every split)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--server", default=None, help="base URL of a running server (default: in-process)")
+    p.add_argument("--server-masks", choices=("stream", "get"), default="stream",
+                   help="with --server: read masks from the diff stream or download them")
+    p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {ALL_METHODS}")
+    p.add_argument("--config", default="compact", help="model config (in-process backend)")
+    p.add_argument("--weights", default="default", help="'default', a checkpoint path, or 'none' (random init)")
+    p.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--tau", type=float, default=0.1, help="corrector uncertainty band |p - 0.5| < tau")
+    p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
+    p.add_argument("--cases", default=None, help="first N cases, or comma-separated case names")
+    p.add_argument("--min-voxels", type=int, default=DEFAULT_MIN_VOXELS, help="smallest label scored as an object")
+    p.add_argument("--spacing-order", choices=("zyx", "xyz"), default="zyx", help="spacing order of bare npz files")
+    p.add_argument("--tolerance", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance in mm")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _method_names(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_METHODS]
+    if unknown or not names:
+        raise ValueError(f"methods: unknown {unknown}; choose from {list(ALL_METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
+    """Model methods share one predictor (in-process) or one server connection; baselines run locally."""
+    model_names = [n for n in names if n in MODEL_METHODS]
+    methods: dict[str, Method] = {}
+    if model_names and args.server:
+        from client import Client
+        from evaluation.backends import ServerMethod
+
+        api = Client(args.server)
+        if not api.health():
+            raise ValueError(f"server: no answer from {args.server}/healthz")
+        for n in model_names:
+            methods[n] = ServerMethod(api, n, masks=args.server_masks)
+    elif model_names:
+        from app.models.build import build_predictor
+        from app.models.predictor import PredictorConfig
+
+        weights = None if args.weights.lower() == "none" else args.weights
+        predictor = build_predictor(
+            args.config, weights=weights, device=args.device, predictor_config=PredictorConfig(tau=args.tau)
+        )
+        for n in model_names:
+            methods[n] = PredictorMethod(predictor, n)
+    if "random_walker" in names:
+        methods["random_walker"] = RandomWalkerMethod()
+    if "box_fill" in names:
+        methods["box_fill"] = BoxFillMethod()
+    return [methods[n] for n in names]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[str, Any]:
+    # The model settings apply to in-process model methods only (a server runs its own).
+    local_model = not args.server and any(n in MODEL_METHODS for n in names)
+    return {
+        "command": "python -m evaluation " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": _git_commit(),
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "backend": f"server {args.server} (masks: {args.server_masks})" if args.server else "in-process",
+        "config": args.config if local_model else None,
+        "weights": args.weights if local_model else None,
+        "device": args.device if local_model else None,
+        "tau": args.tau if local_model else None,
+        "box": args.box,
+        "split": args.split,
+        "cases": n_cases,
+        "methods": names,
+        "min_voxels": args.min_voxels,
+        "nsd_tolerance_mm": args.tolerance,
+        "host": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        names = _method_names(args.methods)
+        split = None if args.split == "all" else args.split
+        refs = find_cases(args.data, split=split, select=args.cases, spacing_order=args.spacing_order)
+        methods = build_methods(args, names)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results = evaluate(
+        methods,
+        refs,
+        box_mode=args.box,
+        min_voxels=args.min_voxels,
+        tolerance_mm=args.tolerance,
+        progress=not args.no_progress,
+    )
+    if not results:
+        print("error: no case had a label to score", file=sys.stderr)
+        return 1
+    summary = write_reports(results, Path(args.out), run_info(args, names, len(refs)))
+    print(summary_markdown(summary))
+    print(f"reports written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

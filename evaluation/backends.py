@@ -1,0 +1,175 @@
+"""Methods under evaluation: the same prompt protocol answered in-process or by a running server.
+
+In-process, a shared ``Predictor`` answers (``PredictorMethod``); with a server, the SDK does
+(``ServerMethod``): the volume is uploaded, prompts are sent over HTTP and the masks are read from the diff
+stream (the path a user's viewer takes) or downloaded whole. Both give the same masks for the same model,
+weights and session seed.
+
+A ``Method`` opens one ``Session`` per case (the volume is encoded there) and the runner sends it, per
+class, one box and then at most one click per round, reading the class's binary mask back after each
+prompt. Object ids are the label values. The model methods differ only in how clicks are answered:
+
+    backbone   the first prompt's prediction is kept: clicks are not answered (no correction)
+    gru        the paper: the GRU corrector alone (``add_clicks(mode="gru")``)
+    decoder    the backbone's decoder re-run with all clicks (``mode="decoder"``)
+    both       GRU step, then decoder step (``mode="both"``, ours)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from evaluation.cases import Box
+from evaluation.click_rule import Click
+
+if TYPE_CHECKING:
+    from app.models.predictor import Predictor
+    from client import Client
+    from client import Session as ClientSession
+
+# method name -> add_clicks mode (None: clicks are not answered).
+MODEL_METHODS: dict[str, str | None] = {"backbone": None, "gru": "gru", "decoder": "decoder", "both": "both"}
+
+
+class Session(Protocol):
+    """One case's interactive session. Masks are (D, H, W) boolean arrays of the whole volume."""
+
+    def add_box(self, object_id: int, box: Box) -> None: ...
+
+    def add_click(self, object_id: int, click: Click) -> None: ...
+
+    def mask(self, object_id: int) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class Method(Protocol):
+    """Something that answers prompts; ``open`` starts a session on one (D, H, W) volume."""
+
+    name: str
+
+    def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> Session: ...
+
+
+class _FirstPromptOnly:
+    """Tracks which objects already got a prompt, for the backbone-only method."""
+
+    def __init__(self) -> None:
+        self._prompted: set[int] = set()
+
+    def first(self, object_id: int) -> bool:
+        if object_id in self._prompted:
+            return False
+        self._prompted.add(object_id)
+        return True
+
+
+class PredictorSession:
+    """A session on an in-process ``Predictor`` (``mode`` None = backbone only)."""
+
+    def __init__(self, predictor: Predictor, image: np.ndarray, spacing: tuple[float, float, float], mode: str | None):
+        self._predictor = predictor
+        self._mode = mode
+        self._state = predictor.init_state(image, spacing)
+        self._first = _FirstPromptOnly()
+
+    def add_box(self, object_id: int, box: Box) -> None:
+        self._first.first(object_id)
+        self._predictor.add_box(self._state, object_id, list(box))
+
+    def add_click(self, object_id: int, click: Click) -> None:
+        first = self._first.first(object_id)
+        if self._mode is None and not first:
+            return  # backbone only: keep the first prompt's prediction
+        mode = self._mode or "decoder"  # a case without boxes starts from a click: the decoder answers it
+        self._predictor.add_clicks(self._state, object_id, [list(click.point)], [click.label], mode=mode)
+
+    def mask(self, object_id: int) -> np.ndarray:
+        return self._predictor.get_mask(self._state, object_id).astype(bool)
+
+    def close(self) -> None:
+        self._state = None  # type: ignore[assignment]  # frees the embeddings
+
+
+class PredictorMethod:
+    """One model method (see ``MODEL_METHODS``) answered by a shared in-process ``Predictor``."""
+
+    def __init__(self, predictor: Predictor, name: str):
+        if name not in MODEL_METHODS:
+            raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
+        self.name = name
+        self._predictor = predictor
+        self._mode = MODEL_METHODS[name]
+
+    def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> PredictorSession:
+        return PredictorSession(self._predictor, image, spacing, self._mode)
+
+
+class ServerSession:
+    """A session on a running server through the SDK (``mode`` None = backbone only).
+
+    ``masks="stream"`` keeps local masks from the WebSocket diff stream and waits for the version each prompt
+    returned; ``masks="get"`` downloads the object's whole mask after each prompt.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        image: np.ndarray,
+        spacing: tuple[float, float, float],
+        mode: str | None,
+        masks: str = "stream",
+        timeout: float = 120.0,
+    ):
+        self._mode = mode
+        self._timeout = timeout
+        self._first = _FirstPromptOnly()
+        self._versions: dict[int, int] = {}
+        self._session: ClientSession = client.create_session(image, spacing=spacing)
+        try:
+            self._stream = self._session.stream() if masks == "stream" else None
+        except BaseException:
+            self._session.close()  # do not leave the upload holding server memory
+            raise
+
+    def add_box(self, object_id: int, box: Box) -> None:
+        self._first.first(object_id)
+        self._versions[object_id] = self._session.box(object_id, list(box)).version
+
+    def add_click(self, object_id: int, click: Click) -> None:
+        first = self._first.first(object_id)
+        if self._mode is None and not first:
+            return
+        reply = self._session.clicks(object_id, [list(click.point)], [click.label], mode=self._mode or "decoder")
+        self._versions[object_id] = reply.version
+
+    def mask(self, object_id: int) -> np.ndarray:
+        if self._stream is None:
+            return self._session.mask(object_id).astype(bool)
+        return self._stream.wait_for_version(object_id, self._versions[object_id], self._timeout).astype(bool)
+
+    def close(self) -> None:
+        try:
+            if self._stream is not None:
+                self._stream.close()
+        finally:
+            self._session.close()
+
+
+class ServerMethod:
+    """One model method (see ``MODEL_METHODS``) answered by a running server through the SDK."""
+
+    def __init__(self, client: Client, name: str, *, masks: str = "stream"):
+        if name not in MODEL_METHODS:
+            raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
+        if masks not in ("stream", "get"):
+            raise ValueError(f"masks: expected 'stream' or 'get', got {masks!r}")
+        self.name = name
+        self._client = client
+        self._mode = MODEL_METHODS[name]
+        self._masks = masks
+
+    def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> ServerSession:
+        return ServerSession(self._client, image, spacing, self._mode, self._masks)

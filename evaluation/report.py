@@ -1,0 +1,140 @@
+"""Reports of a run: cases.csv (official columns), summary.json, summary.md and dsc_per_round.png.
+
+Summaries are means over cases with the runtime rule applied (a case over its budget counts as 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.metrics import CSV_COLUMNS, N_ROUNDS, CaseResult, click_auc
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Means over the cases of one method (optionally one modality)."""
+
+    n_cases: int
+    dsc_auc: float
+    nsd_auc: float
+    dsc_final: float
+    nsd_final: float
+    dsc_per_round: list[float]
+    nsd_per_round: list[float]
+    mean_runtime_s: float
+    cases_over_budget: int
+
+
+def summarize(results: Sequence[CaseResult]) -> Summary:
+    """Mean of the per-case metrics (runtime rule applied)."""
+    if not results:
+        raise ValueError("results: nothing to summarise")
+    dsc = np.array([r.scored_dsc for r in results], dtype=np.float64)
+    nsd = np.array([r.scored_nsd for r in results], dtype=np.float64)
+    return Summary(
+        n_cases=len(results),
+        dsc_auc=float(np.mean([click_auc(list(d)) for d in dsc])),
+        nsd_auc=float(np.mean([click_auc(list(n)) for n in nsd])),
+        dsc_final=float(dsc[:, -1].mean()),
+        nsd_final=float(nsd[:, -1].mean()),
+        dsc_per_round=[float(v) for v in dsc.mean(axis=0)],
+        nsd_per_round=[float(v) for v in nsd.mean(axis=0)],
+        mean_runtime_s=float(np.mean([r.total_running_time for r in results])),
+        cases_over_budget=sum(r.over_budget for r in results),
+    )
+
+
+def summarize_run(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
+    """{"methods": {method: Summary}, "by_modality": {method: {modality: Summary}}}, as plain dicts."""
+    methods = list(dict.fromkeys(r.method for r in results))
+    out: dict[str, dict[str, Any]] = {"methods": {}, "by_modality": {}}
+    for m in methods:
+        mine = [r for r in results if r.method == m]
+        out["methods"][m] = asdict(summarize(mine))
+        modalities = sorted({r.modality or "unknown" for r in mine})
+        out["by_modality"][m] = {
+            mod: asdict(summarize([r for r in mine if (r.modality or "unknown") == mod])) for mod in modalities
+        }
+    return out
+
+
+def write_cases_csv(results: Sequence[CaseResult], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for r in results:
+            writer.writerow(r.row())
+
+
+def write_summary_json(
+    summary: Mapping[str, Any], path: str | Path, run_info: Mapping[str, Any] | None = None
+) -> None:
+    payload = {"run": dict(run_info or {}), **summary}
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """Markdown tables: one row per method, then DSC_Final per method and modality."""
+    methods: Mapping[str, Mapping[str, Any]] = summary["methods"]
+    rounds = " | ".join(f"DSC_{i}" for i in range(1, N_ROUNDS + 1))
+    lines = [
+        f"| method | cases | DSC_AUC | NSD_AUC | DSC_Final | NSD_Final | {rounds} | runtime/case (s) | over budget |",
+        "|---|" + "---:|" * (7 + N_ROUNDS),
+    ]
+    for name, s in methods.items():
+        per_round = " | ".join(f"{v:.4f}" for v in s["dsc_per_round"])
+        lines.append(
+            f"| {name} | {s['n_cases']} | {s['dsc_auc']:.4f} | {s['nsd_auc']:.4f} | {s['dsc_final']:.4f} | "
+            f"{s['nsd_final']:.4f} | {per_round} | {s['mean_runtime_s']:.2f} | {s['cases_over_budget']} |"
+        )
+    modalities = sorted({mod for per in summary["by_modality"].values() for mod in per})
+    lines += ["", "DSC_Final by modality:", "", "| method | " + " | ".join(modalities) + " |"]
+    lines.append("|---|" + "---:|" * len(modalities))
+    for name, per in summary["by_modality"].items():
+        cells = [f"{per[mod]['dsc_final']:.4f} (n={per[mod]['n_cases']})" if mod in per else "-" for mod in modalities]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_dsc_per_round(summary: Mapping[str, Any], path: str | Path) -> None:
+    """PNG line plot of mean DSC per round (1 = box, 2..6 = clicks), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    rounds = np.arange(1, N_ROUNDS + 1)
+    for name, s in summary["methods"].items():
+        ax.plot(rounds, s["dsc_per_round"], marker="o", label=f"{name} (n={s['n_cases']})")
+    ax.set_xticks(rounds, ["box"] + [f"click {i}" for i in range(1, N_ROUNDS)])
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean DSC")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("Mean DSC per interaction round")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_reports(
+    results: Sequence[CaseResult], out_dir: str | Path, run_info: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Write cases.csv, summary.json, summary.md and dsc_per_round.png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_cases_csv(results, out / "cases.csv")
+    summary = summarize_run(results)
+    write_summary_json(summary, out / "summary.json", run_info)
+    (out / "summary.md").write_text(summary_markdown(summary))
+    plot_dsc_per_round(summary, out / "dsc_per_round.png")
+    return summary

@@ -1,0 +1,128 @@
+"""The interactive protocol: per case and method, a box round then five simulated click rounds.
+
+Per round every class gets its prompt (round 1: its box; rounds 2..6: the official click computed from the
+previous round's prediction, none when that class is already perfect), the class masks are read back and
+composed into one label map (classes in ascending order, a later class wins where objects overlap: the
+challenge scores a single ``segs`` map), and the round is scored. Only the method's work is timed: opening
+the session (encoding the volume) counts towards the first round that prompts, click simulation and scoring
+do not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation.backends import Method
+from evaluation.cases import BoxMode, CaseRef, EvalCase, load_case
+from evaluation.click_rule import next_click
+from evaluation.metrics import N_ROUNDS, NSD_TOLERANCE_MM, CaseResult, round_scores
+
+
+def compose_label_map(masks: Mapping[int, np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """(D, H, W) label map from per-class boolean masks; ascending class order, later classes overwrite."""
+    labels = np.zeros(shape, dtype=dtype)
+    for class_id in sorted(masks):
+        labels[masks[class_id]] = class_id
+    return labels
+
+
+def run_case(
+    method: Method,
+    case: EvalCase,
+    *,
+    tolerance_mm: float = NSD_TOLERANCE_MM,
+    clock: Callable[[], float] = time.perf_counter,
+) -> CaseResult:
+    """Run the six rounds of one case with one method and score each round."""
+    gt = case.ground_truth
+    masks: dict[int, np.ndarray] = {c: np.zeros(gt.shape, dtype=bool) for c in case.classes}
+    dsc, nsd, times, n_clicks = [], [], [], []
+
+    started = clock()
+    session = method.open(case.image, case.spacing)
+    pending = clock() - started  # encoding time, charged to the first round that prompts
+    try:
+        if case.boxes is None:  # the official rule: no box prompt, round 1 scores 0
+            for values in (dsc, nsd, times):
+                values.append(0.0)
+            n_clicks.append(0)
+        else:
+            started = clock()
+            for c in case.classes:
+                session.add_box(c, case.boxes[c])
+                masks[c] = session.mask(c)
+            times.append(pending + clock() - started)
+            pending = 0.0
+            n_clicks.append(0)
+            _score(case, masks, tolerance_mm, dsc, nsd)
+
+        for _ in range(N_ROUNDS - 1):
+            prediction = compose_label_map(masks, gt.shape, gt.dtype)
+            clicks = {c: next_click(prediction == c, gt == c) for c in case.classes}
+            started = clock()
+            for c, click in clicks.items():
+                if click is not None:
+                    session.add_click(c, click)
+                    masks[c] = session.mask(c)
+            times.append(pending + clock() - started)
+            pending = 0.0
+            n_clicks.append(sum(click is not None for click in clicks.values()))
+            _score(case, masks, tolerance_mm, dsc, nsd)
+    finally:
+        session.close()
+
+    return CaseResult(
+        case_name=case.name,
+        method=method.name,
+        modality=case.modality,
+        classes=list(case.classes),
+        dsc=dsc,
+        nsd=nsd,
+        running_time=times,
+        n_clicks=n_clicks,
+    )
+
+
+def _score(
+    case: EvalCase, masks: Mapping[int, np.ndarray], tolerance_mm: float, dsc: list[float], nsd: list[float]
+) -> None:
+    prediction = compose_label_map(masks, case.ground_truth.shape, case.ground_truth.dtype)
+    d, n = round_scores(case.ground_truth, prediction, case.classes, case.spacing, tolerance_mm)
+    dsc.append(d)
+    nsd.append(n)
+
+
+def evaluate(
+    methods: Sequence[Method],
+    cases: Iterable[CaseRef | EvalCase],
+    *,
+    box_mode: BoxMode = "2d",
+    min_voxels: int = 50,
+    tolerance_mm: float = NSD_TOLERANCE_MM,
+    progress: bool = True,
+    on_result: Callable[[CaseResult], None] | None = None,
+) -> list[CaseResult]:
+    """Run every method on every case (cases loaded one at a time), with a progress bar.
+
+    Cases with no class of at least ``min_voxels`` voxels are skipped (nothing to score).
+    """
+    cases = list(cases)
+    results: list[CaseResult] = []
+    with tqdm(total=len(cases) * len(methods), disable=not progress, unit="run") as bar:
+        for item in cases:
+            case = item if isinstance(item, EvalCase) else load_case(item, box_mode=box_mode, min_voxels=min_voxels)
+            if not case.classes:
+                bar.update(len(methods))
+                continue
+            for method in methods:
+                bar.set_description(f"{case.name} / {method.name}")
+                result = run_case(method, case, tolerance_mm=tolerance_mm)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                bar.update(1)
+    return results

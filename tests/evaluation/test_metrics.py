@@ -1,0 +1,157 @@
+"""DSC, NSD (spacing and tolerance), the NSD shortcut, the click AUC and the runtime rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.integrate import cumulative_trapezoid
+
+from evaluation.metrics import (
+    CSV_COLUMNS,
+    CaseResult,
+    click_auc,
+    dice,
+    multi_class_dsc,
+    round_scores,
+    surface_dice,
+)
+
+
+def _cube(shift: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    m = np.zeros((12, 12, 12), dtype=bool)
+    m[3:8, 3:8, 3:8] = True
+    return np.roll(m, shift, axis=(0, 1, 2))
+
+
+def test_dice_hand_values_and_empty_cases() -> None:
+    gt = np.zeros((4, 4, 4), dtype=bool)
+    gt[0:2, 0:2, 0:2] = True  # 8 voxels
+    pred = np.zeros_like(gt)
+    pred[0:1, 0:2, 0:2] = True  # 4 voxels, all inside
+    assert dice(gt, pred) == pytest.approx(2 * 4 / 12)
+    assert dice(gt, np.zeros_like(gt)) == 0.0
+    assert dice(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+
+
+def test_multi_class_dsc_is_the_mean_over_the_given_classes() -> None:
+    gt = np.zeros((2, 4, 4), dtype=np.uint8)
+    gt[0] = 1
+    gt[1, :2] = 3
+    pred = gt.copy()
+    pred[1, :2] = 0  # class 3 missed entirely
+    assert multi_class_dsc(gt, pred, [1, 3]) == pytest.approx(0.5)
+
+
+def test_surface_dice_within_tolerance_is_one() -> None:
+    # A one-voxel shift is 1 mm (or 0.5 mm) away everywhere: within 2 mm.
+    assert surface_dice(_cube(), _cube((1, 0, 0)), (1.0, 1.0, 1.0)) == pytest.approx(1.0)
+    assert surface_dice(_cube(), _cube((0, 2, 0)), (1.0, 0.5, 1.0)) == pytest.approx(1.0)
+
+
+# Reference values from DeepMind's surface-distance (the implementation the challenge code uses).
+@pytest.mark.parametrize(
+    ("spacing", "shift", "expected"),
+    [
+        ((5.0, 1.0, 1.0), (1, 0, 0), 0.8786174054892469),
+        ((5.0, 1.0, 1.0), (0, 0, 1), 1.0),
+        ((1.0, 1.0, 5.0), (0, 0, 1), 0.8786174054892469),
+        ((1.0, 1.0, 5.0), (1, 0, 0), 1.0),
+        ((3.0, 0.5, 0.5), (1, 0, 0), 0.8831131006268369),
+    ],
+)
+def test_surface_dice_anisotropic_spacing_follows_the_axis_order(
+    spacing: tuple[float, float, float], shift: tuple[int, int, int], expected: float
+) -> None:
+    assert surface_dice(_cube(), _cube(shift), spacing) == pytest.approx(expected, abs=1e-6)
+
+
+def test_surface_dice_of_masks_touching_the_volume_border() -> None:
+    gt = np.zeros((4, 6, 6), dtype=bool)
+    gt[0:2, 1:5, 1:5] = True
+    pred = np.zeros_like(gt)
+    pred[0:3, 1:5, 1:6] = True
+    # DeepMind's surface-distance: outside the volume counts as background.
+    assert surface_dice(gt, pred, (2.5, 1.0, 1.0)) == pytest.approx(0.8641337028210883, abs=1e-6)
+
+
+def test_surface_dice_tolerance_matters() -> None:
+    assert surface_dice(_cube(), _cube((1, 0, 0)), (5.0, 1.0, 1.0), tolerance_mm=5.0) == pytest.approx(1.0)
+
+
+def test_surface_dice_empty_cases() -> None:
+    empty = np.zeros((5, 5, 5), dtype=bool)
+    assert surface_dice(_cube()[:5, :5, :5], empty, (1.0, 1.0, 1.0)) == 0.0
+    assert surface_dice(empty, empty, (1.0, 1.0, 1.0)) == 1.0
+    with pytest.raises(ValueError, match="^spacing"):
+        surface_dice(empty, empty, (1.0, 1.0))
+
+
+def test_nsd_is_only_computed_when_dsc_exceeds_0_2() -> None:
+    gt = np.zeros((8, 8, 8), dtype=np.uint8)
+    gt[2:6, 2:6, 2:6] = 1  # 64 voxels
+    pred = np.zeros_like(gt)
+    pred[2:4, 2:4, 2:3] = 1  # 4 voxels inside: DSC = 8 / 68 < 0.2, though some surface agrees
+    dsc, nsd = round_scores(gt, pred, [1], (1.0, 1.0, 1.0))
+    assert dsc == pytest.approx(8 / 68)
+    assert nsd == 0.0
+    pred[2:6, 2:6, 2:5] = 1  # 48 voxels inside: DSC = 96 / 112
+    dsc, nsd = round_scores(gt, pred, [1], (1.0, 1.0, 1.0))
+    assert dsc == pytest.approx(96 / 112)
+    assert nsd == pytest.approx(1.0)
+
+
+def test_dsc_of_exactly_0_2_gives_no_nsd() -> None:
+    gt = np.zeros((1, 1, 10), dtype=np.uint8)
+    gt[0, 0, :9] = 1  # 9 voxels
+    pred = np.zeros_like(gt)
+    pred[0, 0, 0] = 1  # 1 voxel: DSC = 2 / 10 = 0.2, not > 0.2
+    dsc, nsd = round_scores(gt, pred, [1], (1.0, 1.0, 1.0))
+    assert dsc == pytest.approx(0.2)
+    assert nsd == 0.0
+
+
+def test_click_auc_formula_and_official_integration() -> None:
+    values = [0.9, 0.1, 0.4, 0.6, 0.8, 1.0]
+    assert click_auc(values) == pytest.approx(0.5 * 0.1 + 0.4 + 0.6 + 0.8 + 0.5 * 1.0)
+    assert click_auc(values) == pytest.approx(cumulative_trapezoid(np.array(values[-5:]), np.arange(5))[-1])
+    assert click_auc([1.0] * 6) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="^per_round"):
+        click_auc([1.0] * 5)
+
+
+def _result(times: list[float], n_classes: int = 2) -> CaseResult:
+    return CaseResult(
+        case_name="case",
+        method="m",
+        modality="CT",
+        classes=list(range(1, n_classes + 1)),
+        dsc=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+        nsd=[0.4, 0.5, 0.6, 0.7, 0.8, 0.85],
+        running_time=times,
+        n_clicks=[0, 2, 2, 2, 2, 2],
+    )
+
+
+def test_runtime_budget_zeroes_a_case_over_90_s_per_class() -> None:
+    within = _result([30.0] * 6)  # 180 s = 90 s x 2 classes: not over
+    assert not within.over_budget
+    row = within.row()
+    assert row["DSC_Final"] == 0.95 and row["NSD_1"] == 0.4
+    assert row["DSC_AUC"] == pytest.approx(0.5 * 0.6 + 0.7 + 0.8 + 0.9 + 0.5 * 0.95)
+    assert row["runtime_upperbound"] == 180.0 and row["num_class"] == 2
+
+    over = _result([30.0] * 5 + [30.5])
+    assert over.over_budget
+    row = over.row()
+    assert row["over_budget"] is True
+    assert row["TotalRunningTime"] == pytest.approx(180.5)
+    for key in ["DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final"] + [f"DSC_{i}" for i in range(1, 7)]:
+        assert row[key] == 0.0
+    assert over.dsc[-1] == 0.95  # the raw scores are kept on the result
+
+
+def test_row_has_the_official_columns_in_order() -> None:
+    row = _result([1.0] * 6).row()
+    assert list(row) == CSV_COLUMNS
+    official = ["CaseName", "TotalRunningTime", *[f"RunningTime_{i}" for i in range(1, 7)], "DSC_AUC", "NSD_AUC"]
+    assert CSV_COLUMNS[: len(official)] == official

@@ -1,0 +1,115 @@
+"""The protocol loop: rounds, clicks from the composed label map, timing slots, skipped cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation.baselines import BoxFillMethod, RandomWalkerMethod, box_mask
+from evaluation.cases import Box, EvalCase, box_from_mask
+from evaluation.click_rule import Click, next_click
+from evaluation.runner import compose_label_map, evaluate, run_case
+
+
+def _case(boxes: bool = True) -> EvalCase:
+    shape = (12, 20, 20)
+    zz, yy, xx = np.indices(shape)
+    gt = np.zeros(shape, dtype=np.uint8)
+    gt[2:6, 2:8, 2:8] = 3  # a cuboid: its box fill is perfect
+    gt[(zz - 7) ** 2 + (yy - 13) ** 2 + (xx - 13) ** 2 <= 16] = 5  # a ball: box fill over-segments
+    image = np.clip(30 + 40 * gt + np.random.default_rng(0).normal(0, 5, shape), 0, 255).astype(np.uint8)
+    return EvalCase(
+        name="synthetic",
+        modality="MR",
+        image=image,
+        ground_truth=gt,
+        spacing=(2.0, 1.0, 1.0),
+        classes=[3, 5],
+        boxes={c: box_from_mask(gt == c) for c in (3, 5)} if boxes else None,
+    )
+
+
+class _RecordingSession:
+    """Answers a box with the box itself and records the clicks it is sent."""
+
+    def __init__(self, shape: tuple[int, ...], log: list[tuple[int, Click]]):
+        self._shape, self._log, self._masks = shape, log, {}
+
+    def add_box(self, object_id: int, box: Box) -> None:
+        self._masks[object_id] = box_mask(self._shape, box)
+
+    def add_click(self, object_id: int, click: Click) -> None:
+        self._log.append((object_id, click))
+
+    def mask(self, object_id: int) -> np.ndarray:
+        return self._masks[object_id]
+
+    def close(self) -> None:
+        pass
+
+
+class _RecordingMethod:
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.clicks: list[tuple[int, Click]] = []
+
+    def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> _RecordingSession:
+        return _RecordingSession(image.shape, self.clicks)
+
+
+def test_compose_label_map_later_classes_win_overlaps() -> None:
+    a = np.zeros((2, 2, 2), dtype=bool)
+    b = np.zeros_like(a)
+    a[0] = True
+    b[:, 0] = True
+    labels = compose_label_map({7: b, 2: a}, a.shape, np.dtype(np.uint16))
+    assert labels.dtype == np.uint16
+    assert labels[0, 0, 0] == 7 and labels[0, 1, 0] == 2 and labels[1, 1, 1] == 0 and labels[1, 0, 1] == 7
+
+
+def test_box_fill_rounds_scores_and_clicks() -> None:
+    case = _case()
+    result = run_case(BoxFillMethod(), case)
+    ball = case.ground_truth == 5
+    expected = (1.0 + 2 * ball.sum() / (ball.sum() + box_mask(ball.shape, case.boxes[5]).sum())) / 2
+    assert result.dsc == pytest.approx([expected] * 6)
+    assert all(0.0 < n <= 1.0 for n in result.nsd)
+    assert result.n_clicks == [0, 1, 1, 1, 1, 1]  # the cuboid is perfect: only the ball gets clicks
+    assert len(result.running_time) == 6 and all(t >= 0.0 for t in result.running_time)
+    assert (result.case_name, result.method, result.modality, result.classes) == ("synthetic", "box_fill", "MR", [3, 5])
+
+
+def test_clicks_come_from_the_composed_label_map() -> None:
+    case = _case()
+    # Make the boxes overlap: class 5's box covers part of class 3, so class 3 loses voxels in the label map.
+    case.boxes = {3: case.boxes[3], 5: (2, 5, 5, 11, 17, 17)}
+    method = _RecordingMethod()
+    run_case(method, case)
+    labels = compose_label_map(
+        {c: box_mask(case.ground_truth.shape, b) for c, b in case.boxes.items()},
+        case.ground_truth.shape,
+        case.ground_truth.dtype,
+    )
+    expected = [(c, next_click(labels == c, case.ground_truth == c)) for c in (3, 5)]
+    assert expected[0][1] is not None and expected[0][1].label == 1  # the hidden part of class 3
+    assert method.clicks == expected * 5  # the prediction never changes, so neither does the click
+
+
+def test_case_without_boxes_scores_round_one_zero_and_starts_from_clicks() -> None:
+    case = _case(boxes=False)
+    result = run_case(RandomWalkerMethod(), case)
+    assert result.dsc[0] == 0.0 and result.nsd[0] == 0.0 and result.running_time[0] == 0.0
+    assert result.n_clicks[1] == 2  # from an empty prediction, both classes get a foreground click
+    assert result.dsc[1] > 0.0
+
+
+def test_evaluate_runs_every_method_and_skips_cases_without_objects() -> None:
+    empty = _case()
+    empty.name, empty.classes, empty.boxes = "empty", [], {}
+    seen = []
+    results = evaluate(
+        [BoxFillMethod(), RandomWalkerMethod()], [_case(), empty], progress=False, on_result=seen.append
+    )
+    assert [(r.case_name, r.method) for r in results] == [("synthetic", "box_fill"), ("synthetic", "random_walker")]
+    assert seen == results
