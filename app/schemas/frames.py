@@ -211,7 +211,8 @@ def _bbox_of_flat(indices: np.ndarray, shape: tuple[int, int, int]) -> Bbox | No
     return (int(z.min()), int(y.min()), int(x.min()), int(z.max()), int(y.max()), int(x.max()))
 
 
-def _bbox_of_mask(mask: np.ndarray) -> Bbox | None:
+def mask_bbox(mask: np.ndarray) -> Bbox | None:
+    """Inclusive (z0, y0, x0, z1, y1, x1) of the nonzero voxels of a (D, H, W) mask, None when empty."""
     fg = mask != 0
     zs = np.flatnonzero(fg.any(axis=(1, 2)))
     if zs.size == 0:
@@ -349,7 +350,7 @@ def encode_snapshot(mask: np.ndarray, *, object_id: int, version: int, compress:
     dhw = _check_shape(mask.shape)
     starts, lengths = _foreground_runs(mask)
     count = int(lengths.sum())
-    return _pack(KIND_SNAPSHOT, "none", object_id, version, 0, dhw, count, _bbox_of_mask(mask),
+    return _pack(KIND_SNAPSHOT, "none", object_id, version, 0, dhw, count, mask_bbox(mask),
                  starts, lengths, np.ones(starts.shape, dtype=np.uint8), compress)
 
 

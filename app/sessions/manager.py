@@ -60,6 +60,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.schemas.diffs import ObjectRemoved
+from app.schemas.frames import mask_bbox
 from app.schemas.prompts import REFINE_MODES
 from app.sessions.changes import Bbox, net_change
 from app.sessions.diffs import encode_change, encode_snapshot
@@ -470,7 +471,7 @@ class SessionManager:
                 out = []
                 for oid in sorted(session.state.objects):
                     mask = self.predictor.get_mask(session.state, oid)
-                    out.append((oid, session.versions.get(oid, 0), int(np.count_nonzero(mask)), _bbox(mask)))
+                    out.append((oid, session.versions.get(oid, 0), int(np.count_nonzero(mask)), mask_bbox(mask)))
                 return out
 
             return await self.executor.run(summarise)
@@ -704,13 +705,3 @@ def _invalid_input(e: ValueError) -> InvalidInput:
 
     message = str(e)
     return InvalidInput(message, field=field_from_message(message))
-
-
-def _bbox(mask: np.ndarray) -> Bbox | None:
-    fg = mask != 0
-    zs = np.flatnonzero(fg.any(axis=(1, 2)))
-    if zs.size == 0:
-        return None
-    ys = np.flatnonzero(fg.any(axis=(0, 2)))
-    xs = np.flatnonzero(fg.any(axis=(0, 1)))
-    return (int(zs[0]), int(ys[0]), int(xs[0]), int(zs[-1]), int(ys[-1]), int(xs[-1]))
