@@ -6,12 +6,13 @@ Measures on a synthetic 128x256x256 (D, H, W) CT-like volume with the compact co
     * a ``gru`` click, a ``decoder`` click (cached embeddings),
     * a stateless click: what a server without session state pays per click (init + box + decoder with all
       clicks, everything re-encoded),
-and the segvol-base image encoder per 32x256x256 window. Weights are random: cost does not depend on them.
+and the segvol-base image encoder per 32x256x256 window. Uses the shipped compact weights when present
+(``--weights``; the zoom-in ROI, and so the cost, depends on what the model predicts), random ones otherwise.
 
     python -m benchmarks.bench_predictor --threads 2 --out benchmarks/results/predictor.json
 
-The results file records the command, the machine and every sample; ``benchmarks/results/predictor.md`` is the
-human summary with the ratios.
+The results file records the command, the machine and every sample; a PNG of the latency distributions is
+written beside it (same name, ``.png``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from app.models.build import build_backbone, build_predictor
+from benchmarks.plots import latency_plot
 
 SHAPE = (128, 256, 256)
 BOX = [40, 90, 100, 79, 159, 169]  # a 40x70x70 organ-sized box
@@ -68,11 +70,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--config", default="compact")
+    ap.add_argument("--weights", default="default", help='"default", a checkpoint path, or "none" (random)')
     ap.add_argument("--skip-segvol-base", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/predictor.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    predictor = build_predictor(args.config, weights=None)
+    weights = None if args.weights == "none" else args.weights
+    predictor = build_predictor(args.config, weights=weights)
     vol = synthetic_ct()
     spacing = (1.5, 0.8, 0.8)
     rng = np.random.default_rng(1)
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
-        "note": "random weights (cost does not depend on them); shared CPU, so absolute numbers are noisy",
+        "weights": args.weights,
         "stats": {k: _summary(v) for k, v in samples.items()},
         "samples_ms": samples,
     }
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    latency_plot(samples, args.out.with_suffix(".png"), f"predictor, {args.config}, {SHAPE} volume, "
+                 f"{args.threads} threads")
     print(json.dumps({"stats": {k: round(v["median_ms"], 1) for k, v in st.items()}, "ratios": results["ratios"]},
                      indent=2))
     return results

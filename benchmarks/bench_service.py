@@ -36,6 +36,7 @@ import numpy as np
 from websockets.sync.client import connect
 
 from app.schemas.frames import decode_diff
+from benchmarks.plots import latency_plot
 
 SHAPE = (128, 256, 256)
 BOX = [40, 90, 100, 79, 159, 169]  # inclusive, a 40x70x70 organ-sized box
@@ -124,6 +125,7 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=30, help="timed gru clicks (after 2 untimed)")
     p.add_argument("--both-clicks", type=int, default=3, help='timed clicks in mode "both"')
     p.add_argument("--device", default="cpu")
+    p.add_argument("--weights", default="default", help='"default" (shipped weights), a path, or "none" (random)')
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "service.json")
     args = p.parse_args()
 
@@ -131,7 +133,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SEGSVC_")}
     env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, "-m", "app", "--port", str(port), "--config", args.config, "--random-weights",
+    weights = ["--random-weights"] if args.weights == "none" else ["--weights", args.weights]
+    cmd = [sys.executable, "-m", "app", "--port", str(port), "--config", args.config, *weights,
            "--device", args.device, "--log-level", "warning"]
     server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
     try:
@@ -152,6 +155,10 @@ def main() -> None:
     results["command"] = "python -m benchmarks.bench_service " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    samples = results.get("samples", {})
+    if isinstance(samples, dict):
+        latency_plot({k: v for k, v in samples.items() if k.endswith("_ms")}, args.out.with_suffix(".png"),
+                     f"service round trips over loopback, {args.config}")
     print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2))
 
 
