@@ -3,6 +3,7 @@
     python -m app                                   # 127.0.0.1:8000, compact model, shipped weights
     python -m app --port 9000 --config segvol-base --weights /path/to/segvol.pt --device cuda:0
     REDIS_URL=redis://127.0.0.1:6379/0 python -m app          # metadata in Redis
+    python -m app --redis-url redis://127.0.0.1:6379/0 --storage-dir /var/lib/segsvc   # survives restarts
     python -m app --config segvol-test --random-weights       # tests / timing only: untrained model
 
 Flags override the environment (``SEGSVC_*``, ``REDIS_URL``), which overrides the defaults. Run one such
@@ -27,6 +28,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="serve a randomly initialised model (tests and timing benchmarks only)")
     p.add_argument("--device", help='"auto" (default), "cpu" or "cuda:N"')
     p.add_argument("--redis-url", help="metadata store URL (default: $REDIS_URL, else in-process)")
+    p.add_argument("--storage-dir", help="directory for uploaded volumes and masks; with --redis-url, sessions "
+                   "are restored after a restart (default: none, no persistence)")
     p.add_argument("--max-sessions", type=int)
     p.add_argument("--max-device-bytes", type=int)
     p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds")
@@ -40,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "max_sessions",
+    keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}

@@ -4,11 +4,16 @@ Every field can be set from the environment with the ``SEGSVC_`` prefix (``SEGSV
 ``SEGSVC_MAX_SESSIONS=4``); the metadata store URL is also read from the plain ``REDIS_URL``.
 ``python -m app`` maps its command-line flags onto the same fields.
 
+With ``storage_dir`` (``SEGSVC_STORAGE_DIR``) and Redis, sessions survive a restart or a crash of the
+process (``docs/reliability.md``).
+
 Model weights are never silently replaced by random ones: ``weights=None`` (random init, for tests and
 timing benchmarks only) is refused unless ``allow_random_weights`` is set as well.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +61,13 @@ class Settings(BaseSettings):
         description="redis://host:port/db; unset = the in-process store.",
     )
     redis_prefix: str = Field("segsvc:", description="Prefix of every Redis key this service writes.")
+
+    # Durability (see docs/reliability.md).
+    storage_dir: Path | None = Field(
+        None,
+        description="Directory where uploaded volumes and masks are written before their reply; with Redis, "
+        "sessions are restored from it (and the prompt history) after a restart. None = no persistence.",
+    )
 
     # WebSocket.
     stream_queue_frames: int = Field(

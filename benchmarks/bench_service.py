@@ -1,7 +1,7 @@
 """End-to-end cost of the service over loopback: click round trips, diff frame sizes, device memory.
 
-Starts ``python -m app`` (compact config, RANDOM weights: latency and sizes do not depend on the weights'
-values, but the masks a random model draws are not anatomical, so frame sizes are indicative only), uploads a
+Starts ``python -m app`` (compact config with the shipped weights by default, ``--weights none`` for random ones:
+the zoom-in ROI and the masks depend on what the model predicts), uploads a
 synthetic CT-like 128x256x256 (D, H, W) volume, draws one organ-sized box, then sends ``gru`` clicks and measures:
 
     http_rtt_ms   POST .../clicks (mode "gru") sent -> HTTP reply received

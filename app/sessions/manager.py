@@ -20,7 +20,9 @@ a client that disconnects cannot leave the model state ahead of the prompt histo
 
 Acknowledgement: the prompt is appended to the store's history (with the object's new version) *before*
 the reply is sent. If that append fails the session is closed (its device state would no longer match
-its history) and the client gets ``StoreUnavailable``.
+its history) and the client gets ``StoreUnavailable``. With ``Persistence`` (``Settings.storage_dir``) the
+uploaded volume and every uploaded mask are on disk before their reply too, and ``restore`` rebuilds a
+session of a previous process from them and its history (``app.sessions.persistence``).
 
 Expiry clocks (monotonic): a session ends when unused for ``idle_timeout_s`` (idle clock, reset by every
 authenticated request) or when older than ``max_session_age_s`` (liveness clock, never reset). The reaper
@@ -67,6 +69,7 @@ from app.sessions.diffs import encode_change, encode_snapshot
 from app.sessions.executor import DeviceExecutor
 from app.sessions.locks import SESSION_LEVEL, OrderedLock
 from app.sessions.metrics import ServiceMetrics
+from app.sessions.persistence import Persistence, ReplayError, VolumeMeta, replay_history
 from app.sessions.store import MetadataStore, PromptRecord, SessionRecord
 from app.sessions.subscribers import Close, Subscriber
 from app.sessions.validation import check_box, check_points
@@ -171,7 +174,8 @@ class PromptOutcome:
 @dataclass(frozen=True)
 class _Tombstone:
     token_hash: str
-    reason: str  # "idle" | "max_age" | "deleted" | "store" | "shutdown"
+    reason: str  # "idle" | "max_age" | "deleted" | "store" | "error" | "shutdown" | "restore_failed"
+    detail: str = ""  # client-safe explanation (restore failures)
 
 
 class SessionManager:
@@ -186,12 +190,14 @@ class SessionManager:
         metrics: ServiceMetrics | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        persistence: Persistence | None = None,
     ) -> None:
         self.predictor = predictor
         self.store = store
         self.executor = executor
         self.limits = limits or SessionLimits()
         self.metrics = metrics or ServiceMetrics()
+        self.persistence = persistence
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._owners: dict[str, str] = {}  # token hash -> session id (live and tombstoned)
@@ -258,14 +264,85 @@ class SessionManager:
                 last_used_at=now_wall,
                 source_format=source_format,
             )
-            await self.store.create_session(record)
-            session = Session(record=record, state=state, lock=OrderedLock(f"session:{record.session_id}",
-                              SESSION_LEVEL), created_mono=now, last_used_mono=now, nbytes=nbytes)
-            self._sessions[record.session_id] = session
-            self._owners[record.token_hash] = record.session_id
+            await self._persist_volume(record, volume)  # on disk before the store knows the session
+            try:
+                await self.store.create_session(record)
+            except BaseException:
+                await self._delete_files(record.session_id)
+                raise
+            session = self._register(record, state, created_mono=now, last_used_mono=now)
             return session, token
         finally:
             self._creating -= 1
+
+    async def restore(self, record: SessionRecord, history: Sequence[PromptRecord],
+                      stored_versions: dict[int, int] | None = None) -> Session:
+        """Rebuild a session of a previous process from its stored volume and its acknowledged ``history``.
+
+        The token hash, geometry and clocks come from ``record`` (the client's token keeps working); the
+        object versions come from the replay, which must land on every version the history recorded and,
+        for every live object, on ``stored_versions`` (the store's) when given.
+        Raises ``ReplayError`` (files missing or unreadable, another model, the replay diverged) or
+        ``CapacityExceeded``; nothing is registered then.
+        """
+        persistence = self._require_persistence()
+        storage, sid = persistence.storage, record.session_id
+        if len(self._sessions) + self._creating >= self.limits.max_sessions:
+            raise CapacityExceeded(f"capacity: {self.limits.max_sessions} sessions are open",
+                                   retry_after_s=self.limits.retry_after_s)
+        if record.config != self.predictor.config_name:
+            raise ReplayError(f"model: served by configuration {record.config!r}, this process runs "
+                              f"{self.predictor.config_name!r}")
+        stored = await asyncio.to_thread(storage.load_volume, sid)
+        if stored.meta.model != persistence.model:
+            raise ReplayError("model: the session was created with other model weights or settings")
+        if tuple(stored.array.shape) != record.shape:
+            raise ReplayError(f"volume: stored shape {list(stored.array.shape)} differs from the record's "
+                              f"{list(record.shape)}")
+
+        def rebuild() -> tuple[SessionState, dict[int, int]]:
+            try:
+                state = self.predictor.init_state(stored.array, stored.meta.spacing, seed=stored.meta.seed)
+            except ValueError as e:
+                raise ReplayError(f"volume: the model refuses the stored volume: {e}") from e
+            versions = replay_history(self.predictor, state, history,
+                                      lambda digest: storage.load_mask(sid, digest, record.shape))
+            return state, versions
+
+        state, versions = await self.executor.run(rebuild)
+        if stored_versions is not None:  # removed objects keep their last version in the store: skip them
+            differ = {o: (v, stored_versions.get(o)) for o, v in versions.items() if stored_versions.get(o) != v}
+            if differ:
+                raise ReplayError(f"versions: replay and store differ, object: (replay, store) {differ}")
+        limit = self.limits.max_device_bytes
+        if limit is not None and self.device_bytes() + state.nbytes > limit:
+            raise CapacityExceeded(f"capacity: the session needs {state.nbytes} device bytes, "
+                                   f"{max(limit - self.device_bytes(), 0)} are free",
+                                   retry_after_s=self.limits.retry_after_s)
+        now_wall, now = time.time(), self._clock()
+        session = self._register(record, state,
+                                 created_mono=now - max(0.0, now_wall - record.created_at),
+                                 last_used_mono=now - max(0.0, now_wall - record.last_used_at))
+        session.versions = versions
+        last_change = {p.object_id: i for i, p in enumerate(history)}
+        for oid in sorted(versions, key=lambda o: last_change.get(o, -1)):  # label-map overlap order
+            session.change_order[oid] = next(self._change_seq)
+        return session
+
+    def refuse_restored(self, record: SessionRecord, reason: str, *, detail: str = "") -> None:
+        """Remember a stored session this process will not serve: its token then gets 410 with ``reason``
+        ("idle", "max_age", or "restore_failed" with a client-safe ``detail``) rather than 401."""
+        self._owners[record.token_hash] = record.session_id
+        self._add_tombstone(record.session_id, _Tombstone(record.token_hash, reason, detail))
+
+    def _register(self, record: SessionRecord, state: SessionState, *, created_mono: float,
+                  last_used_mono: float) -> Session:
+        session = Session(record=record, state=state,
+                          lock=OrderedLock(f"session:{record.session_id}", SESSION_LEVEL),
+                          created_mono=created_mono, last_used_mono=last_used_mono, nbytes=state.nbytes)
+        self._sessions[record.session_id] = session
+        self._owners[record.token_hash] = record.session_id
+        return session
 
     def authenticate(self, session_id: str, token: str | None) -> Session:
         """The live session ``session_id`` if ``token`` is its token; touches the idle clock.
@@ -383,7 +460,8 @@ class SessionManager:
             return [change]
 
         args = {"sha256": digest, "voxels": int(np.count_nonzero(m))}
-        return await self._prompt(session, "mask", object_id, args, run, creates=True)
+        return await self._prompt(session, "mask", object_id, args, run, creates=True,
+                                  before=lambda: self._persist_mask(session, m))
 
     async def undo(self, session: Session, object_id: int) -> PromptOutcome:
         """Put the object back as it was before its last prompt."""
@@ -543,8 +621,12 @@ class SessionManager:
         *,
         creates: bool,
         needs_undo: bool = False,
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> PromptOutcome:
-        """Run one mutating prompt: session lock -> device work (streamed) -> history append -> outcome."""
+        """Run one mutating prompt: session lock -> device work (streamed) -> history append -> outcome.
+
+        ``before`` runs under the session lock once the prompt was admitted, before any state changes (what
+        the replay of this prompt needs on disk is written there)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
 
@@ -566,6 +648,8 @@ class SessionManager:
                 self._check_room_for_object()
             else:
                 raise ObjectNotFound(f"object_id: no object {object_id} in this session", field="object_id")
+            if before is not None:
+                await before()
             try:
                 changes, nbytes = await self.executor.run(device_work)
             except ValueError as e:  # the predictor validates before touching the state
@@ -660,6 +744,9 @@ class SessionManager:
     def _raise_ended(self, session_id: str, tomb: _Tombstone) -> None:
         if tomb.reason == "deleted":
             raise SessionNotFound(f"session_id: session {session_id} was deleted", field="session_id")
+        if tomb.reason == "restore_failed":
+            raise SessionExpired(f"session_id: session {session_id} could not be restored after a server "
+                                 f"restart: {tomb.detail}", field="session_id")
         raise SessionExpired(f"session_id: session {session_id} expired ({tomb.reason})", field="session_id")
 
     def _forget(self, session: Session, reason: str) -> None:
@@ -669,10 +756,13 @@ class SessionManager:
             return
         del self._sessions[sid]
         self.metrics.sessions_ended.labels(reason=reason).inc()
+        self._add_tombstone(sid, _Tombstone(session.record.token_hash, reason))
+
+    def _add_tombstone(self, sid: str, tomb: _Tombstone) -> None:
         if self.limits.tombstones <= 0:
-            self._owners.pop(session.record.token_hash, None)
+            self._owners.pop(tomb.token_hash, None)
             return
-        self._tombstones[sid] = _Tombstone(session.record.token_hash, reason)
+        self._tombstones[sid] = tomb
         while len(self._tombstones) > self.limits.tombstones:
             old_sid, old = self._tombstones.popitem(last=False)
             if self._owners.get(old.token_hash) == old_sid:
@@ -694,10 +784,45 @@ class SessionManager:
         session.subscribers.clear()
         session.state = None  # type: ignore[assignment]  # frees the device tensors
         session.nbytes = 0
+        if reason == "shutdown" and self.persistence is not None and self.persistence.keep_on_shutdown:
+            return  # its record, history and files stay: the next process restores it
         try:
             await self.store.delete_session(session.session_id)
         except StoreUnavailable:
             log.warning("session %s: could not delete its store record", session.session_id)
+        await self._delete_files(session.session_id)
+
+    # --- persistence ----------------------------------------------------------------------------------------
+
+    def _require_persistence(self) -> Persistence:
+        if self.persistence is None:
+            raise RuntimeError("restore: this manager has no storage (Settings.storage_dir)")
+        return self.persistence
+
+    async def _persist_volume(self, record: SessionRecord, volume: np.ndarray) -> None:
+        if self.persistence is None:
+            return
+        meta = VolumeMeta(spacing=record.spacing, origin=record.origin, direction=record.direction,
+                          seed=self.limits.seed, model=self.persistence.model)
+        try:
+            await asyncio.to_thread(self.persistence.storage.save_volume, record.session_id, volume, meta)
+        except OSError as e:
+            log.error("session %s: cannot write its volume to storage: %s", record.session_id, e)
+            await self._delete_files(record.session_id)
+            raise StoreUnavailable(f"store: cannot write the volume to storage: {e}") from e
+
+    async def _persist_mask(self, session: Session, mask: np.ndarray) -> None:
+        if self.persistence is None:
+            return
+        try:
+            await asyncio.to_thread(self.persistence.storage.save_mask, session.session_id, mask)
+        except OSError as e:
+            log.error("session %s: cannot write a mask to storage: %s", session.session_id, e)
+            raise StoreUnavailable(f"store: cannot write the mask to storage: {e}") from e
+
+    async def _delete_files(self, session_id: str) -> None:
+        if self.persistence is not None:
+            await asyncio.to_thread(self.persistence.storage.delete, session_id)
 
 
 def _invalid_input(e: ValueError) -> InvalidInput:

@@ -1,6 +1,7 @@
 """Everything one server process runs, built once at startup and stopped at shutdown (framework-free).
 
-    services = await start_services(settings)   # model loaded + warmed up, store connected, reaper running
+    services = await start_services(settings)   # model loaded + warmed up, store connected, sessions
+                                                # restored (storage_dir), reaper running
     ...
     await stop_services(services)               # reaper, sessions, device thread, store: in that order
 
@@ -20,6 +21,13 @@ from app.config import Settings
 from app.sessions.executor import DeviceExecutor
 from app.sessions.manager import SessionLimits, SessionManager
 from app.sessions.metrics import ServiceMetrics
+from app.sessions.persistence import (
+    Persistence,
+    RestoreSummary,
+    SessionStorage,
+    model_fingerprint,
+    restore_sessions,
+)
 from app.sessions.reaper import Reaper
 from app.sessions.store import MetadataStore, build_store
 
@@ -43,6 +51,7 @@ class Services:
     reaper: Reaper
     metrics: ServiceMetrics
     ready: bool = False
+    restored: RestoreSummary | None = None  # what the startup restore did (None without storage_dir)
 
     @property
     def store_kind(self) -> str:
@@ -98,12 +107,28 @@ def _device_allocated_bytes(predictor: Predictor) -> float:
     return 0.0
 
 
+async def build_persistence(settings: Settings, predictor: Predictor, executor: DeviceExecutor
+                            ) -> Persistence | None:
+    """The storage of ``settings.storage_dir`` (None when unset), with the model's fingerprint."""
+    if settings.storage_dir is None:
+        return None
+    if not settings.redis_url:
+        log.warning("storage_dir without Redis: volumes are written, but the in-process store dies with the "
+                    "process, so no session survives a restart (use Redis for durability)")
+    storage = await asyncio.to_thread(SessionStorage, settings.storage_dir)
+    fingerprint = await executor.run(model_fingerprint, predictor)
+    return Persistence(storage, fingerprint, keep_on_shutdown=bool(settings.redis_url))
+
+
 async def start_services(
     settings: Settings, *, predictor: Predictor | None = None, metrics: ServiceMetrics | None = None
 ) -> Services:
-    """Load (or take) the predictor, warm it up, connect the store, start the reaper."""
+    """Load (or take) the predictor, warm it up, connect the store, restore the stored sessions (when
+    ``storage_dir`` is set), start the reaper."""
     executor = DeviceExecutor()
     store: MetadataStore | None = None
+    manager: SessionManager | None = None
+    metrics = metrics or ServiceMetrics()
     try:
         if predictor is None:
             predictor = await executor.run(load_predictor, settings)
@@ -112,13 +137,23 @@ async def start_services(
         store = build_store(settings.redis_url, prefix=settings.redis_prefix,
                             ttl_s=settings.max_session_age_s + _STORE_TTL_MARGIN_S)
         await store.connect()
+        persistence = await build_persistence(settings, predictor, executor)
+        manager = SessionManager(predictor, store, executor, limits_from(settings), metrics,
+                                 persistence=persistence)
+        restored = None
+        if persistence is not None:
+            # Eager: the server answers only once every stored session is back (one log line per session).
+            restored = await restore_sessions(manager)
+            log.info("restore: %d session(s) restored, %d failed, %d expired, %d of other processes, "
+                     "%d orphan folder(s) removed, in %.2f s", len(restored.restored), len(restored.failed),
+                     len(restored.expired), len(restored.not_here), restored.orphans_removed, restored.seconds)
     except BaseException:
+        if manager is not None:
+            await manager.shutdown()
         if store is not None:
             await store.close()
         await asyncio.to_thread(executor.shutdown)
         raise
-    metrics = metrics or ServiceMetrics()
-    manager = SessionManager(predictor, store, executor, limits_from(settings), metrics)
     model = predictor
     metrics.bind_gauges(
         sessions=lambda: float(len(manager)),
@@ -128,9 +163,10 @@ async def start_services(
     )
     reaper = Reaper(manager, settings.reaper_interval_s)
     reaper.start()
-    log.info("ready: model %s on %s, %s store", predictor.config_name, predictor.device,
-             "redis" if settings.redis_url else "in-process")
-    return Services(settings, predictor, store, executor, manager, reaper, metrics, ready=True)
+    log.info("ready: model %s on %s, %s store, %s", predictor.config_name, predictor.device,
+             "redis" if settings.redis_url else "in-process",
+             f"storage in {settings.storage_dir}" if settings.storage_dir else "no persistence")
+    return Services(settings, predictor, store, executor, manager, reaper, metrics, ready=True, restored=restored)
 
 
 async def stop_services(services: Services) -> None:

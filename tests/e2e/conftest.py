@@ -116,3 +116,69 @@ def upload(url: str, volume: np.ndarray | None = None, *, spacing: tuple[float, 
         content = npz_bytes(imgs=vol, spacing=np.asarray(spacing))
     return httpx.post(f"{url}/v1/sessions", files={"file": (filename, content)},
                       data={"spacing_order": "zyx"}, timeout=120)
+
+
+def kill_server(server: Server) -> None:
+    """``kill -9`` the server: no shutdown hook runs, exactly like a crash."""
+    server.process.kill()
+    server.process.wait(timeout=10)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (the shared one is never stopped), which the test
+    stops and starts again on the same port. Its data is kept in an append-only file (fsync on every write),
+    so a restart brings it back, as a production Redis configured for durability would."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        import redis
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.data_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"private redis-server on port {self.port} did not start")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
