@@ -790,6 +790,10 @@ class SessionManager:
             await self.store.delete_session(session.session_id)
         except StoreUnavailable:
             log.warning("session %s: could not delete its store record", session.session_id)
+            if reason == "store":
+                # Closed by a store outage: its record and acknowledged history are still in the store, so keep
+                # its files with them; the next startup restores it (or sweeps the files once the record expired).
+                return
         await self._delete_files(session.session_id)
 
     # --- persistence ----------------------------------------------------------------------------------------

@@ -1,0 +1,327 @@
+"""Durable sessions: files on disk, the replay of a prompt history, and a manager restoring another's sessions.
+
+The replay tests drive the real tiny predictor directly; the restore tests run two managers over one store
+(each store kind, Redis included) and one storage folder, the first one left without shutdown as a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.errors import SessionExpired, StoreUnavailable
+from app.sessions.executor import DeviceExecutor
+from app.sessions.manager import Geometry, SessionLimits, SessionManager
+from app.sessions.persistence import (
+    Persistence,
+    ReplayError,
+    SessionStorage,
+    VolumeMeta,
+    model_fingerprint,
+    replay_history,
+    restore_sessions,
+)
+from app.sessions.store import InProcessStore, MetadataStore, PromptRecord
+
+SHAPE = (24, 64, 64)
+SPACING = (2.0, 1.0, 1.0)
+GEOMETRY = Geometry(spacing=SPACING, origin=(-5.0, 3.0, 10.5), direction=(1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+BOX = [6, 20, 20, 17, 43, 43]
+
+
+def _volume(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(0, 10, SHAPE).astype(np.float32)
+    vol[6:18, 20:44, 20:44] += 200.0
+    return vol
+
+
+def _square_mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[8:16, 10:30, 34:60] = 1
+    return mask
+
+
+def _sha(mask: np.ndarray) -> str:
+    return hashlib.sha256(mask.astype(np.uint8).tobytes()).hexdigest()
+
+
+# --- storage ------------------------------------------------------------------------------------------------
+
+
+def test_volume_and_mask_roundtrip_exactly(tmp_path: Path) -> None:
+    storage = SessionStorage(tmp_path)
+    volume = (np.random.default_rng(1).normal(0, 300, SHAPE)).astype(np.int16)
+    meta = VolumeMeta(spacing=SPACING, origin=GEOMETRY.origin, direction=GEOMETRY.direction, seed=7, model="m")
+    storage.save_volume("abc_-1", volume, meta)
+    stored = storage.load_volume("abc_-1")
+    assert stored.array.dtype == np.int16 and np.array_equal(stored.array, volume) and stored.meta == meta
+    mask = _square_mask()
+    digest = storage.save_mask("abc_-1", mask)
+    assert digest == _sha(mask)
+    assert storage.save_mask("abc_-1", mask.astype(bool)) == digest  # same content, same file
+    assert np.array_equal(storage.load_mask("abc_-1", digest, SHAPE), mask)
+    assert storage.has_volume("abc_-1") and storage.session_ids() == ["abc_-1"]
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))  # no temporary file left behind
+    storage.delete("abc_-1")
+    assert not storage.has_volume("abc_-1") and storage.session_ids() == []
+    storage.delete("abc_-1")  # nothing there: no error
+
+
+def test_damaged_or_foreign_files_are_replay_errors(tmp_path: Path) -> None:
+    storage = SessionStorage(tmp_path)
+    digest = storage.save_mask("s1", _square_mask())
+    mask_file = tmp_path / "s1" / "masks" / f"{digest}.npy"
+    packed = np.load(mask_file)
+    packed[3] ^= 0xFF
+    np.save(mask_file, packed)
+    with pytest.raises(ReplayError, match="corrupt"):
+        storage.load_mask("s1", digest, SHAPE)
+    with pytest.raises(ReplayError, match="does not fit"):
+        storage.load_mask("s1", digest, (2, 2, 2))
+    with pytest.raises(ReplayError, match="cannot read stored mask"):
+        storage.load_mask("s1", "0" * 64, SHAPE)
+    with pytest.raises(ReplayError, match="cannot read the stored volume"):
+        storage.load_volume("s1")
+    with pytest.raises(ValueError, match="session_id"):  # an id from the store never becomes a path
+        storage.session_dir("../etc")
+
+
+def test_fingerprint_changes_with_any_weight(predictor) -> None:  # noqa: ANN001
+    before = model_fingerprint(predictor)
+    assert model_fingerprint(predictor) == before
+    param = next(predictor.backbone.parameters())  # the shared test model: put the exact value back
+    original = param.detach().view(-1)[0].clone()
+    with torch.no_grad():
+        param.view(-1)[0] += 1.0
+    try:
+        assert model_fingerprint(predictor) != before
+    finally:
+        with torch.no_grad():
+            param.view(-1)[0] = original
+    assert model_fingerprint(predictor) == before
+
+
+# --- replay -------------------------------------------------------------------------------------------------
+
+
+def _session_prompts(predictor, state) -> list[PromptRecord]:  # noqa: ANN001
+    """Every kind of prompt on three objects, recorded the way the manager records them."""
+    records: list[PromptRecord] = []
+
+    def rec(op: str, oid: int, args: dict, version: int) -> None:
+        records.append(PromptRecord(op=op, object_id=oid, args=args, version=version, at=time.time()))
+
+    rec("box", 1, {"box": BOX}, predictor.add_box(state, 1, BOX).version)
+    for point, label, mode in [((10, 30, 30), 1, "gru"), ((12, 25, 38), 0, "both"), ((8, 40, 24), 1, "decoder"),
+                               ((14, 22, 22), 1, "gru")]:
+        args = {"points": [list(point)], "labels": [label], "mode": mode}
+        rec("clicks", 1, args, predictor.add_clicks(state, 1, [point], [label], mode=mode)[-1].version)
+    rec("undo", 1, {}, predictor.undo(state, 1).version)
+    mask = _square_mask()
+    rec("mask", 2, {"sha256": _sha(mask), "voxels": int(mask.sum())}, predictor.set_mask(state, 2, mask).version)
+    rec("clicks", 2, {"points": [[12, 20, 50]], "labels": [0], "mode": "gru"},
+        predictor.add_clicks(state, 2, [[12, 20, 50]], [0], mode="gru")[-1].version)
+    rec("reset", 2, {}, predictor.reset(state, 2).version)
+    rec("undo", 2, {}, predictor.undo(state, 2).version)
+    rec("box", 3, {"box": [0, 0, 0, 5, 10, 10]}, predictor.add_box(state, 3, [0, 0, 0, 5, 10, 10]).version)
+    rec("remove", 3, {}, predictor.remove_object(state, 3).version)
+    return records
+
+
+def _same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+def test_replay_rebuilds_every_object_bit_for_bit(predictor) -> None:  # noqa: ANN001
+    original = predictor.init_state(_volume(), SPACING, seed=5)
+    history = _session_prompts(predictor, original)
+    masks = {_sha(_square_mask()): _square_mask()}
+
+    rebuilt = predictor.init_state(_volume(), SPACING, seed=5)
+    versions = replay_history(predictor, rebuilt, history, masks.__getitem__)
+
+    assert versions == {1: original.objects[1].version, 2: original.objects[2].version}
+    assert sorted(rebuilt.objects) == sorted(original.objects) == [1, 2]  # object 3 was removed
+    for oid in (1, 2):
+        a, b = original.objects[oid], rebuilt.objects[oid]
+        assert (a.version, a.roi, a.box, a.clicks, a.rounds) == (b.version, b.roi, b.box, b.clicks, b.rounds)
+        assert _same_tensor(a.logits, b.logits) and _same_tensor(a.hidden, b.hidden)
+        assert len(a.undo_stack) == len(b.undo_stack)
+        for ea, eb in zip(a.undo_stack, b.undo_stack, strict=True):
+            assert ea.step == eb.step and ea.roi == eb.roi and ea.rounds == eb.rounds
+            for ta, tb in ((ea.logits, eb.logits), (ea.hidden, eb.hidden), (ea.sparse_index, eb.sparse_index),
+                           (ea.sparse_values, eb.sparse_values)):
+                assert _same_tensor(ta, tb)
+        assert np.array_equal(predictor.get_mask(original, oid), predictor.get_mask(rebuilt, oid))
+    # The rebuilt session goes on exactly like the original.
+    go_on = [predictor.add_clicks(st, 1, [[11, 33, 30]], [1], mode="gru")[0] for st in (original, rebuilt)]
+    assert go_on[0].version == go_on[1].version and np.array_equal(go_on[0].indices, go_on[1].indices)
+    assert torch.equal(original.objects[1].logits, rebuilt.objects[1].logits)
+
+
+def test_replay_with_another_seed_or_a_forged_version_fails_loudly(predictor) -> None:  # noqa: ANN001
+    state = predictor.init_state(_volume(), SPACING)
+    predictor.add_box(state, 1, BOX)
+    history = [PromptRecord(op="box", object_id=1, args={"box": BOX}, version=1),
+               PromptRecord(op="clicks", object_id=1, args={"points": [[10, 30, 30]], "labels": [1],
+                                                            "mode": "both"}, version=4)]  # really 3
+    with pytest.raises(ReplayError, match=r"history\[1\] \(clicks on object 1\).*version 3.*says 4"):
+        replay_history(predictor, predictor.init_state(_volume(), SPACING), history, {}.__getitem__)
+    with pytest.raises(ReplayError, match=r"history\[0\].*refused"):
+        replay_history(predictor, predictor.init_state(_volume(), SPACING),
+                       [PromptRecord(op="undo", object_id=1, version=1)], {}.__getitem__)
+    with pytest.raises(ReplayError, match="unknown op"):
+        replay_history(predictor, predictor.init_state(_volume(), SPACING),
+                       [PromptRecord(op="teleport", object_id=1, version=1)], {}.__getitem__)
+
+
+# --- a manager restores another manager's sessions --------------------------------------------------------------
+
+@pytest.fixture
+async def managers(predictor, tmp_path: Path) -> AsyncIterator[Callable[..., SessionManager]]:  # noqa: ANN001
+    """Managers over one storage folder; each one is a 'process' (its own executor), never shut down."""
+    executors: list[DeviceExecutor] = []
+    fingerprint = model_fingerprint(predictor)
+
+    def make(store: MetadataStore, **limits: object) -> SessionManager:
+        executor = DeviceExecutor()
+        executors.append(executor)
+        persistence = Persistence(SessionStorage(tmp_path / "storage"), fingerprint, keep_on_shutdown=True)
+        return SessionManager(predictor, store, executor, SessionLimits(**limits), persistence=persistence)
+
+    yield make
+    for e in executors:
+        e.shutdown()
+
+
+async def _snapshot(manager: SessionManager, session) -> dict[int, tuple[int, bytes]]:  # noqa: ANN001
+    out = {}
+    for oid in sorted(session.state.objects):
+        mask, version = await manager.get_mask(session, oid)
+        out[oid] = (version, mask.tobytes())
+    return out
+
+
+@pytest.mark.anyio
+async def test_a_new_manager_restores_sessions_exactly(managers, store: MetadataStore, tmp_path: Path) -> None:  # noqa: ANN001
+    first = managers(store)
+    session, token = await first.create(_volume(), GEOMETRY, modality="CT")
+    await first.add_box(session, 1, BOX)
+    for point, label, mode in [((10, 30, 30), 1, "gru"), ((12, 25, 38), 0, "both"), ((8, 40, 24), 1, "decoder")]:
+        await first.add_clicks(session, 1, [point], [label], mode=mode)
+    await first.undo(session, 1)
+    await first.set_mask(session, 2, _square_mask())
+    await first.add_box(session, 3, [0, 0, 0, 5, 10, 10])
+    await first.remove_object(session, 3)
+    before = await _snapshot(first, session)
+    labels_before, order_before = await first.segmentation(session)
+    storage_dir = tmp_path / "storage" / session.session_id
+    assert (storage_dir / "masks" / f"{_sha(_square_mask())}.npy").is_file()
+
+    second = managers(store)  # the first one "crashed": never shut down
+    summary = await restore_sessions(second)
+    assert summary.restored == [session.session_id] and not summary.failed
+    restored = second.authenticate(session.session_id, token)  # the client's token keeps working
+    assert restored.record.shape == SHAPE and restored.record.origin == GEOMETRY.origin
+    assert restored.record.direction == GEOMETRY.direction and restored.record.modality == "CT"
+    assert await _snapshot(second, restored) == before
+    stored_versions = await store.object_versions(session.session_id)
+    assert restored.versions == {o: v for o, v in stored_versions.items() if o != 3}  # 3 was removed
+    labels_after, order_after = await second.segmentation(restored)
+    assert np.array_equal(labels_after, labels_before) and list(order_after) == list(order_before)
+    click = await second.add_clicks(restored, 1, [(11, 33, 30)], [1], mode="both")
+    assert click.version == before[1][0] + 2  # gru + decoder steps continue the old versions
+    assert (await store.prompt_history(session.session_id))[-1].version == click.version
+
+    await second.close(restored)  # DELETE: record and files go
+    assert not storage_dir.exists() and await store.get_session(session.session_id) is None
+
+
+@pytest.mark.anyio
+async def test_expired_damaged_and_orphaned_sessions_on_restore(managers, store: MetadataStore,  # noqa: ANN001
+                                                                 tmp_path: Path) -> None:
+    first = managers(store, idle_timeout_s=30, max_session_age_s=60)
+    kept, kept_token = await first.create(_volume(), GEOMETRY)
+    damaged, damaged_token = await first.create(_volume(1), GEOMETRY)
+    await first.set_mask(damaged, 1, _square_mask())
+    idle, idle_token = await first.create(_volume(2), GEOMETRY)
+    await store.touch_session(idle.session_id, time.time() - 31)  # unused for 31 s by the wall clock
+    truncated, truncated_token = await first.create(_volume(3), GEOMETRY)
+    storage_root = tmp_path / "storage"
+    for f in (storage_root / damaged.session_id / "masks").iterdir():
+        f.unlink()
+    volume_file = storage_root / truncated.session_id / "volume.npy"
+    volume_file.write_bytes(volume_file.read_bytes()[:1000])
+    (storage_root / "orphan-dir").mkdir()  # a crash between the volume and the store record
+
+    second = managers(store, idle_timeout_s=30, max_session_age_s=60)
+    summary = await restore_sessions(second)
+    assert summary.restored == [kept.session_id]
+    assert sorted(summary.failed) == sorted([damaged.session_id, truncated.session_id])
+    assert summary.expired == [idle.session_id] and summary.orphans_removed == 1
+    assert not (storage_root / "orphan-dir").exists()
+    assert second.authenticate(kept.session_id, kept_token).versions == {}
+    with pytest.raises(SessionExpired, match=r"could not be restored after a server restart: .*mask"):
+        second.authenticate(damaged.session_id, damaged_token)
+    assert (storage_root / damaged.session_id).is_dir()  # kept for a later process (nothing is lost)
+    with pytest.raises(SessionExpired, match="could not be restored"):
+        second.authenticate(truncated.session_id, truncated_token)
+    with pytest.raises(SessionExpired, match="idle"):
+        second.authenticate(idle.session_id, idle_token)
+    assert await store.get_session(idle.session_id) is None and not (storage_root / idle.session_id).exists()
+
+
+@pytest.mark.anyio
+async def test_shutdown_keeps_durable_sessions_and_delete_forgets_them(managers, store: MetadataStore,  # noqa: ANN001
+                                                                        tmp_path: Path) -> None:
+    first = managers(store)
+    kept, _ = await first.create(_volume(), GEOMETRY)
+    gone, _ = await first.create(_volume(1), GEOMETRY)
+    await first.close(gone)
+    await first.shutdown()  # a graceful restart (redeploy)
+    assert not (tmp_path / "storage" / gone.session_id).exists()
+    assert (tmp_path / "storage" / kept.session_id / "volume.npy").is_file()
+    second = managers(store)
+    assert (await restore_sessions(second)).restored == [kept.session_id]
+
+
+class _OutageStore(InProcessStore):
+    """The in-process store with a switchable outage (as a Redis that went away and came back)."""
+
+    down = False
+
+    async def commit_prompt(self, session_id: str, prompt: PromptRecord) -> None:
+        if self.down:
+            raise StoreUnavailable("store: Redis failed: connection refused")
+        await super().commit_prompt(session_id, prompt)
+
+    async def delete_session(self, session_id: str) -> bool:
+        if self.down:
+            raise StoreUnavailable("store: Redis failed: connection refused")
+        return await super().delete_session(session_id)
+
+
+@pytest.mark.anyio
+async def test_a_session_closed_by_a_store_outage_comes_back_after_a_restart(managers) -> None:  # noqa: ANN001
+    store = _OutageStore()
+    first = managers(store)
+    session, token = await first.create(_volume(), GEOMETRY)
+    await first.add_box(session, 1, BOX)
+    acknowledged = await first.get_mask(session, 1)
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        await first.add_clicks(session, 1, [(10, 30, 30)], [1], mode="gru")  # not acknowledged
+    with pytest.raises(SessionExpired):
+        first.authenticate(session.session_id, token)  # closed here, as documented
+    store.down = False
+    second = managers(store)
+    assert (await restore_sessions(second)).restored == [session.session_id]
+    mask, version = await second.get_mask(second.authenticate(session.session_id, token), 1)
+    assert version == acknowledged[1] == 1 and np.array_equal(mask, acknowledged[0])
