@@ -1,0 +1,124 @@
+"""Answering one challenge round by replaying every prompt so far.
+
+The challenge starts a fresh process for each of its six rounds, so no session survives between rounds.
+Each object's state is rebuilt deterministically instead: ``init_state`` (seed 0), then the class's box, then
+its clicks in ``clicks_order``, one ``add_clicks`` call per click, exactly as an interactive session would
+have received them one round at a time. Same model, weights, seed and prompts give the same logits, so the
+replayed round-k answer equals the one a session kept alive since round 1 would give.
+
+The class masks are composed into one (D, H, W) uint8 label map like the evaluation harness does: classes in
+ascending order, a later class wins where objects overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from challenge.case import ChallengeCase, read_case
+from evaluation.cases import SpacingOrder
+from evaluation.runner import compose_label_map
+
+if TYPE_CHECKING:
+    from app.models.predictor import Predictor
+
+log = logging.getLogger("challenge")
+
+SESSION_SEED = 0
+"""``init_state`` seed of every case: the replay is deterministic only with one fixed seed."""
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    """What happened to one input file: ``error`` is None on success."""
+
+    name: str
+    classes: int
+    prompts: int
+    seconds: float
+    error: str | None = None
+
+
+def replay_case(predictor: Predictor, case: ChallengeCase, *, mode: str = "both") -> np.ndarray:
+    """The (D, H, W) uint8 label map of a case after all its prompts (class i + 1 = prompts[i]).
+
+    A class whose box is invalid starts from its first click instead; an invalid click is skipped. Both are
+    logged: one bad prompt must not cost the other classes their answer. A class with no usable prompt stays
+    empty.
+    """
+    state = predictor.init_state(case.image, case.spacing, seed=SESSION_SEED)
+    masks: dict[int, np.ndarray] = {}
+    for index, prompts in enumerate(case.prompts):
+        object_id = index + 1
+        if prompts.box is not None:
+            try:
+                predictor.add_box(state, object_id, list(prompts.box))
+            except ValueError as err:
+                log.warning("%s: class %d: box %s ignored: %s", case.name, object_id, prompts.box, err)
+        for click in prompts.clicks:
+            try:
+                predictor.add_clicks(state, object_id, [list(click.point)], [click.label], mode=mode)
+            except ValueError as err:
+                log.warning("%s: class %d: click %s ignored: %s", case.name, object_id, click.point, err)
+        if object_id in state.objects:
+            masks[object_id] = predictor.get_mask(state, object_id).astype(bool)
+    return compose_label_map(masks, case.image.shape, np.dtype(np.uint8))
+
+
+def write_segs(path: Path, segs: np.ndarray) -> None:
+    """Write ``segs`` as ``path`` (npz, key ``segs``) atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, segs=segs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def predict_folder(
+    predictor: Predictor,
+    inputs: str | Path,
+    outputs: str | Path,
+    *,
+    mode: str = "both",
+    spacing_order: SpacingOrder = "xyz",
+) -> list[CaseReport]:
+    """Answer every ``inputs/*.npz`` into ``outputs/<same name>.npz``, in name order.
+
+    A case that fails is logged and reported (its output is not written); the other cases still run.
+    """
+    inputs, outputs = Path(inputs), Path(outputs)
+    if not inputs.is_dir():
+        raise ValueError(f"inputs: {inputs} is not a folder")
+    paths = sorted(inputs.glob("*.npz"))
+    if not paths:
+        log.warning("no .npz file in %s: nothing to do", inputs)
+    reports: list[CaseReport] = []
+    for path in paths:
+        started = time.perf_counter()
+        classes = prompts = 0
+        try:
+            case = read_case(path, spacing_order=spacing_order)
+            classes = len(case.prompts)
+            prompts = sum((p.box is not None) + len(p.clicks) for p in case.prompts)
+            segs = replay_case(predictor, case, mode=mode)
+            write_segs(outputs / path.name, segs)
+            error = None
+        except Exception as err:  # one broken case must not stop the others
+            log.exception("%s: failed", path.name)
+            error = f"{type(err).__name__}: {err}"
+        report = CaseReport(path.stem, classes, prompts, time.perf_counter() - started, error)
+        log.info("%s: %d classes, %d prompts replayed, %.1f s%s", report.name, report.classes, report.prompts,
+                 report.seconds, "" if error is None else f" FAILED ({error})")
+        reports.append(report)
+    return reports

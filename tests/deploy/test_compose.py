@@ -1,0 +1,160 @@
+"""Container files: the compose file validates, and the image installs the project exactly as CI does.
+
+No container engine runs in CI, so the image is never built there; what keeps it honest is that its install
+step is the very command CI runs (checked here), and ``docker-compose config`` validates the compose file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+
+
+def _compose_command() -> list[str] | None:
+    """``docker-compose`` (Debian package), else the ``docker compose`` plugin, else None."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+COMPOSE = _compose_command()
+needs_compose = pytest.mark.skipif(
+    COMPOSE is None,
+    reason="no compose binary: install the Debian package docker-compose to validate docker-compose.yml",
+)
+
+
+def _compose_config(workdir: Path) -> subprocess.CompletedProcess[str]:
+    assert COMPOSE is not None
+    return subprocess.run([*COMPOSE, "-f", "docker-compose.yml", "config", "-q"], cwd=workdir,
+                          capture_output=True, text=True, timeout=60)
+
+
+@needs_compose
+def test_compose_file_validates() -> None:
+    result = _compose_config(REPO)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_compose
+def test_compose_validation_rejects_an_invalid_file(tmp_path: Path) -> None:
+    """The check above means something: the same validator refuses an unknown service option."""
+    broken = COMPOSE_FILE.read_text().replace("\n  redis:\n", "\n  redis:\n    bogus_option: 1\n", 1)
+    assert "bogus_option" in broken
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    result = _compose_config(tmp_path)
+    assert result.returncode != 0
+    assert "bogus_option" in result.stderr + result.stdout
+
+
+def test_compose_services_wire_app_redis_and_orthanc() -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    assert set(services) == {"app", "redis", "orthanc"}
+
+    app = services["app"]
+    assert app["build"]["context"] == "."
+    assert "8000:8000" in app["ports"]
+    assert app["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert app["environment"]["SEGSVC_STORAGE_DIR"] == "/data"
+    assert any(v.endswith(":/data") for v in app["volumes"])
+    assert app["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(app["healthcheck"]["test"])
+    assert "profiles" not in app
+
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "profiles" not in redis
+
+    orthanc = services["orthanc"]
+    assert orthanc["image"].startswith("jodogne/orthanc-plugins")
+    assert orthanc["profiles"] == ["orthanc"]
+    assert "8042:8042" in orthanc["ports"]
+    assert '"DicomWeb": {"Enable": true' in " ".join(orthanc["command"])
+
+
+# --- Dockerfile ------------------------------------------------------------------------------------------------
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of the Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def _pip_installs(shell: str) -> list[list[str]]:
+    """Every ``pip install`` command of a shell snippet, split into words (``&&``/``;`` separate commands)."""
+    parts = re.split(r"&&|;|\n", re.sub(r"\\\n", " ", shell))
+    commands = [shlex.split(part) for part in parts if re.search(r"\bpip\b.*\binstall\b", part)]
+    return [c for c in commands if "pip" in c and "install" in c]
+
+
+def _ci_pip_installs() -> list[list[str]]:
+    lines = [ln for ln in (REPO / ".ci" / "run").read_text().splitlines() if not ln.lstrip().startswith("#")]
+    return _pip_installs("\n".join(lines))
+
+
+def test_dockerfile_installs_the_project_with_the_ci_command() -> None:
+    ci = _ci_pip_installs()
+    assert len(ci) == 1, f".ci/run should install the project once, found {ci}"
+    image = [cmd for keyword, args in _dockerfile_instructions() if keyword == "RUN" for cmd in _pip_installs(args)]
+    project = [cmd for cmd in image if not any(word.startswith("torch") for word in cmd)]
+    assert project == ci, f"the image installs the project with {project}, CI with {ci}"
+
+
+def test_dockerfile_preinstalls_the_pinned_torch_from_the_variant_index() -> None:
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_pin = next(d for d in pins if re.match(r"torch\b", d))
+    image = [cmd for keyword, args in _dockerfile_instructions() if keyword == "RUN" for cmd in _pip_installs(args)]
+    torch = [cmd for cmd in image if any(word.startswith("torch") for word in cmd)]
+    assert len(torch) == 1 and torch_pin in torch[0], f"torch install {torch} must use the pyproject pin {torch_pin}"
+    assert "--index-url" in torch[0]
+    args = dict(a.split("=", 1) for k, a in _dockerfile_instructions() if k == "ARG")
+    assert args["TORCH_VARIANT"] == "cpu"
+    assert args["TORCH_INDEX_URL"].endswith("/${TORCH_VARIANT}")
+    # torch comes first, so the project install keeps that build instead of pulling PyPI's.
+    assert image[0] == torch[0]
+
+
+def test_dockerfile_runs_the_service_as_a_non_root_user_with_a_healthcheck() -> None:
+    instructions = _dockerfile_instructions()
+    by_keyword: dict[str, list[str]] = {}
+    for keyword, args in instructions:
+        by_keyword.setdefault(keyword, []).append(args)
+    assert by_keyword["FROM"] == ["python:3.11-slim"]
+    user = by_keyword["USER"][-1]
+    assert user not in ("root", "0")
+    assert [k for k, _ in instructions].index("USER") < [k for k, _ in instructions].index("CMD")
+    assert by_keyword["EXPOSE"] == ["8000"]
+    healthcheck = by_keyword["HEALTHCHECK"][-1]
+    assert "urllib.request" in healthcheck and "/healthz" in healthcheck and "curl" not in healthcheck
+    assert json.loads(by_keyword["CMD"][-1]) == ["python", "-m", "app", "--host", "0.0.0.0"]
+
+
+def test_dockerignore_keeps_runs_and_git_out_but_the_weights_in() -> None:
+    patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    assert ".git" in patterns and "runs/" in patterns
+    assert not any("weights" in p or p.startswith("app") or p in ("*.pt", "**/*.pt") for p in patterns)
