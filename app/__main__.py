@@ -5,6 +5,8 @@
     REDIS_URL=redis://127.0.0.1:6379/0 python -m app          # metadata in Redis
     python -m app --redis-url redis://127.0.0.1:6379/0 --storage-dir /var/lib/segsvc   # survives restarts
     python -m app --config segvol-test --random-weights       # tests / timing only: untrained model
+    python -m app --api-key-hash "$(python -m app hash-key < key.txt)" --rate-limit 5   # API key + limit
+    python -m app hash-key < key.txt                          # print the sha256 of a key read from stdin
 
 Flags override the environment (``SEGSVC_*``, ``REDIS_URL``), which overrides the defaults. Run one such
 process per device; put several behind a router that pins each session id to its process.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +40,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reaper-interval", dest="reaper_interval_s", type=float, help="seconds")
     p.add_argument("--max-upload-bytes", type=int)
     p.add_argument("--max-voxels", type=int)
+    p.add_argument("--api-key-hash", dest="api_key_hashes", action="append", metavar="SHA256",
+                   help="sha256 hex of an accepted API key (repeatable; see `python -m app hash-key`); "
+                   "none = no API key needed")
+    p.add_argument("--rate-limit", dest="rate_limit_per_s", type=float,
+                   help="prompts and session creations per second per API key / client address")
+    p.add_argument("--rate-limit-burst", type=int, help="requests allowed at once above the rate")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                   help="origin allowed by CORS (repeatable)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
@@ -45,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
-            "max_voxels")
+            "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.random_weights:
         if args.weights is not None:
@@ -56,7 +67,23 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def hash_key_command(stdin: str) -> str:
+    """``python -m app hash-key``: the sha256 hex of the key on stdin (one trailing newline ignored)."""
+    from app.config import hash_api_key
+
+    key = stdin[:-1] if stdin.endswith("\n") else stdin
+    key = key[:-1] if key.endswith("\r") else key
+    if not key:
+        raise SystemExit("hash-key: expected the API key on stdin")
+    return hash_api_key(key)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hash-key"]:
+        print(hash_key_command(sys.stdin.read()))
+        return
+
     import uvicorn
 
     from app.config import Settings

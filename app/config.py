@@ -7,16 +7,32 @@ Every field can be set from the environment with the ``SEGSVC_`` prefix (``SEGSV
 With ``storage_dir`` (``SEGSVC_STORAGE_DIR``) and Redis, sessions survive a restart or a crash of the
 process (``docs/reliability.md``).
 
+API keys (``api_key_hashes``) are configured as sha256 hex digests, never as the keys themselves
+(``python -m app hash-key`` prints the digest of a key read from stdin). No keys configured = any client
+that can reach the port may create sessions (``docs/service.md``, Authentication).
+
 Model weights are never silently replaced by random ones: ``weights=None`` (random init, for tests and
 timing benchmarks only) is refused unless ``allow_random_weights`` is set as well.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import re
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hash_api_key(key: str) -> str:
+    """The sha256 hex digest of an API key, as ``api_key_hashes`` holds it."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 class Settings(BaseSettings):
@@ -28,6 +44,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = none.")
+
+    # Access control (docs/service.md, Authentication).
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="sha256 hex digests of the accepted API keys (X-API-Key); empty = no API key needed. "
+        "Environment: a JSON list or comma-separated.",
+    )
+    rate_limit_per_s: float | None = Field(
+        None, gt=0, description="Prompts and session creations per second per API key (per client IP without "
+        "keys); None = no rate limit.",
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="Requests allowed at once above the steady rate (None = max(1, rate)).",
+    )
 
     # Model.
     device: str = Field("auto", description='"auto" (CUDA when present, else CPU), "cpu" or "cuda:N".')
@@ -73,6 +103,33 @@ class Settings(BaseSettings):
     stream_queue_frames: int = Field(
         1024, ge=1, description="Frames queued per WebSocket before the slow client is disconnected."
     )
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split_hashes(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: a JSON list or "h1,h2"
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in (p.strip() for p in text.split(",")) if part]
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _sha256_hex(cls, hashes: list[str]) -> list[str]:
+        normalised = [h.strip().lower() for h in hashes]
+        for i, h in enumerate(normalised):
+            if not _SHA256_HEX.match(h):  # the value may be a key pasted by mistake: never echo it
+                raise ValueError(f"api_key_hashes[{i}]: not a sha256 hex digest of 64 hex characters "
+                                 "(python -m app hash-key prints one)")
+        return normalised
+
+    @property
+    def rate_limit_capacity(self) -> int:
+        """Bucket size of the rate limiter: ``rate_limit_burst``, else the rate rounded up (at least 1)."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1, math.ceil(self.rate_limit_per_s or 1.0))
 
     @model_validator(mode="after")
     def _explicit_random_weights(self) -> Settings:

@@ -35,6 +35,14 @@ class Unauthorized(ServiceError):
     """The bearer token is missing or belongs to no session."""
 
 
+class ApiKeyRequired(Unauthorized):
+    """API keys are configured and the request carries none."""
+
+
+class InvalidApiKey(Unauthorized):
+    """The request's API key matches none of the configured hashes."""
+
+
 class SessionNotFound(ServiceError):
     """No such session here (also used when a token of another session is presented: existence stays hidden)."""
 
@@ -53,6 +61,14 @@ class NothingToUndo(ServiceError):
 
 class CapacityExceeded(ServiceError):
     """The server holds as many sessions (or device bytes) as it may; retry later."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(ServiceError):
+    """The caller (API key, or client address without keys) sent more than its rate allows; retry later."""
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)

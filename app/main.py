@@ -18,11 +18,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import app as app_package
+from app.api.api_keys import ApiKeyAuth, ApiKeyCheck, document_api_key
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimit, RequestMetrics
+from app.api.rate_limit import RateLimit, TokenBuckets
 from app.api.router import api_router
 from app.config import Settings
 from app.schemas import paths
+from app.schemas.paths import API_KEY_HEADER
 from app.sessions.metrics import ServiceMetrics
 from app.sessions.services import start_services, stop_services
 
@@ -51,20 +54,28 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         version=app_package.__version__,
         description="Upload a volume once, then box and click: every prompt answers with what changed, and "
         "the WebSocket stream carries the changed voxels. Every route except health and metrics needs "
-        "`Authorization: Bearer <token>` of the session.",
+        "`Authorization: Bearer <token>` of the session, and `X-API-Key` when the server has API keys.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.include_router(api_router)
     install_error_handlers(app)
+    # Middleware, innermost first: the body limit, the rate limit (needs the caller the key check names),
+    # the API key check, CORS (so that preflights pass and browsers can read 401/429 replies), metrics.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES)
+    if settings.rate_limit_per_s is not None:
+        app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_capacity)
+        app.add_middleware(RateLimit, buckets=app.state.rate_limiter)
+    if settings.api_key_hashes:
+        app.add_middleware(ApiKeyAuth, check=ApiKeyCheck(settings.api_key_hashes))
+        document_api_key(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=[paths.AUTHORIZATION_HEADER, "Content-Type"],
+            allow_headers=[paths.AUTHORIZATION_HEADER, API_KEY_HEADER, "Content-Type"],
             expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions"],
         )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -2,7 +2,7 @@
 
     from client import Client
 
-    with Client("http://127.0.0.1:8000") as api:
+    with Client("http://127.0.0.1:8000", api_key=None) as api:       # api_key: when the server wants one
         session = api.create_session(volume, spacing=(2.5, 0.8, 0.8))     # (D, H, W) array, (sz, sy, sx)
         with session.stream() as stream:                                   # local masks from diff frames
             reply = session.box(1, [10, 40, 40, 30, 90, 90])              # inclusive [z0, y0, x0, z1, y1, x1]
@@ -16,10 +16,11 @@ Exceptions (every error the SDK raises for a failed call derives from ``SegError
 ``status``, ``code``, ``message`` and ``field`` from the server's error body):
 
     SegError
-    ├── AuthenticationError   401/403  missing or wrong session token
+    ├── AuthenticationError   401/403  missing or wrong session token or server API key
     ├── NotFoundError         404      unknown session, object or route
     ├── SessionExpiredError   410      the session expired or was closed
     ├── ValidationError       400/409/413/422  bad input; ``field`` names it ("box", "points", "file", ...)
+    ├── RateLimitedError      429      over the rate limit; ``retry_after`` seconds
     ├── ServerBusyError       503      at capacity; ``retry_after`` seconds
     ├── ServerError           other 5xx
     ├── TransportError        no reply: connection refused/reset, timeout
@@ -35,6 +36,7 @@ from client._async import AsyncClient, AsyncSession
 from client._errors import (
     AuthenticationError,
     NotFoundError,
+    RateLimitedError,
     SegError,
     ServerBusyError,
     ServerError,
@@ -59,6 +61,7 @@ __all__ = [
     "NotFoundError",
     "ObjectInfo",
     "PromptReply",
+    "RateLimitedError",
     "SegError",
     "ServerBusyError",
     "ServerError",

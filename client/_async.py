@@ -26,11 +26,16 @@ class AsyncClient:
         transport: an ``httpx.AsyncBaseTransport`` (e.g. ``httpx.MockTransport`` in tests); default: the network.
         timeout: seconds per request.
         headers: extra headers sent with every request.
+        api_key: the server API key, sent as ``X-API-Key`` with every request and the stream (servers
+            configured with ``api_key_hashes`` refuse requests without it).
     """
 
     def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, headers: dict[str, str] | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, headers: dict[str, str] | None = None,
+                 api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        headers = {**(headers or {}), **proto.api_key_headers(api_key)}
         self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
                                   headers=headers)
 
@@ -128,7 +133,8 @@ class AsyncSession:
         return proto.parse_npz(response, paths.MASK_NPZ_KEY)
 
     async def download_mask(self, object_id: int, fmt: MaskFormat | str = MaskFormat.NIFTI_GZ) -> bytes:
-        """The object's mask as a file ("npz", "nii.gz" or "nrrd") in the uploaded volume's geometry."""
+        """The object's mask as a file ("npz", "nii.gz" or "nrrd") in the uploaded volume's geometry, or
+        "dcm": a DICOM SEG referencing the source series (sessions created from a DICOM series)."""
         response = await self._send(proto.get_mask(self.session_id, self.token, object_id, fmt))
         return proto.check(response).content
 
@@ -143,7 +149,8 @@ class AsyncSession:
 
     def stream(self, *, open_timeout: float = 10.0) -> AsyncMaskStream:
         """The diff stream consumer (``async with session.stream() as stream``, or ``await ....open()``)."""
-        return AsyncMaskStream(self.client.base_url, self.session_id, self.token, open_timeout=open_timeout)
+        return AsyncMaskStream(self.client.base_url, self.session_id, self.token, open_timeout=open_timeout,
+                               api_key=self.client.api_key)
 
     async def close(self) -> None:
         """Delete the session on the server (frees its device memory)."""

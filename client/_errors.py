@@ -23,7 +23,8 @@ class SegError(Exception):
 
 
 class AuthenticationError(SegError):
-    """401: missing or wrong session token."""
+    """401/403: missing or wrong session token, or server API key (``code`` "api_key_required" /
+    "invalid_api_key")."""
 
 
 class NotFoundError(SegError):
@@ -40,6 +41,15 @@ class ValidationError(SegError):
 
 class ServerBusyError(SegError):
     """503: the server is at capacity; retry after ``retry_after`` seconds (None if not given)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class RateLimitedError(SegError):
+    """429: over the server's rate limit for this API key (or address); retry after ``retry_after`` seconds
+    (None if not given)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
@@ -94,6 +104,8 @@ def error_from_reply(status: int, content: bytes, headers: Mapping[str, str]) ->
         message = content[:200].decode("utf-8", "replace")
     if status == 503:
         return ServerBusyError(message, retry_after=_retry_after(headers), status=status, code=code, field=field)
+    if status == 429:
+        return RateLimitedError(message, retry_after=_retry_after(headers), status=status, code=code, field=field)
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else SegError)
     return cls(message, status=status, code=code, field=field)
 

@@ -19,6 +19,7 @@ import pydantic
 
 from app.schemas import paths
 from app.schemas.errors import detail_from_pydantic
+from app.schemas.paths import API_KEY_HEADER
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, RefineMode
 from app.schemas.sessions import SessionCreated, SessionInfo
 from client._errors import SegError, ValidationError, error_from_reply
@@ -49,6 +50,11 @@ class Request:
 
 def auth_headers(token: str) -> dict[str, str]:
     return {paths.AUTHORIZATION_HEADER: paths.BEARER_PREFIX + token}
+
+
+def api_key_headers(api_key: str | None) -> dict[str, str]:
+    """The server API key header (sent with every request and the stream), or nothing."""
+    return {} if api_key is None else {API_KEY_HEADER: api_key}
 
 
 def check(response: httpx.Response) -> httpx.Response:

@@ -23,7 +23,7 @@ from app.schemas.diffs import PingMessage
 from app.schemas.paths import STREAM, StreamCloseCode
 from client._errors import AuthenticationError, NotFoundError, SegError, SessionExpiredError, StreamError
 from client._mirror import MaskMirror
-from client._protocol import auth_headers
+from client._protocol import api_key_headers, auth_headers
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 """Largest WebSocket message accepted (a snapshot of a big mask can pass the library's 1 MiB default)."""
@@ -112,14 +112,15 @@ class MaskStream(_MirrorView):
     """
 
     def __init__(self, base_url: str, session_id: str, token: str, *, open_timeout: float = 10.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, api_key: str | None = None) -> None:
         self._mirror = MaskMirror()
         self._cond = threading.Condition()
         self._error = None
         self._closed = False
+        headers = {**auth_headers(token), **api_key_headers(api_key)}
         try:
             self._ws: ClientConnection = sync_connect(
-                stream_url(base_url, session_id), additional_headers=auth_headers(token),
+                stream_url(base_url, session_id), additional_headers=headers,
                 open_timeout=open_timeout, max_size=max_message_bytes, compression=None, proxy=None, legacy=True,
             )
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
@@ -223,9 +224,9 @@ class AsyncMaskStream(_MirrorView):
     """Asyncio stream consumer (a reader task). ``async with session.stream() as stream: ...``."""
 
     def __init__(self, base_url: str, session_id: str, token: str, *, open_timeout: float = 10.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, api_key: str | None = None) -> None:
         self._url = stream_url(base_url, session_id)
-        self._token = token
+        self._headers = {**auth_headers(token), **api_key_headers(api_key)}
         self._open_timeout = open_timeout
         self._max_message_bytes = max_message_bytes
         self._mirror = MaskMirror()
@@ -238,7 +239,7 @@ class AsyncMaskStream(_MirrorView):
     async def open(self) -> AsyncMaskStream:
         try:
             self._ws = await async_connect(
-                self._url, additional_headers=auth_headers(self._token), open_timeout=self._open_timeout,
+                self._url, additional_headers=self._headers, open_timeout=self._open_timeout,
                 max_size=self._max_message_bytes, compression=None, proxy=None,
             )
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:

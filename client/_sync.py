@@ -28,11 +28,16 @@ class Client:
         transport: an ``httpx.BaseTransport`` (e.g. ``httpx.MockTransport`` in tests); default: the network.
         timeout: seconds per request.
         headers: extra headers sent with every request.
+        api_key: the server API key, sent as ``X-API-Key`` with every request and the stream (servers
+            configured with ``api_key_hashes`` refuse requests without it).
     """
 
     def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, headers: dict[str, str] | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, headers: dict[str, str] | None = None,
+                 api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        headers = {**(headers or {}), **proto.api_key_headers(api_key)}
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
                                   headers=headers)
 
@@ -130,7 +135,8 @@ class Session:
         return proto.parse_npz(response, paths.MASK_NPZ_KEY)
 
     def download_mask(self, object_id: int, fmt: MaskFormat | str = MaskFormat.NIFTI_GZ) -> bytes:
-        """The object's mask as a file ("npz", "nii.gz" or "nrrd") in the uploaded volume's geometry."""
+        """The object's mask as a file ("npz", "nii.gz" or "nrrd") in the uploaded volume's geometry, or
+        "dcm": a DICOM SEG referencing the source series (sessions created from a DICOM series)."""
         response = self._send(proto.get_mask(self.session_id, self.token, object_id, fmt))
         return proto.check(response).content
 
@@ -145,7 +151,8 @@ class Session:
 
     def stream(self, *, open_timeout: float = 10.0) -> MaskStream:
         """Open the diff stream: a consumer keeping a local mask per object (use ``with``)."""
-        return MaskStream(self.client.base_url, self.session_id, self.token, open_timeout=open_timeout)
+        return MaskStream(self.client.base_url, self.session_id, self.token, open_timeout=open_timeout,
+                          api_key=self.client.api_key)
 
     def close(self) -> None:
         """Delete the session on the server (frees its device memory)."""

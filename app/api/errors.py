@@ -7,10 +7,13 @@ Every non-2xx reply carries ``app.schemas.errors.ErrorBody``: ``{"error": {"code
     InvalidVolume               422   invalid_volume       4400
     PayloadTooLarge             413   payload_too_large    4400
     Unauthorized                401   unauthorized         4401
+    ApiKeyRequired              401   api_key_required     4401
+    InvalidApiKey               401   invalid_api_key      4401
     SessionNotFound             404   session_not_found    4404
     ObjectNotFound              404   object_not_found     (stream: an "error" message, stays open)
     NothingToUndo               409   nothing_to_undo      -
     SessionExpired              410   session_expired      4410
+    RateLimited                 429   rate_limited         4429   (+ Retry-After; HTTP only, streams are not limited)
     CapacityExceeded            503   server_busy          4503   (+ Retry-After)
     StoreUnavailable            503   store_unavailable    1011   (+ Retry-After: the retry_after_s setting)
 
@@ -30,12 +33,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
 from app.errors import (
+    ApiKeyRequired,
     CapacityExceeded,
+    InvalidApiKey,
     InvalidInput,
     InvalidVolume,
     NothingToUndo,
     ObjectNotFound,
     PayloadTooLarge,
+    RateLimited,
     ServiceError,
     SessionExpired,
     SessionNotFound,
@@ -43,7 +49,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.schemas.errors import ERROR_STATUS, ErrorCode, detail_from_pydantic, error_body
-from app.schemas.paths import RETRY_AFTER_HEADER, StreamCloseCode
+from app.schemas.paths import API_KEY_HEADER, RETRY_AFTER_HEADER, StreamCloseCode
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +69,13 @@ ERROR_TABLE: dict[type[ServiceError], ErrorMapping] = {
     InvalidVolume: ErrorMapping(ErrorCode.INVALID_VOLUME, StreamCloseCode.BAD_MESSAGE),
     PayloadTooLarge: ErrorMapping(ErrorCode.PAYLOAD_TOO_LARGE, StreamCloseCode.BAD_MESSAGE),
     Unauthorized: ErrorMapping(ErrorCode.UNAUTHORIZED, StreamCloseCode.UNAUTHORIZED),
+    ApiKeyRequired: ErrorMapping(ErrorCode.API_KEY_REQUIRED, StreamCloseCode.UNAUTHORIZED),
+    InvalidApiKey: ErrorMapping(ErrorCode.INVALID_API_KEY, StreamCloseCode.UNAUTHORIZED),
     SessionNotFound: ErrorMapping(ErrorCode.SESSION_NOT_FOUND, StreamCloseCode.NOT_FOUND),
     ObjectNotFound: ErrorMapping(ErrorCode.OBJECT_NOT_FOUND, StreamCloseCode.NOT_FOUND),
     NothingToUndo: ErrorMapping(ErrorCode.NOTHING_TO_UNDO, StreamCloseCode.BAD_MESSAGE),
     SessionExpired: ErrorMapping(ErrorCode.SESSION_EXPIRED, StreamCloseCode.SESSION_EXPIRED),
+    RateLimited: ErrorMapping(ErrorCode.RATE_LIMITED, StreamCloseCode.RATE_LIMITED),
     CapacityExceeded: ErrorMapping(ErrorCode.SERVER_BUSY, StreamCloseCode.SERVER_BUSY),
     StoreUnavailable: ErrorMapping(ErrorCode.STORE_UNAVAILABLE, StreamCloseCode.INTERNAL_ERROR),
 }
@@ -105,13 +114,15 @@ def error_response(error: ServiceError, *, retry_after_s: int | None = None) -> 
     m = mapping_for(error)
     headers: dict[str, str] = {}
     message = error.message
-    if isinstance(error, CapacityExceeded):
+    if isinstance(error, (CapacityExceeded, RateLimited)):
         headers[RETRY_AFTER_HEADER] = str(error.retry_after_s)
     elif m.status == 503 and retry_after_s is not None:
         headers[RETRY_AFTER_HEADER] = str(retry_after_s)
     if isinstance(error, StoreUnavailable):
         message = STORE_UNAVAILABLE_MESSAGE
-    if isinstance(error, Unauthorized):
+    if isinstance(error, (ApiKeyRequired, InvalidApiKey)):
+        headers["WWW-Authenticate"] = f'ApiKey header="{API_KEY_HEADER}"'
+    elif isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(error_body(m.code, message, error.field), status_code=m.status, headers=headers)
 

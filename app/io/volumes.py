@@ -31,12 +31,15 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 SpacingOrder = Literal["auto", "zyx", "xyz"]
 SourceFormat = Literal["nifti", "nrrd", "metaimage", "npz", "dicom"]
@@ -83,6 +86,8 @@ class LoadedVolume:
         direction: 9 direction cosines, row-major, ITK axis order; identity for npz.
         modality: "CT", "MR", "PET", ... when the file says so (DICOM tag, challenge npz name), else None.
         source_format: which reader was used.
+        dicom_headers: for a DICOM series, each slice's header without pixel data, ``dicom_headers[k]``
+            describing ``array[k]`` (what a DICOM SEG needs to reference the series); None otherwise.
     """
 
     array: np.ndarray
@@ -91,6 +96,7 @@ class LoadedVolume:
     direction: tuple[float, ...]
     modality: str | None
     source_format: SourceFormat
+    dicom_headers: tuple[Dataset, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -473,7 +479,23 @@ def _read_dicom_dir(root: Path, filename: str, limits: VolumeLimits) -> LoadedVo
         image = reader.Execute()
     except RuntimeError as exc:
         raise ValueError(f"file: could not read {filename!r} as DICOM ({_itk_reason(exc)})") from None
-    return _from_image(image, filename, "dicom", modality)
+    volume = _from_image(image, filename, "dicom", modality)
+    return replace(volume, dicom_headers=_dicom_headers(files, filename))
+
+
+def _dicom_headers(files: list[str], filename: str) -> tuple[Dataset, ...]:
+    """The headers of ``files`` without pixel data, in the reader's (slice) order."""
+    import pydicom  # server-side only, like nibabel
+    from pydicom.errors import InvalidDicomError
+
+    headers = []
+    for name in files:
+        try:
+            headers.append(pydicom.dcmread(name, stop_before_pixels=True))
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            reason = re.sub(r"(?<![\w.])/[^\s'\"]+", "the file", str(exc))[:200]  # no server paths
+            raise ValueError(f"file: could not read a DICOM header in {filename!r} ({reason})") from None
+    return tuple(headers)
 
 
 def _from_image(image: sitk.Image, filename: str, kind: str, modality: str | None) -> LoadedVolume:

@@ -25,10 +25,13 @@ class ErrorCode(str, Enum):
     INVALID_VOLUME = "invalid_volume"  # unreadable / non-3D / non-finite upload
     PAYLOAD_TOO_LARGE = "payload_too_large"  # upload or volume past the configured limit
     UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
+    API_KEY_REQUIRED = "api_key_required"  # API keys are configured and none was sent
+    INVALID_API_KEY = "invalid_api_key"  # the API key matches no configured hash
     SESSION_NOT_FOUND = "session_not_found"
     OBJECT_NOT_FOUND = "object_not_found"
     NOTHING_TO_UNDO = "nothing_to_undo"
     SESSION_EXPIRED = "session_expired"
+    RATE_LIMITED = "rate_limited"  # over the caller's rate: retry after ``Retry-After`` seconds
     SERVER_BUSY = "server_busy"  # capacity reached: retry after ``Retry-After`` seconds
     STORE_UNAVAILABLE = "store_unavailable"  # metadata store unreachable: retry after ``Retry-After`` seconds
     INTERNAL_ERROR = "internal_error"
@@ -39,10 +42,13 @@ ERROR_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.INVALID_VOLUME: 422,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.API_KEY_REQUIRED: 401,
+    ErrorCode.INVALID_API_KEY: 401,
     ErrorCode.SESSION_NOT_FOUND: 404,
     ErrorCode.OBJECT_NOT_FOUND: 404,
     ErrorCode.NOTHING_TO_UNDO: 409,
     ErrorCode.SESSION_EXPIRED: 410,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SERVER_BUSY: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,

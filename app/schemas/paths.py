@@ -82,4 +82,9 @@ class StreamCloseCode(IntEnum):
     UNAUTHORIZED = 4401  # missing or wrong token
     NOT_FOUND = 4404  # unknown session
     SESSION_EXPIRED = 4410  # session expired or was closed while streaming
+    RATE_LIMITED = 4429  # over the caller's rate limit
     SERVER_BUSY = 4503  # too many subscribers
+
+# Server API keys (on top of the per-session bearer token): header, or query parameter for browser WebSockets.
+API_KEY_HEADER = "X-API-Key"
+API_KEY_QUERY = "api_key"

@@ -156,11 +156,13 @@ class PromptReply(BaseModel):
 
 class MaskFormat(str, Enum):
     """Download / upload formats of masks. npz holds key ``mask`` (uint8 (D, H, W)); the others carry the
-    source volume's geometry."""
+    source volume's geometry. dcm (download only, sessions created from a DICOM series): a DICOM SEG
+    referencing the source series, one segment per object."""
 
     NPZ = "npz"
     NIFTI_GZ = "nii.gz"
     NRRD = "nrrd"
+    DCM = "dcm"
 
     @property
     def media_type(self) -> str:
@@ -175,4 +177,5 @@ MASK_MEDIA_TYPES: dict[MaskFormat, str] = {
     MaskFormat.NPZ: "application/x-npz",
     MaskFormat.NIFTI_GZ: "application/gzip",
     MaskFormat.NRRD: "application/octet-stream",
+    MaskFormat.DCM: "application/dicom",
 }

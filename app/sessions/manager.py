@@ -127,6 +127,9 @@ class Session:
         versions: object id -> version of its last step (updated on the device thread, step by step).
         change_order: object id -> sequence number of its last change (label-map overlap rule).
         nbytes: device bytes of ``state`` after the last request (cached for metrics and capacity).
+        dicom_headers: the source series' slice headers (pydicom Datasets without pixel data, in the
+            volume's axis-0 order) when the session was created from DICOM; kept in memory only, so a
+            session restored after a restart has None (DICOM SEG export needs them).
     """
 
     record: SessionRecord
@@ -139,6 +142,7 @@ class Session:
     change_order: dict[int, int] = field(default_factory=dict)
     subscribers: set[Subscriber] = field(default_factory=set)
     closed: bool = False
+    dicom_headers: tuple[Any, ...] | None = None
 
     @property
     def session_id(self) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from app.api.deps import ManagerDep, ObjectIdPath, SessionDep, SettingsDep
-from app.api.routes.sessions import file_response, volume_meta
+from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
 from app.io.volumes import VolumeLimits, save_mask
 from app.schemas import paths
@@ -26,10 +27,11 @@ from app.sessions.validation import world_box_to_voxel, world_to_voxel
 router = APIRouter(tags=["objects"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token (or API key, when configured)."},
     404: {"model": ErrorBody, "description": "Unknown session or object."},
     410: {"model": ErrorBody, "description": "The session expired."},
     422: {"model": ErrorBody, "description": "Malformed or out-of-volume input; `field` names it."},
+    429: {"model": ErrorBody, "description": "Over the rate limit (prompts only); retry after Retry-After."},
     503: {"model": ErrorBody, "description": "Device memory full; retry after Retry-After seconds."},
 }
 
@@ -98,9 +100,10 @@ async def put_mask(
     summary="Download the object's mask",
     response_class=Response,
     responses={**_ERRORS, 200: {"content": {"application/x-npz": {}, "application/gzip": {},
-                                            "application/octet-stream": {}},
-                                "description": f"npz key {paths.MASK_NPZ_KEY!r}: uint8 (D, H, W); the "
-                                f"{paths.OBJECT_VERSION_HEADER} header gives the version."}},
+                                            "application/octet-stream": {}, "application/dicom": {}},
+                                "description": f"npz key {paths.MASK_NPZ_KEY!r}: uint8 (D, H, W); dcm: a DICOM "
+                                f"SEG (sessions created from DICOM); the {paths.OBJECT_VERSION_HEADER} header gives "
+                                "the version."}},
 )
 async def get_mask(
     session: SessionDep,
@@ -108,8 +111,15 @@ async def get_mask(
     object_id: ObjectIdPath,
     fmt: Annotated[MaskFormat, Query(alias=paths.FORMAT_QUERY)] = MaskFormat.NPZ,
 ) -> Response:
+    headers = dicom_headers(session) if fmt is MaskFormat.DCM else None
     mask, version = await manager.get_mask(session, object_id)
-    data = await asyncio.to_thread(save_mask, mask, volume_meta(session), fmt.value, npz_key=paths.MASK_NPZ_KEY)
+    if headers is not None:
+        dtype = np.uint8 if object_id <= 255 else np.uint16
+        labels = np.where(mask != 0, dtype(object_id), dtype(0))  # segment value = object id
+        data = await dicom_seg(labels, headers, {object_id: f"object {object_id}"})
+    else:
+        data = await asyncio.to_thread(save_mask, mask, volume_meta(session), fmt.value,
+                                       npz_key=paths.MASK_NPZ_KEY)
     return file_response(data, fmt, f"object-{object_id}", {paths.OBJECT_VERSION_HEADER: str(version)})
 
 

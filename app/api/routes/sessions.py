@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from app.api.deps import ManagerDep, SessionDep, SettingsDep
 from app.api.uploads import read_volume
+from app.errors import InvalidInput
+from app.io.dicom_seg import build_seg
 from app.io.volumes import VolumeLimits, VolumeMeta, save_mask
 from app.schemas import paths
 from app.schemas.errors import ErrorBody
@@ -19,7 +22,7 @@ from app.sessions.manager import Geometry, Session
 router = APIRouter(tags=["sessions"])
 
 _AUTH_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token (or API key, when configured)."},
     404: {"model": ErrorBody, "description": "Unknown session (or a token of another session)."},
     410: {"model": ErrorBody, "description": "The session expired."},
 }
@@ -35,13 +38,35 @@ def file_response(data: bytes, fmt: MaskFormat, stem: str, headers: dict[str, st
     return Response(content=data, media_type=fmt.media_type, headers={**disposition, **(headers or {})})
 
 
+def dicom_headers(session: Session) -> tuple[Any, ...]:
+    """The source series' headers a DICOM SEG references; ``InvalidInput`` naming ``format`` without them."""
+    if session.dicom_headers is not None:
+        return session.dicom_headers
+    if session.record.source_format == "dicom":
+        reason = "its DICOM headers are kept in memory only and this session was restored after a restart"
+    else:
+        reason = f"this session was created from a {session.record.source_format or 'non-DICOM'} upload"
+    raise InvalidInput(f"format: 'dcm' (DICOM SEG) needs a session created from a DICOM series; {reason}. "
+                       "Use npz, nii.gz or nrrd.", field="format")
+
+
+async def dicom_seg(labels: np.ndarray, headers: tuple[Any, ...], names: dict[int, str]) -> bytes:
+    """``build_seg`` off the event loop; its refusals become ``InvalidInput`` naming ``format``."""
+    try:
+        return await asyncio.to_thread(build_seg, labels, headers, names)
+    except ValueError as e:
+        raise InvalidInput(f"format: cannot export a DICOM SEG ({e})", field="format") from e
+
+
 @router.post(
     paths.SESSIONS,
     status_code=201,
     summary="Upload a volume and open a session",
     responses={
+        401: {"model": ErrorBody, "description": "Missing or wrong API key (when configured)."},
         413: {"model": ErrorBody, "description": "Upload or volume past the configured limit."},
         422: {"model": ErrorBody, "description": "Unreadable, non-3D or non-finite volume."},
+        429: {"model": ErrorBody, "description": "Over the rate limit; retry after Retry-After seconds."},
         503: {"model": ErrorBody, "description": "Server full; retry after Retry-After seconds."},
     },
 )
@@ -60,6 +85,7 @@ async def create_session(
     geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
     session, token = await manager.create(loaded.array, geometry, modality=modality or loaded.modality,
                                           source_format=loaded.source_format)
+    session.dicom_headers = loaded.dicom_headers  # for DICOM SEG export (format=dcm)
     r = session.record
     return SessionCreated(
         session_id=r.session_id, token=token, shape=r.shape, spacing=r.spacing, origin=r.origin,
@@ -98,17 +124,26 @@ async def delete_session(session: SessionDep, manager: ManagerDep) -> Response:
     paths.SEGMENTATION,
     summary="All objects as one label map (value = object id; overlaps: the most recently changed object wins)",
     response_class=Response,
-    responses={**_AUTH_ERRORS, 200: {"content": {t: {} for t in ("application/x-npz", "application/gzip",
-                                                                  "application/octet-stream")},
-                                     "description": f"npz key {paths.SEGMENTATION_NPZ_KEY!r}, uint8 or uint16"}},
+    responses={**_AUTH_ERRORS,
+               200: {"content": {t: {} for t in ("application/x-npz", "application/gzip", "application/octet-stream",
+                                                 "application/dicom")},
+                     "description": f"npz key {paths.SEGMENTATION_NPZ_KEY!r}, uint8 or uint16; dcm: a DICOM SEG "
+                     "with one segment per object"},
+               422: {"model": ErrorBody, "description": "format=dcm for a session not created from DICOM."}},
 )
 async def get_segmentation(
     session: SessionDep,
     manager: ManagerDep,
     fmt: Annotated[MaskFormat, Query(alias=paths.FORMAT_QUERY)] = MaskFormat.NPZ,
 ) -> Response:
+    headers = dicom_headers(session) if fmt is MaskFormat.DCM else None
     labels, versions = await manager.segmentation(session)
-    data = await asyncio.to_thread(save_mask, labels, volume_meta(session), fmt.value,
-                                   npz_key=paths.SEGMENTATION_NPZ_KEY)
+    if headers is not None:
+        if not versions:
+            raise InvalidInput("format: 'dcm' needs at least one object; the session has none", field="format")
+        data = await dicom_seg(labels, headers, {oid: f"object {oid}" for oid in versions})
+    else:
+        data = await asyncio.to_thread(save_mask, labels, volume_meta(session), fmt.value,
+                                       npz_key=paths.SEGMENTATION_NPZ_KEY)
     header = ",".join(f"{oid}={v}" for oid, v in versions.items())
     return file_response(data, fmt, "segmentation", {"X-Object-Versions": header})

@@ -2,7 +2,8 @@
 
 Authentication: ``Authorization: Bearer <token>`` or ``?token=<token>`` (browsers cannot set headers on a
 WebSocket). The connection is accepted first, then closed with a 44xx code when authentication fails
-(4401 bad token, 4404 unknown session, 4410 expired), so browser clients can read the reason.
+(4401 bad token, 4404 unknown session, 4410 expired), so browser clients can read the reason. When the
+server has API keys, ``X-API-Key`` or ``?api_key=<key>`` is checked first (``app.api.api_keys``, 4401).
 
 Server -> client: a JSON ``hello`` (object versions at subscription), then one binary frame per model step
 (``app.schemas.frames``; docs/wire-format.md), JSON ``removed`` / ``pong`` / ``error`` messages.
