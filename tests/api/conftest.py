@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from tests.volumes import SHAPE, npz_bytes, synthetic_volume  # noqa: F401  (re-exported to the tests)
 
-SHAPE = (24, 64, 64)
 UPLOAD_LIMIT = 1 << 20
 
 
@@ -33,16 +32,7 @@ def client(service_predictor) -> Iterator[TestClient]:  # noqa: ANN001
 
 
 def volume(seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    vol = rng.normal(0.0, 10.0, SHAPE).astype(np.float32)
-    vol[6:18, 20:44, 20:44] += 200.0
-    return vol
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
+    return synthetic_volume(seed)
 
 
 def create(client: TestClient, spacing: tuple[float, float, float] = (2.0, 1.0, 1.0)) -> tuple[str, dict[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -16,9 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.volumes import SHAPE, npz_bytes, synthetic_volume  # noqa: F401  (re-exported to the tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 240.0
-SHAPE = (24, 64, 64)
 
 
 @dataclass
@@ -94,18 +94,6 @@ def server(server_factory: Callable[..., Server]) -> Server:
     return server_factory("--max-upload-bytes", str(2 << 20), "--max-sessions", "32", "--no-warmup")
 
 
-def synthetic_volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
-    """A noisy volume with one bright block at [6:18, 20:44, 20:44]."""
-    rng = np.random.default_rng(seed)
-    vol = rng.normal(0.0, 10.0, shape).astype(np.float32)
-    vol[6:18, 20:44, 20:44] += 200.0
-    return vol
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
 def upload(url: str, volume: np.ndarray | None = None, *, spacing: tuple[float, float, float] = (2.0, 1.0, 1.0),
