@@ -247,7 +247,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, object]:
     whole_zlib = len(zlib.compress(np.packbits(mask).tobytes(), 6))
     median_frame = statistics.median(frame_bytes)
     return {
-        "what": "service over loopback; compact config with RANDOM weights (timing and sizes only)",
+        "what": f"service over loopback; {args.config} config, weights {args.weights!r}",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "server_threads": args.threads,
                     "python": platform.python_version(), "device": args.device},
         "volume_shape_dhw": list(SHAPE),
