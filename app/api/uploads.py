@@ -51,11 +51,7 @@ async def read_volume(upload: UploadFile, limits: VolumeLimits, spacing_order: S
     try:
         return await asyncio.to_thread(_load_volume_file, upload.file, filename, limits, spacing_order)
     except ValueError as e:
-        message = str(e)
-        field = field_from_message(message) or "file"
-        if isinstance(e, VolumeTooLargeError):
-            raise PayloadTooLarge(message, field=field) from e
-        raise InvalidVolume(message, field=field) from e
+        raise _upload_error(e, InvalidVolume) from e
 
 
 async def read_mask(upload: UploadFile, like: VolumeMeta, limits: VolumeLimits) -> np.ndarray:
@@ -68,9 +64,13 @@ async def read_mask(upload: UploadFile, like: VolumeMeta, limits: VolumeLimits) 
     try:
         return await asyncio.to_thread(load_mask, data, filename, like, limits=limits)
     except ValueError as e:
-        message = str(e)
-        field = field_from_message(message) or "file"
-        if isinstance(e, VolumeTooLargeError):
-            raise PayloadTooLarge(message, field=field) from e
-        raise InvalidInput(message, field=field) from e
+        raise _upload_error(e, InvalidInput) from e
 
+
+def _upload_error(e: ValueError, kind: type[InvalidVolume] | type[InvalidInput]) -> Exception:
+    """A loader's ValueError as a domain error naming its field (413 for an over-limit upload)."""
+    message = str(e)
+    field = field_from_message(message) or "file"
+    if isinstance(e, VolumeTooLargeError):
+        return PayloadTooLarge(message, field=field)
+    return kind(message, field=field)
