@@ -1,0 +1,263 @@
+"""MONAI Label compatibility: the routes OHIF's MONAI Label panel and 3D Slicer's MONAILabel module call.
+
+    GET    /info/                   app info: one interactive model, as "deepedit" and as "deepgrow"
+    POST   /infer/{model}           ?image=<SeriesInstanceUID>|&session_id=<id>&output=image|json|all
+                                    form: params (JSON: foreground/background or clicks per label), file?
+    PUT    /session/                form: files (one image file, or the files of one DICOM series)
+    GET    /session/{id}            session info (404 when unknown or expired; ?image=true is not served)
+    DELETE /session/{id}
+    PUT    /datastore/label         ?image=<SeriesInstanceUID>, form: label (.bin/.nrrd/.nii.gz), params
+                                    -> the label as a DICOM SEG stored on the DICOMweb server (STOW-RS)
+
+The shapes follow MONAI Label's server (``monailabel/endpoints``): ``output=all`` (the default, as the
+Slicer client sends none) is ``multipart/form-data`` with a ``params`` part (application/json, no filename)
+and an ``image`` part (application/octet-stream, filename ``label.nrrd``), encoded with urllib3 as MONAI
+Label's requests-toolbelt encoder does. The work behind them is ``app.sessions.monailabel_bridge``.
+
+The routes are always mounted; ``app.api.monailabel_gate`` answers 404 while ``monailabel_enabled`` is off
+(the dependency checks again) and asks for ``X-API-Key`` when keys are configured unless
+``monailabel_open`` is set (docs/service.md, "MONAI Label compatibility").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import time
+import zipfile
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from urllib3.filepost import encode_multipart_formdata
+
+import app as app_package
+from app.api.deps import ManagerDep, SettingsDep
+from app.api.dicomweb_deps import BridgeDep, DicomwebDep, LimitsDep, dicomweb_errors
+from app.api.routes.sessions import dicom_seg
+from app.errors import InvalidInput
+from app.io.label_files import decode_label_upload, encode_label_image
+from app.io.volumes import LoadedVolume, VolumeLimits, load_volume
+from app.schemas import paths
+from app.schemas.errors import ErrorBody
+from app.schemas.monailabel import (
+    DEEPEDIT_MODEL,
+    DEEPGROW_MODEL,
+    AppInfo,
+    DatastoreInfo,
+    InferOutput,
+    LabelSaved,
+    ModelInfo,
+    SessionCreatedML,
+    SessionInfoML,
+)
+from app.sessions.manager import SessionManager
+from app.sessions.monailabel_bridge import ImageEntry, InferResult, MonaiLabelBridge, label_value
+
+router = APIRouter(tags=["MONAI Label compatibility"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "API keys configured, no or a wrong X-API-Key (and not opened)."},
+    404: {"model": ErrorBody, "description": "Compatibility routes disabled, or unknown model / session."},
+    422: {"model": ErrorBody, "description": "Bad params, clicks outside the image, unknown series; `field`."},
+    502: {"model": ErrorBody, "description": "The DICOMweb server failed or is unreachable."},
+}
+
+
+@router.get(paths.MONAILABEL_INFO, summary="MONAI Label app info", responses=_ERRORS)
+async def info(bridge: BridgeDep, settings: SettingsDep) -> AppInfo:
+    labels = {"background": 0, **{name: label_value(name, bridge.labels) for name in bridge.labels}}
+    description = (f"Interactive 3D segmentation ({settings.model_config_name}): clicks refine one object per "
+                   "label and image; repeated clicks are applied incrementally.")
+    models = {
+        DEEPEDIT_MODEL: ModelInfo(type="deepedit", labels=labels, description=description),
+        DEEPGROW_MODEL: ModelInfo(type="deepgrow", labels=labels, description=description),
+    }
+    return AppInfo(name="segvol-interactive", description=description, version=app_package.__version__,
+                   labels=list(labels), models=models, datastore=DatastoreInfo(total=len(bridge)))
+
+
+@router.post(paths.MONAILABEL_INFER, summary="Run the interactive model on an image with clicks",
+             response_class=Response, responses=_ERRORS)
+async def infer(
+    model: str,
+    bridge: BridgeDep,
+    limits: LimitsDep,
+    image: Annotated[str, Query(max_length=256, description="SeriesInstanceUID on the DICOMweb server.")] = "",
+    session_id: Annotated[str, Query(max_length=64, description="From PUT /session/ (wins over image).")] = "",
+    output: Annotated[InferOutput | None, Query(description="image | json | all (default all).")] = None,
+    params: Annotated[str, Form(max_length=1 << 20, description="JSON: clicks and result options.")] = "{}",
+    file: Annotated[UploadFile | None, File(description="The image itself, instead of image/session_id.")] = None,
+    label: Annotated[UploadFile | None, File(description="Not supported (scribbles).")] = None,
+) -> Response:
+    if model not in (DEEPEDIT_MODEL, DEEPGROW_MODEL):
+        raise HTTPException(404, f"model: no model {model[:64]!r}; models: {[DEEPEDIT_MODEL, DEEPGROW_MODEL]}")
+    if label is not None:
+        raise InvalidInput("label: label volumes (scribbles) are not supported by this model", field="label")
+    options = _parse_params(params)
+    if session_id:
+        entry = bridge.uploaded(session_id)
+    elif file is not None:
+        entry = await _entry_for_file(bridge, file, limits)
+    elif image:
+        entry = await bridge.image(image)
+    else:
+        raise InvalidInput("image: give image (a SeriesInstanceUID), session_id or file", field="image")
+    started = time.perf_counter()
+    result = await bridge.infer(entry, options)
+    return await _infer_reply(result, options, output or "all", (time.perf_counter() - started) * 1e3)
+
+
+@router.put(paths.MONAILABEL_SESSIONS, summary="Upload an image for later /infer calls (MONAI Label session)",
+            responses=_ERRORS)
+async def create_session(
+    bridge: BridgeDep,
+    manager: ManagerDep,
+    limits: LimitsDep,
+    files: Annotated[list[UploadFile], File(description="One image file, or the files of one DICOM series.")],
+) -> SessionCreatedML:
+    await bridge.ensure_room()  # before the upload is decoded
+    loaded, name = await _read_files(files, limits)
+    entry = await bridge.upload(loaded, name)
+    return SessionCreatedML(session_id=_upload_id(entry), session_info=_session_info(entry, manager))
+
+
+@router.get(paths.MONAILABEL_SESSION, summary="MONAI Label session info", responses=_ERRORS)
+async def get_session(session_id: str, bridge: BridgeDep, manager: ManagerDep,
+                      image: bool = False) -> SessionInfoML:
+    if image:
+        raise InvalidInput("image: downloading the session's image is not supported", field="image")
+    return _session_info(bridge.uploaded(session_id), manager)
+
+
+@router.delete(paths.MONAILABEL_SESSION, summary="Delete a MONAI Label session", responses=_ERRORS)
+async def delete_session(session_id: str, bridge: BridgeDep, manager: ManagerDep) -> SessionInfoML:
+    entry = bridge.uploaded(session_id)
+    info = _session_info(entry, manager)
+    await bridge.remove(entry)
+    return info
+
+
+@router.put(paths.MONAILABEL_DATASTORE_LABEL, summary="Save a label: stored as DICOM SEG on the DICOMweb server (STOW-RS)",
+            responses=_ERRORS)
+async def save_label(
+    bridge: BridgeDep,
+    limits: LimitsDep,
+    source: DicomwebDep,
+    image: Annotated[str, Query(max_length=256, description="SeriesInstanceUID the label belongs to.")],
+    label: Annotated[UploadFile, File(description="label.bin (raw uint8, x fastest), .nrrd or .nii.gz")],
+    params: Annotated[str, Form(max_length=1 << 20)] = "{}",
+    tag: Annotated[str, Query(max_length=64, description="MONAI Label's label tag (ignored).")] = "",
+) -> LabelSaved:
+    options = _parse_params(params)
+    entry = await bridge.image(image)
+    data = await label.read()
+    try:
+        labelmap = await asyncio.to_thread(decode_label_upload, data, label.filename or "label.bin", entry.meta,
+                                           limits)
+    except ValueError as e:
+        raise InvalidInput(str(e), field="label") from None
+    present = [int(v) for v in np.unique(labelmap) if v != 0]
+    if not present:
+        raise InvalidInput("label: the label is empty; nothing to store", field="label")
+    names = bridge.labelmap_names(present)
+    for item in options.get("label_info") or []:  # Slicer: [{"name": ..., "idx": ...}]
+        if isinstance(item, dict) and isinstance(item.get("idx"), int) and isinstance(item.get("name"), str):
+            names[item["idx"]] = item["name"][:64]
+    headers = entry.session.dicom_headers
+    if headers is None:
+        raise InvalidInput(f"image: {image[:80]!r} was not read from DICOM", field="image")
+    seg = await dicom_seg(labelmap, headers, {v: names[v] for v in present})
+    with dicomweb_errors("image"):
+        stored = await asyncio.to_thread(source.store, seg)
+    return LabelSaved(image=image, label=stored.sop_instance_uid, study_instance_uid=stored.study_instance_uid,
+                      series_instance_uid=stored.series_instance_uid, sop_instance_uid=stored.sop_instance_uid)
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _parse_params(params: str) -> dict[str, Any]:
+    try:
+        value = json.loads(params or "{}")
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"params: not JSON ({e.msg} at {e.pos})", field="params") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("params: expected a JSON object", field="params")
+    return value
+
+
+async def _infer_reply(result: InferResult, options: dict[str, Any], output: str, elapsed_ms: float) -> Response:
+    reply = {
+        "label_names": result.label_names,
+        "centroids": result.centroids,
+        "latencies": {"infer": round(elapsed_ms / 1e3, 4)},
+        "segsvc": {"tracks": [{"label": t.label, "object_id": t.object_id, "version": t.version,
+                               "action": t.action, "new_clicks": t.new_clicks} for t in result.tracks]},
+    }
+    if output == "json":
+        return JSONResponse(reply)
+    extension = str(options.get("result_extension") or ".nrrd")
+    dtype = str(options.get("result_dtype") or "uint16")
+    compress = bool(options.get("result_compress", False))
+    try:
+        data = await asyncio.to_thread(encode_label_image, result.labelmap, result.meta, extension, dtype, compress)
+    except ValueError as e:
+        raise InvalidInput(str(e), field=str(e).split(":", 1)[0]) from None
+    filename = "label" + extension
+    if output == "image":
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    body, content_type = encode_multipart_formdata({
+        "params": (None, json.dumps(reply), "application/json"),
+        "image": (filename, data, "application/octet-stream"),
+    })
+    return Response(body, media_type=content_type)
+
+
+def _upload_id(entry: ImageEntry) -> str:
+    return entry.key.split(":", 1)[1]
+
+
+def _session_info(entry: ImageEntry, manager: SessionManager) -> SessionInfoML:
+    now = int(time.time())
+    idle_s = time.monotonic() - entry.last_used
+    d, h, w = entry.meta.shape
+    return SessionInfoML(name=_upload_id(entry), image=entry.name, meta={"size_ijk": [w, h, d]},
+                         create_ts=int(entry.created_at), last_access_ts=int(now - idle_s),
+                         expiry=int(manager.expires_in_s(entry.session)))
+
+
+async def _entry_for_file(bridge: MonaiLabelBridge, file: UploadFile, limits: VolumeLimits) -> ImageEntry:
+    """The image sent inline with /infer: one entry per distinct file content, so clicks stay incremental."""
+    data = await file.read()
+    digest = hashlib.sha256(data).hexdigest()
+    entry = bridge.keyed(f"file:{digest}")
+    if entry is None:
+        loaded = await _load_bytes(data, file.filename or "", limits)
+        entry = await bridge.upload(loaded, file.filename or "", key=f"file:{digest}")
+    return entry
+
+
+async def _read_files(files: list[UploadFile], limits: VolumeLimits) -> tuple[LoadedVolume, str]:
+    if not files:
+        raise InvalidInput("files: no file uploaded", field="files")
+    if len(files) == 1:
+        data = await files[0].read()
+        return await _load_bytes(data, files[0].filename or "", limits, field="files"), files[0].filename or ""
+    buf = io.BytesIO()  # several files: the slices of one DICOM series, read as a zip of them
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for k, f in enumerate(files):
+            zf.writestr(f"{k:05d}.dcm", await f.read())
+    return await _load_bytes(buf.getvalue(), "series.zip", limits, field="files"), "series.zip"
+
+
+async def _load_bytes(data: bytes, filename: str, limits: VolumeLimits, field: str = "file") -> LoadedVolume:
+    if not filename:
+        raise InvalidInput(f"{field}: the upload has no filename (its extension picks the reader)", field=field)
+    with dicomweb_errors(field):  # the same ValueError / VolumeTooLargeError mapping
+        return await asyncio.to_thread(load_volume, data, filename, limits=limits)

@@ -1,0 +1,340 @@
+"""Stateless MONAI Label calls on top of stateful sessions: one session per image, one object per label.
+
+MONAI Label clients (OHIF's MONAI Label panel, 3D Slicer's MONAILabel module) are stateless: every
+``POST /infer/{model}`` names the image and sends *all* clicks placed so far for a label. The bridge keeps
+a small map ``image key -> (our Session, label -> Track)`` so that each call only does what is new:
+
+* **image key**: ``dicomweb:<SeriesInstanceUID>`` (the id OHIF sends; the series is read from the DICOMweb
+  server once) or ``upload:<session id>`` (an image uploaded with ``PUT /session/``, as Slicer does).
+* **Track**: the object id of the label in that session and the foreground/background click lists of the
+  last call, in the order the client sent them.
+* **incremental**: when the new lists *extend* the previous ones (the old lists are prefixes of the new),
+  only the added clicks are applied, as one refinement round in ``REFINE_MODE`` ("gru": the corrector's
+  sparse step on the object's state); no new click = nothing runs, the current mask is returned.
+* **replay**: when they do not (a click was removed or moved, or the label was switched back and forth),
+  the object is removed and rebuilt from all the clicks in one round in ``INITIAL_MODE`` (the decoder
+  reads every click), exactly as for a label's first call. Replaying keeps the answer a function of the
+  click lists the client shows, whatever happened in between.
+
+Coordinates: both clients send voxel indices (i, j, k) of the image as loaded (Slicer: RAS -> IJK of the
+volume node, rounded; OHIF: ``worldToIndex`` of the cornerstone volume, rounded). i runs along columns (x),
+j along rows (y), k along slices (z), so (i, j, k) is our (z, y, x) = (k, j, i). The slice order is the one
+GDCM sorting gives (``app.io.volumes``), which is also the order both viewers sort a series in.
+
+Sessions made here are ordinary sessions of the manager (same capacity, expiry and locks); their token is
+never handed out. When the manager is full, the least recently used bridge session that is not busy is
+closed to make room (once); a DICOMweb image whose session expired is simply loaded again on its next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from app.errors import CapacityExceeded, InvalidInput, ServiceError, SessionNotFound
+from app.io.volumes import LoadedVolume, VolumeMeta
+from app.sessions.manager import Geometry, Session, SessionManager
+
+INITIAL_MODE = "decoder"
+"""Mode of a label's first round (and of a replay): the decoder reads all clicks at once."""
+REFINE_MODE = "gru"
+"""Mode of an incremental round: the corrector's sparse step with only the new clicks."""
+MAX_LABEL_CHARS = 64
+MAX_CLICKS = 64  # per list, as the v1 clicks route allows per request
+
+Point = tuple[int, int, int]
+Action = Literal["created", "incremental", "replayed", "unchanged"]
+ImageLoader = Callable[[str], Awaitable[LoadedVolume]]
+
+
+@dataclass(frozen=True)
+class ClickRequest:
+    """The clicks of one label in one call, in (z, y, x)."""
+
+    label: str
+    foreground: tuple[Point, ...]
+    background: tuple[Point, ...]
+
+
+@dataclass
+class Track:
+    """What the bridge remembers of one label of one image."""
+
+    object_id: int
+    foreground: tuple[Point, ...] = ()
+    background: tuple[Point, ...] = ()
+
+
+@dataclass
+class ImageEntry:
+    """One image the bridge serves: its session and its labels' tracks."""
+
+    key: str
+    name: str
+    session: Session
+    meta: VolumeMeta
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tracks: dict[str, Track] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+
+    def next_object_id(self) -> int:
+        return max((t.object_id for t in self.tracks.values()), default=0) + 1
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    label: str
+    object_id: int
+    version: int
+    action: Action
+    new_clicks: int
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """A label map (value = label value) in (D, H, W), with what the MONAI Label reply needs."""
+
+    labelmap: np.ndarray
+    label_names: dict[str, int]
+    centroids: dict[str, list[int]]
+    meta: VolumeMeta
+    session_id: str
+    tracks: list[TrackResult]
+
+
+def label_value(label: str, labels: Sequence[str]) -> int:
+    """The voxel value of ``label`` in a result: 1 + its index in the configured labels (1 if not listed)."""
+    return labels.index(label) + 1 if label in labels else 1
+
+
+def parse_click_params(params: Mapping[str, Any], labels: Sequence[str], shape: tuple[int, int, int]
+                       ) -> tuple[list[ClickRequest], Literal["deepgrow", "deepedit"]]:
+    """The click requests of a MONAI Label ``params`` object, validated against a (D, H, W) image.
+
+    deepgrow style: ``{"foreground": [[i, j, k], ...], "background": [...], "label": name?}`` (Slicer, OHIF
+    deepgrow): one request for ``label`` (default: the first configured label).
+    deepedit style: ``{"<label>": [[i, j, k], ...], ..., "background": [...]}`` (OHIF and Slicer deepedit):
+    one request per configured label with at least one click; background clicks are negative for each.
+    Raises ``InvalidInput`` naming ``params.<key>[n]``.
+    """
+    if "foreground" in params:
+        label = params.get("label") or labels[0]
+        if not isinstance(label, str) or len(label) > MAX_LABEL_CHARS:
+            raise InvalidInput(f"params.label: expected a label name of at most {MAX_LABEL_CHARS} characters",
+                               field="params.label")
+        fg = _points(params, "foreground", shape)
+        bg = _points(params, "background", shape)
+        if not fg:
+            raise InvalidInput("params.foreground: at least one foreground click is needed",
+                               field="params.foreground")
+        return [ClickRequest(label, fg, bg)], "deepgrow"
+    bg = _points(params, "background", shape)
+    requests = [ClickRequest(name, fg, bg) for name in labels if name != "background"
+                if (fg := _points(params, name, shape))]
+    if not requests:
+        raise InvalidInput(f"params.foreground: no clicks; send 'foreground' (deepgrow) or clicks under a label "
+                           f"name (deepedit), labels: {list(labels)}", field="params.foreground")
+    return requests, "deepedit"
+
+
+def _points(params: Mapping[str, Any], key: str, shape: tuple[int, int, int]) -> tuple[Point, ...]:
+    raw = params.get(key, [])
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_CLICKS:
+        raise InvalidInput(f"params.{key}: expected a list of at most {MAX_CLICKS} [i, j, k] voxel indices",
+                           field=f"params.{key}")
+    d, h, w = shape
+    out = []
+    for n, p in enumerate(raw):
+        if (not isinstance(p, list) or len(p) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in p)):
+            raise InvalidInput(f"params.{key}[{n}]: expected [i, j, k] voxel indices, got {str(p)[:60]}",
+                               field=f"params.{key}")
+        i, j, k = (int(round(v)) for v in p)
+        if not (0 <= i < w and 0 <= j < h and 0 <= k < d):
+            raise InvalidInput(f"params.{key}[{n}]: voxel (i, j, k) = ({i}, {j}, {k}) is outside the image of "
+                               f"size (i, j, k) = ({w}, {h}, {d})", field=f"params.{key}")
+        out.append((k, j, i))
+    return tuple(out)
+
+
+def _extends(old: tuple[Point, ...], new: tuple[Point, ...]) -> bool:
+    return len(new) >= len(old) and new[: len(old)] == old
+
+
+class MonaiLabelBridge:
+    """The image map behind the MONAI Label routes (event loop thread only)."""
+
+    def __init__(self, manager: SessionManager, labels: Sequence[str], load_image: ImageLoader | None) -> None:
+        self.manager = manager
+        self.labels = list(labels)
+        self._load_image = load_image
+        self._entries: dict[str, ImageEntry] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    # --- images ---------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def image(self, image_id: str) -> ImageEntry:
+        """The entry of a DICOMweb image id (a SeriesInstanceUID), loading it on first use or after expiry."""
+        key = f"dicomweb:{image_id}"
+        entry = self._live(key)
+        if entry is not None:
+            return entry
+        if self._load_image is None:
+            raise InvalidInput(f"image: {image_id[:80]!r} is unknown and no DICOMweb server is configured "
+                               "(dicomweb_url); upload the image with PUT /session/ and pass its session_id",
+                               field="image")
+        lock = self._opening.setdefault(key, asyncio.Lock())
+        async with lock:  # two first calls for one image open one session
+            entry = self._live(key)
+            if entry is None:
+                await self.ensure_room()  # before the series is transferred
+                loaded = await self._load_image(image_id)
+                entry = await self._open(key, image_id, loaded)
+        self._opening.pop(key, None)
+        return entry
+
+    async def upload(self, loaded: LoadedVolume, name: str, *, key: str | None = None) -> ImageEntry:
+        """A new entry for an uploaded image: ``PUT /session/`` (key ``upload:<new id>``) or an image sent
+        with ``/infer`` (``key``: its content digest, so that a repeated file finds its entry)."""
+        return await self._open(key or f"upload:{uuid.uuid4()}", name, loaded)
+
+    def keyed(self, key: str) -> ImageEntry | None:
+        """The live entry of ``key``, if any."""
+        return self._live(key)
+
+    def uploaded(self, upload_id: str) -> ImageEntry:
+        """The live entry of an uploaded image; ``SessionNotFound`` naming ``session_id`` when gone."""
+        entry = self._live(f"upload:{upload_id}")
+        if entry is None:
+            raise SessionNotFound(f"session_id: no session {upload_id[:80]!r} (unknown or expired: upload the "
+                                  "image again)", field="session_id")
+        return entry
+
+    async def remove(self, entry: ImageEntry) -> None:
+        self._entries.pop(entry.key, None)
+        try:
+            await self.manager.close(entry.session)
+        except ServiceError:
+            pass  # already ended
+
+    def _live(self, key: str) -> ImageEntry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        try:
+            self.manager.get(entry.session.session_id)
+        except ServiceError:  # expired or closed: forget it
+            del self._entries[key]
+            return None
+        entry.last_used = time.monotonic()
+        return entry
+
+    async def ensure_room(self) -> None:
+        """Make room for one more session (closing the least recently used idle bridge session if the
+        manager is full); ``CapacityExceeded`` when none can go. Cheap: call it before reading an upload."""
+        try:
+            self.manager.check_room_for_session()
+        except CapacityExceeded:
+            if not await self._evict_one():
+                raise
+
+    async def _open(self, key: str, name: str, loaded: LoadedVolume) -> ImageEntry:
+        geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
+        await self.ensure_room()
+        try:
+            session, _token = await self._create(loaded, geometry)
+        except CapacityExceeded:  # the device-byte limit, known only once the volume is encoded
+            if not await self._evict_one():
+                raise
+            session, _token = await self._create(loaded, geometry)
+        session.dicom_headers = loaded.dicom_headers  # DICOM SEG export and STOW need them
+        entry = ImageEntry(key=key, name=name, session=session, meta=loaded.meta)
+        self._entries[key] = entry
+        return entry
+
+    async def _create(self, loaded: LoadedVolume, geometry: Geometry) -> tuple[Session, str]:
+        return await self.manager.create(loaded.array, geometry, modality=loaded.modality,
+                                         source_format=loaded.source_format)
+
+    async def _evict_one(self) -> bool:
+        idle = [e for e in self._entries.values() if not e.lock.locked()]
+        if not idle:
+            return False
+        await self.remove(min(idle, key=lambda e: e.last_used))
+        return True
+
+    # --- inference ------------------------------------------------------------------------------------------
+
+    async def infer(self, entry: ImageEntry, params: Mapping[str, Any]) -> InferResult:
+        """Apply the clicks of ``params`` to ``entry``'s objects (incrementally when possible)."""
+        requests, style = parse_click_params(params, self.labels, entry.meta.shape)
+        async with entry.lock:
+            self.manager.mark_used(entry.session)
+            results = [await self._apply(entry, r) for r in requests]
+            shown = [r.label for r in requests] if style == "deepgrow" else [
+                name for name in self.labels if name in entry.tracks]
+            labelmap, names, centroids = await self._paint(entry, shown)
+        return InferResult(labelmap, names, centroids, entry.meta, entry.session.session_id, results)
+
+    async def _apply(self, entry: ImageEntry, req: ClickRequest) -> TrackResult:
+        session = entry.session
+        track = entry.tracks.get(req.label)
+        alive = track is not None and session.state is not None and track.object_id in session.state.objects
+        if track is not None and alive and _extends(track.foreground, req.foreground) \
+                and _extends(track.background, req.background):
+            new_fg = req.foreground[len(track.foreground):]
+            new_bg = req.background[len(track.background):]
+            if not new_fg and not new_bg:
+                return TrackResult(req.label, track.object_id, session.versions.get(track.object_id, 0),
+                                   "unchanged", 0)
+            outcome = await self.manager.add_clicks(session, track.object_id, [*new_fg, *new_bg],
+                                                    [1] * len(new_fg) + [0] * len(new_bg), mode=REFINE_MODE)
+            track.foreground, track.background = req.foreground, req.background
+            return TrackResult(req.label, track.object_id, outcome.version, "incremental",
+                               len(new_fg) + len(new_bg))
+        action: Action = "created" if track is None else "replayed"
+        if track is None:
+            track = entry.tracks[req.label] = Track(entry.next_object_id())
+        elif alive:
+            await self.manager.remove_object(session, track.object_id)
+        track.foreground, track.background = (), ()  # until the rebuild below is acknowledged
+        outcome = await self.manager.add_clicks(session, track.object_id, [*req.foreground, *req.background],
+                                                [1] * len(req.foreground) + [0] * len(req.background),
+                                                mode=INITIAL_MODE)
+        track.foreground, track.background = req.foreground, req.background
+        return TrackResult(req.label, track.object_id, outcome.version, action,
+                           len(req.foreground) + len(req.background))
+
+    async def _paint(self, entry: ImageEntry, labels: list[str]
+                     ) -> tuple[np.ndarray, dict[str, int], dict[str, list[int]]]:
+        values = {name: label_value(name, self.labels) for name in labels}
+        dtype = np.uint8 if max(values.values(), default=0) <= 255 else np.uint16
+        labelmap = np.zeros(entry.meta.shape, dtype=dtype)
+        names: dict[str, int] = {"background": 0}
+        centroids: dict[str, list[int]] = {}
+        for name in labels:  # later labels win where objects overlap
+            mask, _version = await self.manager.get_mask(entry.session, entry.tracks[name].object_id)
+            where = np.nonzero(mask)
+            if not where[0].size:
+                continue
+            labelmap[where] = values[name]
+            names[name] = values[name]
+            z, y, x = (int(round(float(np.mean(a)))) for a in where)
+            centroids[name] = [values[name], x, y, z]  # [value, i, j, k], as MONAI Label reports them
+        return labelmap, names, centroids
+
+    def labelmap_names(self, values: Sequence[int]) -> dict[int, str]:
+        """Segment names of label map values (configured labels by value; others "label <v>")."""
+        return {v: (self.labels[v - 1] if 1 <= v <= len(self.labels) else f"label {v}") for v in values}

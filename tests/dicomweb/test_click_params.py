@@ -1,0 +1,51 @@
+"""MONAI Label click parameters: (i, j, k) voxel indices become (z, y, x), both request styles, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import InvalidInput
+from app.sessions.monailabel_bridge import label_value, parse_click_params
+
+SHAPE = (16, 40, 56)  # (D, H, W)
+LABELS = ["liver", "spleen"]
+
+
+def test_deepgrow_clicks_are_reordered_to_zyx_and_rounded() -> None:
+    params = {"foreground": [[40, 14, 6], [55.4, 39, 15]], "background": [[0, 1, 2]], "label": "spleen"}
+    (req,), style = parse_click_params(params, LABELS, SHAPE)
+    assert style == "deepgrow" and req.label == "spleen"
+    assert req.foreground == ((6, 14, 40), (15, 39, 55)) and req.background == ((2, 1, 0),)
+
+
+def test_deepgrow_without_a_label_uses_the_first_one() -> None:
+    (req,), _ = parse_click_params({"foreground": [[1, 2, 3]]}, LABELS, SHAPE)
+    assert req.label == "liver" and req.background == ()
+
+
+def test_deepedit_gives_one_request_per_label_with_clicks() -> None:
+    params = {"liver": [[1, 2, 3]], "spleen": [], "background": [[4, 5, 6]], "label": "liver"}
+    requests, style = parse_click_params(params, ["background", *LABELS], SHAPE)
+    assert style == "deepedit"
+    assert [(r.label, r.foreground, r.background) for r in requests] == [("liver", ((3, 2, 1),), ((6, 5, 4),))]
+
+
+@pytest.mark.parametrize(("params", "field", "words"), [
+    ({"foreground": [[56, 0, 0]]}, "params.foreground", "outside the image"),  # i == W
+    ({"foreground": [[0, 0, 16]]}, "params.foreground", "outside the image"),  # k == D
+    ({"foreground": [[0, 0, 0]], "background": [[-1, 0, 0]]}, "params.background", "outside"),
+    ({"foreground": [[0, 0]]}, "params.foreground", "[i, j, k]"),
+    ({"foreground": [[0, 0, "a"]]}, "params.foreground", "[i, j, k]"),
+    ({"foreground": "x"}, "params.foreground", "list"),
+    ({"foreground": []}, "params.foreground", "at least one"),
+    ({"foreground": [[0, 0, 0]], "label": 3}, "params.label", "label name"),
+    ({"spleen": []}, "params.foreground", "no clicks"),
+])
+def test_bad_clicks_name_their_field(params: dict, field: str, words: str) -> None:
+    with pytest.raises(InvalidInput) as e:
+        parse_click_params(params, LABELS, SHAPE)
+    assert e.value.field == field and words in e.value.message
+
+
+def test_label_values_follow_the_configured_order() -> None:
+    assert [label_value(n, LABELS) for n in ("liver", "spleen", "other")] == [1, 2, 1]
