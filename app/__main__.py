@@ -48,7 +48,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-limit-burst", type=int, help="requests allowed at once above the rate")
     p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
                    help="origin allowed by CORS (repeatable)")
+    p.add_argument("--replica-id", help="this replica's name among several behind a router (needs --redis-url "
+                   "and a shared --storage-dir)")
+    p.add_argument("--directory-ttl", dest="directory_ttl_s", type=float, help="replica heartbeat lifetime, seconds")
+    p.add_argument("--trust-session-id-header", action="store_true",
+                   help="take the session id of a new session from the router's X-Session-Id header")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass")
+    p.add_argument("--dicomweb-url", help="DICOMweb root (QIDO/WADO/STOW) to read series from and store SEGs to")
+    p.add_argument("--monailabel", dest="monailabel_enabled", action="store_true", default=None,
+                   help="serve the MONAI Label compatibility routes (OHIF, 3D Slicer)")
+    p.add_argument("--monailabel-open", dest="monailabel_open", action="store_true", default=None,
+                   help="with API keys, let the MONAI Label routes through without a key (trusted network only)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
 
@@ -56,14 +66,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
-            "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins")
+            "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
+            "dicomweb_url", "monailabel_enabled", "monailabel_open")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     if args.random_weights:
         if args.weights is not None:
             raise SystemExit("--random-weights and --weights are exclusive")
         overrides.update(weights=None, allow_random_weights=True)
     if args.no_warmup:
         overrides["warmup"] = False
+    if args.trust_session_id_header:
+        overrides["trust_session_id_header"] = True
     return overrides
 
 

@@ -99,9 +99,42 @@ class Settings(BaseSettings):
         "sessions are restored from it (and the prompt history) after a restart. None = no persistence.",
     )
 
+    # Several replicas behind a router (docs/reliability.md, "Several replicas"; needs Redis + storage_dir).
+    replica_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="This replica's name, unique among the replicas and stable across its restarts; set = take "
+        "part in the session directory (lazy take-over of other replicas' sessions). None = one process.",
+    )
+    directory_ttl_s: float = Field(
+        10.0, gt=0, description="A replica's heartbeat lives this long (renewed every third of it)."
+    )
+    trust_session_id_header: bool = Field(
+        False, description="Accept the session id the router proposes in X-Session-Id on POST /v1/sessions "
+        "(so that a session is created on the replica its id hashes to). Only behind a router that sets it.",
+    )
+
     # WebSocket.
     stream_queue_frames: int = Field(
         1024, ge=1, description="Frames queued per WebSocket before the slow client is disconnected."
+    )
+
+    # DICOMweb and MONAI Label compatibility (docs/service.md, "DICOMweb" and "MONAI Label compatibility").
+    dicomweb_url: str | None = Field(
+        None, description="Root of a DICOMweb server (QIDO-RS, WADO-RS, STOW-RS), e.g. "
+        "http://orthanc:8042/dicom-web; images are read from it by SeriesInstanceUID and DICOM SEGs stored to it. "
+        "None = no DICOMweb.",
+    )
+    monailabel_enabled: bool = Field(
+        False, description="Serve the MONAI Label compatibility routes (/info/, /infer/{model}, /session/, "
+        "/datastore/label) for OHIF's MONAI Label panel and 3D Slicer's MONAILabel module; off = they answer 404.",
+    )
+    monailabel_open: bool = Field(
+        False, description="With API keys configured, let the MONAI Label routes through without X-API-Key "
+        "(those viewers send none): only on a trusted network. Otherwise put the same-origin proxy in front.",
+    )
+    monailabel_labels: list[str] = Field(
+        default_factory=lambda: ["object"], min_length=1,
+        description="Label names the MONAI Label model offers (one object per label and image).",
     )
 
     @field_validator("api_key_hashes", mode="before")
@@ -137,4 +170,7 @@ class Settings(BaseSettings):
             raise ValueError("weights: None (random init) requires allow_random_weights=True")
         if self.max_session_age_s < self.idle_timeout_s:
             raise ValueError("max_session_age_s: must be >= idle_timeout_s")
+        if self.replica_id is not None and (not self.redis_url or self.storage_dir is None):
+            raise ValueError("replica_id: several replicas need the Redis store (redis_url) and a storage_dir "
+                             "shared by every replica")
         return self

@@ -77,3 +77,18 @@ class RateLimited(ServiceError):
 
 class StoreUnavailable(ServiceError):
     """The metadata store could not be reached; the request was not acknowledged."""
+
+
+class SessionRecordLost(StoreUnavailable):
+    """The store no longer has the session (flushed, evicted or expired): a prompt could not be recorded.
+
+    Its message is safe to show to clients (it names no backend)."""
+
+
+class SessionMoved(ServiceError):
+    """The session is now served by another replica: nothing was recorded; retry (the router sends the retry
+    to the owner)."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, field="session_id")
+        self.retry_after_s = retry_after_s

@@ -21,6 +21,7 @@ import app as app_package
 from app.api.api_keys import ApiKeyAuth, ApiKeyCheck, document_api_key
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimit, RequestMetrics
+from app.api.monailabel_gate import MonaiLabelGate
 from app.api.rate_limit import RateLimit, TokenBuckets
 from app.api.router import api_router
 from app.config import Settings
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
     if settings.api_key_hashes:
         app.add_middleware(ApiKeyAuth, check=ApiKeyCheck(settings.api_key_hashes))
         document_api_key(app)
+    app.add_middleware(MonaiLabelGate, settings=settings)  # MONAI Label routes: 404 when off, else key unless open
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

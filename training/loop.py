@@ -238,7 +238,7 @@ class Trainer:
                     labs[j, : len(labels[i])] = torch.tensor(labels[i])
                 mask_prompt = corrected[idx] if zoom_in[group[0]] else None
                 with torch.set_grad_enabled(bool(scored.intersection(group))):
-                    out = model.decode(tuple(e[idx] for e in emb), boxes=boxes[idx], points=pts,
+                    out = model.decode(_batch_rows(emb, idx), boxes=boxes[idx], points=pts,
                                        point_labels=labs, mask_logits=mask_prompt)
                 for j, loss in enumerate(dice_bce(out, gt[idx])):
                     if group[j] in scored:
@@ -471,6 +471,13 @@ class Trainer:
         fig.savefig(path, dpi=90)
         plt.close(fig)
         return path
+
+
+def _batch_rows(embedding: Tensor | tuple[Tensor, ...], idx: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """Rows ``idx`` of an embedding: one tensor (SegVol) or a tuple of per-scale tensors (compact)."""
+    if isinstance(embedding, Tensor):
+        return embedding[idx]
+    return tuple(e[idx] for e in embedding)
 
 
 def _smooth(values: np.ndarray, window: int = 25) -> np.ndarray:

@@ -9,13 +9,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Path
 from starlette.requests import HTTPConnection
 
 from app.config import Settings
-from app.schemas.paths import BEARER_PREFIX, MAX_OBJECT_ID, MIN_OBJECT_ID
+from app.errors import InvalidInput
+from app.schemas.paths import BEARER_PREFIX, MAX_OBJECT_ID, MIN_OBJECT_ID, SESSION_ID_HEADER
 from app.sessions.manager import Session, SessionManager
 from app.sessions.services import Services
 
@@ -47,15 +49,43 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[SessionManager, Depends(get_manager)]
 
 
+async def find_session(services: Services, session_id: str, token: str | None) -> Session:
+    """The session ``session_id`` authenticated by ``token``; with several replicas, taken over from another
+    replica first when this one does not hold it (``app.sessions.replicas``)."""
+    if services.replicas is not None:
+        return await services.replicas.session_for(session_id, token)
+    return services.manager.authenticate(session_id, token)
+
+
 async def get_session(
-    manager: ManagerDep,
+    services: ServicesDep,
     session_id: Annotated[str, Path(description="The session id returned at creation.")],
     authorization: Annotated[str | None, Header(description="Bearer <token> of this session.")] = None,
 ) -> Session:
-    session = manager.authenticate(session_id, bearer_token(authorization))
-    await manager.touch(session)
+    session = await find_session(services, session_id, bearer_token(authorization))
+    await services.manager.touch(session)
     return session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 ObjectIdPath = Annotated[int, Path(ge=MIN_OBJECT_ID, le=MAX_OBJECT_ID, description="Object id (label value).")]
+
+
+_ROUTER_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")  # nginx's $request_id: 32 hex digits
+
+
+def router_session_id(
+    settings: SettingsDep,
+    value: Annotated[str | None, Header(alias=SESSION_ID_HEADER, include_in_schema=False)] = None,
+) -> str | None:
+    """The id the router in front of several replicas chose for a new session (docs/reliability.md,
+    "Several replicas"); None = a random id. Read only with ``trust_session_id_header``."""
+    if not (settings.trust_session_id_header and value):
+        return None
+    if not _ROUTER_SESSION_ID.match(value):
+        raise InvalidInput(f"session_id: {SESSION_ID_HEADER} must be 16-128 URL-safe characters",
+                           field="session_id")
+    return value
+
+
+RouterSessionIdDep = Annotated[str | None, Depends(router_session_id)]

@@ -16,15 +16,22 @@ Every non-2xx reply carries ``app.schemas.errors.ErrorBody``: ``{"error": {"code
     RateLimited                 429   rate_limited         4429   (+ Retry-After; HTTP only, streams are not limited)
     CapacityExceeded            503   server_busy          4503   (+ Retry-After)
     StoreUnavailable            503   store_unavailable    1011   (+ Retry-After: the retry_after_s setting)
+    SessionRecordLost           503   store_unavailable    1011   (+ Retry-After; the store lost the session)
+    SessionMoved                503   session_moved        4503   (+ Retry-After; another replica serves it now)
 
-Framework errors use the same body: request validation -> 422 naming the field, other HTTP errors keep
-their status, anything unexpected -> 500 ``internal_error`` (details only in the server log).
+Framework errors use the same body: request validation and an unparsable body (the framework's 400) ->
+422 naming the field, other HTTP errors keep their status (a 405 lists every method of the path in
+``Allow``), anything unexpected -> 500 ``internal_error`` (details only in the server log).
+
+``error_responses(...)`` declares these replies on a route for the OpenAPI document, with ``ErrorBody``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,11 +51,13 @@ from app.errors import (
     RateLimited,
     ServiceError,
     SessionExpired,
+    SessionMoved,
     SessionNotFound,
+    SessionRecordLost,
     StoreUnavailable,
     Unauthorized,
 )
-from app.schemas.errors import ERROR_STATUS, ErrorCode, detail_from_pydantic, error_body
+from app.schemas.errors import ERROR_STATUS, ErrorBody, ErrorCode, detail_from_pydantic, error_body
 from app.schemas.paths import API_KEY_HEADER, RETRY_AFTER_HEADER, StreamCloseCode
 
 log = logging.getLogger(__name__)
@@ -78,10 +87,14 @@ ERROR_TABLE: dict[type[ServiceError], ErrorMapping] = {
     RateLimited: ErrorMapping(ErrorCode.RATE_LIMITED, StreamCloseCode.RATE_LIMITED),
     CapacityExceeded: ErrorMapping(ErrorCode.SERVER_BUSY, StreamCloseCode.SERVER_BUSY),
     StoreUnavailable: ErrorMapping(ErrorCode.STORE_UNAVAILABLE, StreamCloseCode.INTERNAL_ERROR),
+    SessionRecordLost: ErrorMapping(ErrorCode.STORE_UNAVAILABLE, StreamCloseCode.INTERNAL_ERROR),
+    SessionMoved: ErrorMapping(ErrorCode.SESSION_MOVED, StreamCloseCode.SERVER_BUSY),
 }
 
 _INTERNAL = ErrorMapping(ErrorCode.INTERNAL_ERROR, StreamCloseCode.INTERNAL_ERROR)
 _DEFAULT_RETRY_AFTER_S: int = Settings.model_fields["retry_after_s"].default
+
+_HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 # Plain HTTP errors raised by the framework (unknown route, wrong method, body too large, ...).
 _HTTP_CODES: dict[int, str] = {
@@ -91,6 +104,27 @@ _HTTP_CODES: dict[int, str] = {
     413: ErrorCode.PAYLOAD_TOO_LARGE.value,
     415: "unsupported_media_type",
 }
+
+
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    401: "Missing or wrong bearer token of the session (or API key, when the server has keys).",
+    404: "Unknown session or object (or a token of another session).",
+    409: "Nothing to undo.",
+    410: "The session expired.",
+    413: "Request body, upload or volume past the configured limit.",
+    422: "Malformed or out-of-range input; `field` names it.",
+    429: "Over the rate limit; retry after Retry-After seconds.",
+    503: "Server full, or the session store unreachable; retry after Retry-After seconds.",
+}
+
+
+def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can reply with, each with ``ErrorBody``.
+
+    ``descriptions``: a route's own wording, keyed ``s422=...`` (keyword names cannot be numbers).
+    """
+    return {status: {"model": ErrorBody, "description": descriptions.get(f"s{status}", _ERROR_DESCRIPTIONS[status])}
+            for status in statuses}
 
 
 def mapping_for(error: ServiceError) -> ErrorMapping:
@@ -114,11 +148,11 @@ def error_response(error: ServiceError, *, retry_after_s: int | None = None) -> 
     m = mapping_for(error)
     headers: dict[str, str] = {}
     message = error.message
-    if isinstance(error, (CapacityExceeded, RateLimited)):
+    if isinstance(error, (CapacityExceeded, RateLimited, SessionMoved)):
         headers[RETRY_AFTER_HEADER] = str(error.retry_after_s)
     elif m.status == 503 and retry_after_s is not None:
         headers[RETRY_AFTER_HEADER] = str(retry_after_s)
-    if isinstance(error, StoreUnavailable):
+    if isinstance(error, StoreUnavailable) and not isinstance(error, SessionRecordLost):
         message = STORE_UNAVAILABLE_MESSAGE
     if isinstance(error, (ApiKeyRequired, InvalidApiKey)):
         headers["WWW-Authenticate"] = f'ApiKey header="{API_KEY_HEADER}"'
@@ -149,16 +183,34 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(detail.code, detail.message, detail.field), status_code=422)
 
 
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the request's path answers to, for the ``Allow`` header of a 405.
+
+    Starlette stops at the first route whose path matches, so a path served by two routes (GET and DELETE
+    of a session) would announce only one of them; the OpenAPI document lists them all.
+    """
+    path = request.url.path
+    matches = []
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            matches.append((template.count("{"), sorted(m.upper() for m in operations if m.upper() in _HTTP_METHODS)))
+    # The most literal template wins: /v1/sessions/dicomweb is its own resource, not a {session_id}.
+    return ", ".join(min(matches)[1]) if matches else None
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = str(exc.detail)
     field = "file" if isinstance(exc, BodyTooLarge) else None
-    if exc.status_code == 400 and "parsing the body" in message:
-        message = "body: could not parse the request body"
-        field = "body"
-    return JSONResponse(error_body(code, message, field), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    if exc.status_code == 400:  # an unparsable body (bytes that are not JSON, broken multipart framing)
+        reason = "could not parse the request body" if "parsing the body" in message else message.rstrip(".")
+        return JSONResponse(error_body(ErrorCode.VALIDATION_ERROR, f"body: {reason}", "body"), status_code=422)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405 and (allow := _allowed_methods(request)):
+        headers["Allow"] = allow
+    return JSONResponse(error_body(code, message, field), status_code=exc.status_code, headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -34,6 +34,9 @@ LIMITED_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", paths.OBJECT_UNDO),
     ("POST", paths.OBJECT_RESET),
     ("PUT", paths.OBJECT_MASK),
+    ("POST", paths.SESSIONS_FROM_DICOMWEB),
+    ("POST", paths.MONAILABEL_INFER),
+    ("PUT", paths.MONAILABEL_SESSIONS),
 )
 """(method, route template) pairs the limit applies to; everything else (reads, deletes, streams) is free."""
 

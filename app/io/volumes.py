@@ -6,7 +6,8 @@ Geometry is kept as SimpleITK reports it: ``spacing`` reversed to (sz, sy, sx) t
 ``origin`` (x, y, z) and ``direction`` (9 values, row-major) stay in ITK's (x, y, z) axis order, LPS.
 
 Uploads are untrusted: sizes are checked before pixel data is read, zip members are screened (no absolute
-or ``..`` paths, no links, bounded member count and uncompressed bytes, counted while extracting), and header
+or ``..`` paths, no links, bounded member count; declared unpacked sizes and compression ratios checked
+before anything is inflated, then bytes counted while extracting), and header
 fields that point at other files (NRRD ``data file``, MetaImage ``ElementDataFile``) must stay inside the
 upload. Truncated files are refused: ITK zero-fills a short NIfTI (plain or gzip) and reports a short MetaImage
 with a misleading reason, so both are measured against what their header declares before ITK reads the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import re
 import stat
@@ -63,6 +65,7 @@ class VolumeLimits:
     max_voxels: int = 512 * 512 * 1024
     max_zip_members: int = 4096
     max_unzipped_bytes: int = 2 << 30  # total bytes extracted from a zip
+    max_zip_ratio: int = 200  # unpacked / stored bytes of one zip member (past 8 MiB unpacked)
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,7 @@ def _check_nifti_complete(path: Path, filename: str, limits: VolumeLimits) -> No
             header = _parse_nifti_header(head[:header_bytes])
             if header is None:
                 return
-            n_voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
+            n_voxels = math.prod(int(n) for n in header.get_data_shape())
             if n_voxels > limits.max_voxels:
                 return
             declared = int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
@@ -414,7 +417,7 @@ def _check_metaimage_complete(path: Path, filename: str) -> None:
             element_bytes = _MET_ELEMENT_BYTES[fields["ElementType"]]
             dims = [int(v) for v in fields["DimSize"].split()]
             channels = int(fields.get("ElementNumberOfChannels", "1"))
-            declared = int(np.prod(dims, dtype=np.int64)) * channels * element_bytes
+            declared = math.prod(dims) * channels * element_bytes
     except (KeyError, ValueError):
         return  # a field this check does not know: ITK decides
     if have < declared:
@@ -562,7 +565,7 @@ def _npz_array(raw: bytes, filename: str, keys: tuple[str, ...], limits: VolumeL
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
             if dtype.hasobject:
                 raise ValueError(f"{what}: {key!r} holds Python objects, expected a numeric array")
-            n_voxels = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            n_voxels = math.prod(int(n) for n in shape)
             if n_voxels > limits.max_voxels or n_voxels * dtype.itemsize > limits.max_unzipped_bytes:
                 raise VolumeTooLargeError(f"{what}: {key!r} of shape {shape} is over the "
                                           f"{limits.max_voxels}-voxel limit")
@@ -590,7 +593,7 @@ def _check_header(
         raise ValueError(f"file: expected a scalar volume, got {components} components per voxel")
     if min(size) < 2:
         raise ValueError(f"file: expected a 3D volume, got shape {tuple(reversed(size))} (a single slice)")
-    n_voxels = int(np.prod(size, dtype=np.int64))
+    n_voxels = math.prod(int(n) for n in size)  # Python ints: an int64 product of crafted sizes can wrap to 0
     if limits is not None and n_voxels > limits.max_voxels:
         raise VolumeTooLargeError(f"file: {tuple(reversed(size))} is {n_voxels} voxels, over the "
                                   f"{limits.max_voxels}-voxel limit")
@@ -662,6 +665,7 @@ def _safe_extract(source: Path, filename: str, dest: Path, limits: VolumeLimits)
         if len(members) > limits.max_zip_members:
             raise ValueError(f"file: {filename!r} has {len(members)} members, over the "
                              f"{limits.max_zip_members} limit")
+        _check_declared_sizes(members, filename, limits)
         dest.mkdir(parents=True)
         budget = limits.max_unzipped_bytes
         for info in members:
@@ -682,6 +686,31 @@ def _safe_extract(source: Path, filename: str, dest: Path, limits: VolumeLimits)
                 raise ValueError(f"file: corrupt zip member {name!r} ({exc})") from None
             except OSError as exc:  # a file where a folder is expected, a name too long, ...
                 raise ValueError(f"file: cannot extract zip member {name!r} ({exc.strerror})") from None
+
+
+def _check_declared_sizes(members: list[zipfile.ZipInfo], filename: str, limits: VolumeLimits) -> None:
+    """Refuse a zip bomb from its central directory, before inflating anything.
+
+    A member never inflates past the size it declares (``zipfile`` stops there and reports a CRC error), so
+    the declared total bounds the work; an archive or a member that declares far more than it stores
+    (deflate reaches ~1000:1 on constant bytes, medical images ~2-10:1) is refused once past
+    ``_RATIO_FLOOR_BYTES`` unpacked.
+    """
+    declared = sum(info.file_size for info in members)
+    if declared > limits.max_unzipped_bytes:
+        raise VolumeTooLargeError(f"file: {filename!r} unpacks to more than {limits.max_unzipped_bytes} bytes "
+                                  f"(its members declare {declared})")
+    stored = sum(info.compress_size for info in members)
+    whole = [(f"{filename!r}", declared, stored)]  # many small members, each under the floor, add up here
+    for name, unpacked, packed in whole + [(f"zip member {i.filename!r}", i.file_size, i.compress_size)
+                                           for i in members]:
+        ratio = unpacked / max(packed, 1)
+        if unpacked > _RATIO_FLOOR_BYTES and ratio > limits.max_zip_ratio:
+            raise VolumeTooLargeError(f"file: {name} unpacks {ratio:.0f} times its stored size (over "
+                                      f"{limits.max_zip_ratio}:1): refused as a zip bomb")
+
+
+_RATIO_FLOOR_BYTES = 8 << 20  # members this small are cheap to inflate whatever their ratio
 
 
 def _copy_bounded(src: IO[bytes], out: IO[bytes], budget: int, filename: str,

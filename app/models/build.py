@@ -9,6 +9,8 @@ Registered configurations:
     segvol-base   the published SegVol dimensions (ViT-B/16 on a 32x256x256 frame); load the official weights
                   with ``--weights PATH --config segvol-base``.
     segvol-test   the same architecture shrunk so that tests run it end to end in seconds (never shipped).
+    segvol-small  a small SegVol ViT on the compact frame: the second compact design, trained for the comparison
+                  in ``docs/model-card.md`` (no weights shipped).
     compact       the shipped CPU default: a convolutional encoder whose cached multi-scale features feed a
                   decoder that takes the prompt maps at every scale (``app.models.compact``).
 """
@@ -87,6 +89,31 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         ),
         corrector_kwargs=dict(_CORRECTOR, embed_dim=16, hidden_size=32),
         description="Tiny SegVol for tests only.",
+    ),
+    "segvol-small": ModelConfig(
+        name="segvol-small",
+        backbone="segvol",
+        backbone_kwargs=dict(
+            frame=(32, 128, 128),
+            patch_size=(4, 16, 16),
+            hidden_size=192,
+            mlp_dim=768,
+            num_layers=6,
+            num_heads=6,
+            decoder_depth=2,
+            decoder_mlp_dim=512,
+            decoder_heads=4,
+            num_multimask_outputs=3,
+            iou_head_hidden_dim=64,
+            text_hidden_size=192,
+            text_layers=1,
+            # Trained from scratch: points are encoded like the dense grid they lie in (the published
+            # quirk maps y to 4x its range on this frame and the box never meets the image's PE).
+            reference_point_normalisation=False,
+        ),
+        corrector_kwargs=dict(_CORRECTOR),
+        description="A small SegVol ViT (the compact backbone's frame, 8x8x8 tokens): the second compact design "
+        "trained for comparison (docs/model-card.md); no weights shipped.",
     ),
     "compact": ModelConfig(
         name="compact",

@@ -34,6 +34,7 @@ class ErrorCode(str, Enum):
     RATE_LIMITED = "rate_limited"  # over the caller's rate: retry after ``Retry-After`` seconds
     SERVER_BUSY = "server_busy"  # capacity reached: retry after ``Retry-After`` seconds
     STORE_UNAVAILABLE = "store_unavailable"  # metadata store unreachable: retry after ``Retry-After`` seconds
+    SESSION_MOVED = "session_moved"  # another replica took the session over: retry (nothing was recorded)
     INTERNAL_ERROR = "internal_error"
 
 
@@ -51,6 +52,7 @@ ERROR_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.SERVER_BUSY: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.SESSION_MOVED: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 

@@ -18,6 +18,8 @@ METRICS = "/metrics"
 
 SESSIONS = API_PREFIX + "/sessions"
 SESSION = SESSIONS + "/{session_id}"
+SESSIONS_FROM_DICOMWEB = SESSIONS + "/dicomweb"  # a session from a series on the DICOMweb server
+SESSION_DICOMWEB_STORE = SESSION + "/dicomweb/store"  # STOW-RS of the session's DICOM SEG
 SEGMENTATION = SESSION + "/segmentation"
 STREAM = SESSION + "/stream"
 OBJECTS = SESSION + "/objects"
@@ -28,6 +30,15 @@ OBJECT_UNDO = OBJECT + "/undo"
 OBJECT_RESET = OBJECT + "/reset"
 OBJECT_MASK = OBJECT + "/mask"
 
+# MONAI Label compatibility (outside /v1: OHIF's and Slicer's clients build these from the server URL).
+MONAILABEL_INFO = "/info/"
+MONAILABEL_INFER = "/infer/{model}"
+MONAILABEL_SESSIONS = "/session/"
+MONAILABEL_SESSION = "/session/{session_id}"
+MONAILABEL_DATASTORE_LABEL = "/datastore/label"
+MONAILABEL_PREFIXES = ("/info", "/infer", "/session", "/datastore")
+"""Path prefixes of the MONAI Label routes (the gate matches on these)."""
+
 # --- headers, form fields, query parameters ----------------------------------------------------------
 AUTHORIZATION_HEADER = "Authorization"
 BEARER_PREFIX = "Bearer "
@@ -35,6 +46,9 @@ RETRY_AFTER_HEADER = "Retry-After"
 OBJECT_VERSION_HEADER = "X-Object-Version"
 """Sent with a mask download: the object's version the mask corresponds to."""
 REQUEST_ID_HEADER = "X-Request-ID"
+SESSION_ID_HEADER = "X-Session-Id"
+"""Set by the router in front of several replicas on ``POST /v1/sessions``: the id the new session gets
+(read only with ``Settings.trust_session_id_header``)."""
 
 UPLOAD_FILE_FIELD = "file"
 """Multipart field of ``POST /v1/sessions`` and ``PUT .../mask`` holding the file."""
@@ -77,6 +91,7 @@ class StreamCloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down
+    MESSAGE_TOO_BIG = 1009  # a client message past the server's WebSocket size limit (closed by the protocol layer)
     INTERNAL_ERROR = 1011
     BAD_MESSAGE = 4400  # repeated malformed messages
     UNAUTHORIZED = 4401  # missing or wrong token

@@ -58,7 +58,8 @@ class BoxRequest(BaseModel):
         "[x0, y0, z0, x1, y1, z1] in mm.",
         json_schema_extra={"minItems": 6, "maxItems": 6},
     )
-    world: bool = Field(default=False, description="Coordinates are LPS millimetres instead of voxel indices.")
+    world: bool = Field(default=False, strict=True,  # JSON true/false only: 0, "no", ... are refused
+                        description="Coordinates are LPS millimetres instead of voxel indices.")
 
     @field_validator("box", mode="before")
     @classmethod
@@ -87,15 +88,21 @@ class ClicksRequest(BaseModel):
 
     points: list[list[float]] = Field(
         description="N points, each [z, y, x] voxel indices (or [x, y, z] LPS mm with world=true).",
-        json_schema_extra={"minItems": 1, "maxItems": MAX_CLICKS_PER_REQUEST},
+        json_schema_extra={"minItems": 1, "maxItems": MAX_CLICKS_PER_REQUEST,
+                           "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}},
     )
-    labels: list[int] = Field(description="N labels: 1 = foreground, 0 = background.")
+    labels: list[int] = Field(
+        description="N labels: 1 = foreground, 0 = background.",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_CLICKS_PER_REQUEST,
+                           "items": {"type": "integer", "enum": [0, 1]}},
+    )
     mode: RefineMode = Field(
         default="both",
         description='"gru": the corrector only (fast); "decoder": the mask decoder only; "both": gru then decoder '
         "(two versions, each streamed as it lands).",
     )
-    world: bool = Field(default=False, description="Points are LPS millimetres instead of voxel indices.")
+    world: bool = Field(default=False, strict=True,
+                        description="Points are LPS millimetres instead of voxel indices.")
 
     @field_validator("points", mode="before")
     @classmethod

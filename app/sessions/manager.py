@@ -57,6 +57,7 @@ from app.errors import (
     NothingToUndo,
     ObjectNotFound,
     SessionExpired,
+    SessionMoved,
     SessionNotFound,
     StoreUnavailable,
     Unauthorized,
@@ -68,9 +69,10 @@ from app.sessions.changes import Bbox, net_change
 from app.sessions.diffs import encode_change, encode_snapshot
 from app.sessions.executor import DeviceExecutor
 from app.sessions.locks import SESSION_LEVEL, OrderedLock
+from app.sessions.memory import release_free_memory
 from app.sessions.metrics import ServiceMetrics
 from app.sessions.persistence import Persistence, ReplayError, VolumeMeta, replay_history
-from app.sessions.store import MetadataStore, PromptRecord, SessionRecord
+from app.sessions.store import MetadataStore, OwnershipLost, PromptRecord, SessionRecord
 from app.sessions.subscribers import Close, Subscriber
 from app.sessions.validation import check_box, check_points
 
@@ -195,6 +197,7 @@ class SessionManager:
         *,
         clock: Callable[[], float] = time.monotonic,
         persistence: Persistence | None = None,
+        replica_id: str | None = None,
     ) -> None:
         self.predictor = predictor
         self.store = store
@@ -202,6 +205,9 @@ class SessionManager:
         self.limits = limits or SessionLimits()
         self.metrics = metrics or ServiceMetrics()
         self.persistence = persistence
+        # With several replicas (app.sessions.replicas): prompts are recorded only while this replica owns
+        # the session in the store's directory.
+        self.replica_id = replica_id
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._owners: dict[str, str] = {}  # token hash -> session id (live and tombstoned)
@@ -230,9 +236,12 @@ class SessionManager:
         *,
         modality: str | None = None,
         source_format: str | None = None,
+        session_id: str | None = None,
     ) -> tuple[Session, str]:
         """Encode a (D, H, W) volume into a new session; return it with its bearer token (shown once).
 
+        ``session_id``: an id chosen by the router in front of several replicas (so that the session is
+        created on the replica that will serve it); None = a random one. A taken id is refused.
         Raises ``CapacityExceeded`` when full, ``InvalidVolume`` when the model refuses the volume.
         """
         self._check_room_for_session()
@@ -256,7 +265,7 @@ class SessionManager:
             token = secrets.token_urlsafe(32)
             now_wall, now = time.time(), self._clock()
             record = SessionRecord(
-                session_id=secrets.token_urlsafe(12),
+                session_id=session_id or secrets.token_urlsafe(12),
                 token_hash=hash_token(token),
                 shape=tuple(int(s) for s in state.shape),  # type: ignore[arg-type]
                 spacing=tuple(float(s) for s in geometry.spacing),  # type: ignore[arg-type]
@@ -268,9 +277,14 @@ class SessionManager:
                 last_used_at=now_wall,
                 source_format=source_format,
             )
-            await self._persist_volume(record, volume)  # on disk before the store knows the session
+            if session_id is not None and await self.store.get_session(session_id) is not None:
+                raise InvalidInput(f"session_id: session id {session_id!r} is taken", field="session_id")
+            # On disk before the store knows the session (a chosen id never overwrites another's folder).
+            await self._persist_volume(record, volume, exclusive=session_id is not None)
             try:
                 await self.store.create_session(record)
+                if self.replica_id is not None:
+                    await self.store.claim_session(record.session_id, self.replica_id)  # type: ignore[attr-defined]
             except BaseException:
                 await self._delete_files(record.session_id)
                 raise
@@ -496,11 +510,7 @@ class SessionManager:
             change = await self.executor.run(self.predictor.remove_object, session.state, object_id)
             session.nbytes = session.state.nbytes
             prompt = PromptRecord(op="remove", object_id=object_id, version=change.version, at=time.time())
-            try:
-                await self.store.commit_prompt(session.session_id, prompt)
-            except StoreUnavailable:
-                await self._end_locked(session, "store")
-                raise
+            await self._commit(session, prompt)
             session.versions.pop(object_id, None)
             session.change_order.pop(object_id, None)
             session.last_used_mono = self._clock()
@@ -668,12 +678,7 @@ class SessionManager:
             session.nbytes = nbytes
             prompt = PromptRecord(op=op, object_id=object_id, args=args, version=changes[-1].version,
                                   at=time.time())
-            try:
-                await self.store.commit_prompt(session.session_id, prompt)
-            except StoreUnavailable:
-                log.error("session %s: prompt not recorded; closing the session", session.session_id)
-                await self._end_locked(session, "store")
-                raise
+            await self._commit(session, prompt)
             session.last_used_mono = self._clock()
             session.change_order[object_id] = next(self._change_seq)
             self.metrics.prompts.labels(op=op).inc()
@@ -685,6 +690,46 @@ class SessionManager:
         # Shielded: a disconnecting client must not interrupt a prompt between the device and the store.
         task = asyncio.ensure_future(self._locked(session, body))
         return await asyncio.shield(task)
+
+    async def _commit(self, session: Session, prompt: PromptRecord) -> None:
+        """Append an applied prompt to the history (session lock held); on failure the session's device state
+        is ahead of its history, so this process drops it: closed on a store failure (``StoreUnavailable``,
+        ``SessionRecordLost``), handed over when another replica owns it now (``SessionMoved``)."""
+        try:
+            if self.replica_id is None:
+                await self.store.commit_prompt(session.session_id, prompt)
+            else:
+                await self.store.commit_prompt(session.session_id, prompt, owner=self.replica_id)
+        except OwnershipLost as e:
+            log.warning("session %s: another replica owns it now; prompt not recorded, dropping this copy",
+                        session.session_id)
+            await self._end_locked(session, "moved")
+            raise SessionMoved(f"session_id: session {session.session_id} moved to another replica; nothing was "
+                               "recorded, retry the request", retry_after_s=1) from e
+        except StoreUnavailable:
+            log.error("session %s: prompt not recorded; closing the session", session.session_id)
+            await self._end_locked(session, "store")
+            raise
+
+    def ended_reason(self, session_id: str) -> str | None:
+        """Why this process stopped serving ``session_id`` (its tombstone's reason), or None."""
+        tomb = self._tombstones.get(session_id)
+        return None if tomb is None else tomb.reason
+
+    def held(self, session_id: str) -> Session | None:
+        """The live session ``session_id`` of this process, or None (no checks, no clock reset)."""
+        return self._sessions.get(session_id)
+
+    def forget_ended(self, session_id: str) -> None:
+        """Forget a tombstone (a session another replica served meanwhile may be taken over again)."""
+        tomb = self._tombstones.pop(session_id, None)
+        if tomb is not None and self._owners.get(tomb.token_hash) == session_id:
+            del self._owners[tomb.token_hash]
+
+    async def drop_moved(self, session: Session) -> None:
+        """Let go of a session another replica owns now: streams closed with 1001 (reconnect), device memory
+        freed; its store record, history and files stay (they are the new owner's)."""
+        await self._end(session, "moved")
 
     def _published(self, session: Session, change: Change, frame: bytes | None) -> None:
         """Event loop side of a step: metrics, and the frame to every subscriber."""
@@ -699,6 +744,9 @@ class SessionManager:
         async with session.lock:
             if session.closed:
                 tomb = self._tombstones.get(session.session_id)
+                if tomb is None and self.replica_id is not None:  # dropped while this request waited
+                    raise SessionMoved(f"session_id: session {session.session_id} moved to another replica; "
+                                       "retry the request")
                 self._raise_ended(session.session_id, tomb or _Tombstone("", "deleted"))
             return await body()
 
@@ -760,6 +808,10 @@ class SessionManager:
             return
         del self._sessions[sid]
         self.metrics.sessions_ended.labels(reason=reason).inc()
+        if reason == "moved":  # served elsewhere now: no tombstone, a later request may take it back
+            if self._owners.get(session.record.token_hash) == sid:
+                del self._owners[session.record.token_hash]
+            return
         self._add_tombstone(sid, _Tombstone(session.record.token_hash, reason))
 
     def _add_tombstone(self, sid: str, tomb: _Tombstone) -> None:
@@ -782,12 +834,17 @@ class SessionManager:
             return
         self._forget(session, reason)
         session.closed = True
-        code = CLOSE_GOING_AWAY if reason == "shutdown" else CLOSE_SESSION_ENDED
+        code = CLOSE_GOING_AWAY if reason in ("shutdown", "moved") else CLOSE_SESSION_ENDED
+        text = "session moved to another replica; reconnect" if reason == "moved" else f"session {reason}"
         for sub in list(session.subscribers):
-            sub.close(Close(code, f"session {reason}"))
+            sub.close(Close(code, text))
         session.subscribers.clear()
         session.state = None  # type: ignore[assignment]  # frees the device tensors
         session.nbytes = 0
+        # glibc keeps freed memory in fragmented arenas: without this, RSS ratchets up as sessions come and go.
+        await asyncio.to_thread(release_free_memory)
+        if reason == "moved":
+            return  # the record, history and files are the new owner's
         if reason == "shutdown" and self.persistence is not None and self.persistence.keep_on_shutdown:
             return  # its record, history and files stay: the next process restores it
         try:
@@ -807,13 +864,17 @@ class SessionManager:
             raise RuntimeError("restore: this manager has no storage (Settings.storage_dir)")
         return self.persistence
 
-    async def _persist_volume(self, record: SessionRecord, volume: np.ndarray) -> None:
+    async def _persist_volume(self, record: SessionRecord, volume: np.ndarray, *, exclusive: bool = False) -> None:
         if self.persistence is None:
             return
         meta = VolumeMeta(spacing=record.spacing, origin=record.origin, direction=record.direction,
                           seed=self.limits.seed, model=self.persistence.model)
         try:
-            await asyncio.to_thread(self.persistence.storage.save_volume, record.session_id, volume, meta)
+            await asyncio.to_thread(self.persistence.storage.save_volume, record.session_id, volume, meta,
+                                    exclusive=exclusive)
+        except FileExistsError as e:  # a chosen id whose folder exists: never touch another session's files
+            raise InvalidInput(f"session_id: session id {record.session_id!r} is taken",
+                               field="session_id") from e
         except OSError as e:
             log.error("session %s: cannot write its volume to storage: %s", record.session_id, e)
             await self._delete_files(record.session_id)

@@ -55,6 +55,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VOLUME = "volume.npy"
 _VOLUME_META = "volume.json"
 _MASKS = "masks"
+# Several replicas share one storage_dir: a folder without a record may be a creation in flight on another
+# replica (the volume is written before the record), so only folders this old are swept as orphans.
+ORPHAN_GRACE_S = 3600.0
 
 
 class ReplayError(Exception):
@@ -142,13 +145,18 @@ class SessionStorage:
         """True when the session's volume was completely written (its metadata file is written last)."""
         return (self.session_dir(session_id) / _VOLUME_META).is_file()
 
-    def session_ids(self) -> list[str]:
-        """Every session directory present (complete or not)."""
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _SESSION_ID.match(p.name))
+    def session_ids(self, *, older_than_s: float | None = None) -> list[str]:
+        """Every session directory present (complete or not); only those unmodified for ``older_than_s``
+        seconds when given."""
+        now = time.time()
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _SESSION_ID.match(p.name)
+                      and (older_than_s is None or now - p.stat().st_mtime > older_than_s))
 
-    def save_volume(self, session_id: str, volume: np.ndarray, meta: VolumeMeta) -> None:
+    def save_volume(self, session_id: str, volume: np.ndarray, meta: VolumeMeta, *, exclusive: bool = False
+                    ) -> None:
+        """Write the session's volume; ``exclusive``: raise ``FileExistsError`` if its folder exists."""
         d = self.session_dir(session_id)
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=not exclusive)
         _atomic_write(d / _VOLUME, lambda f: np.save(f, np.ascontiguousarray(volume), allow_pickle=False))
         _atomic_write(d / _VOLUME_META, lambda f: f.write(meta.to_json().encode("utf-8")))
         _fsync_dir(d)
@@ -311,6 +319,10 @@ async def restore_sessions(manager: SessionManager) -> RestoreSummary:
     the reason, and its record and files are kept for a later process. Storage directories the store no
     longer knows (sessions ended while this process was down, a crash between writing the volume and the
     record) are removed. Records without a volume here belong to another process and are left alone.
+
+    With several replicas (``manager.replica_id``) only the sessions the directory says this replica owns
+    are restored (the others are taken over on their first request, ``app.sessions.replicas``), and only
+    orphan folders older than ``ORPHAN_GRACE_S`` are removed.
     """
     persistence = manager.persistence
     if persistence is None:
@@ -326,13 +338,21 @@ async def restore_sessions(manager: SessionManager) -> RestoreSummary:
         else:
             records.append(record)
     known = {r.session_id for r in records}
-    for sid in await asyncio.to_thread(storage.session_ids):
+    replica = manager.replica_id
+    grace = ORPHAN_GRACE_S if replica is not None else None
+    for sid in await asyncio.to_thread(storage.session_ids, older_than_s=grace):
         if sid not in known:
             await asyncio.to_thread(storage.delete, sid)
             summary.orphans_removed += 1
+    owners: dict[str, str | None] = {}
+    if replica is not None:
+        owners = await store.session_owners(sorted(known))  # type: ignore[attr-defined]
     now = time.time()
     for record in sorted(records, key=lambda r: r.last_used_at, reverse=True):
         sid = record.session_id
+        if replica is not None and owners.get(sid) != replica:
+            summary.not_here.append(sid)  # another replica's, or nobody's: taken over on its first request
+            continue
         if not _SESSION_ID.match(sid) or not await asyncio.to_thread(storage.has_volume, sid):
             summary.not_here.append(sid)
             continue

@@ -29,7 +29,8 @@ from app.sessions.persistence import (
     restore_sessions,
 )
 from app.sessions.reaper import Reaper
-from app.sessions.store import MetadataStore, build_store
+from app.sessions.replicas import ReplicaCoordinator
+from app.sessions.store import MetadataStore, RedisStore, build_store
 
 if TYPE_CHECKING:
     from app.models.predictor import Predictor
@@ -52,6 +53,7 @@ class Services:
     metrics: ServiceMetrics
     ready: bool = False
     restored: RestoreSummary | None = None  # what the startup restore did (None without storage_dir)
+    replicas: ReplicaCoordinator | None = None  # the session directory's side of this replica (replica_id)
 
     @property
     def store_kind(self) -> str:
@@ -139,7 +141,7 @@ async def start_services(
         await store.connect()
         persistence = await build_persistence(settings, predictor, executor)
         manager = SessionManager(predictor, store, executor, limits_from(settings), metrics,
-                                 persistence=persistence)
+                                 persistence=persistence, replica_id=settings.replica_id)
         restored = None
         if persistence is not None:
             # Eager: the server answers only once every stored session is back (one log line per session).
@@ -161,18 +163,26 @@ async def start_services(
         device_allocated_bytes=lambda: _device_allocated_bytes(model),
         device_queue_waiting=lambda: float(executor.waiting),
     )
+    replicas = None
+    if settings.replica_id is not None:  # Settings requires Redis + storage_dir with it
+        assert isinstance(store, RedisStore)
+        replicas = ReplicaCoordinator(manager, store, settings.replica_id, settings.directory_ttl_s)
+        await replicas.start()
     reaper = Reaper(manager, settings.reaper_interval_s)
     reaper.start()
     log.info("ready: model %s on %s, %s store, %s", predictor.config_name, predictor.device,
              "redis" if settings.redis_url else "in-process",
              f"storage in {settings.storage_dir}" if settings.storage_dir else "no persistence")
-    return Services(settings, predictor, store, executor, manager, reaper, metrics, ready=True, restored=restored)
+    return Services(settings, predictor, store, executor, manager, reaper, metrics, ready=True, restored=restored,
+                    replicas=replicas)
 
 
 async def stop_services(services: Services) -> None:
     """Stop accepting work and release everything (sessions first, then the device thread, then the store)."""
     services.ready = False
     await services.reaper.stop()
+    if services.replicas is not None:
+        await services.replicas.stop()
     await services.manager.shutdown()
     await asyncio.to_thread(services.executor.shutdown)
     await services.store.close()

@@ -13,8 +13,13 @@ Two implementations of one ``MetadataStore`` protocol:
       {p}session:{sid}               hash: record (JSON of SessionRecord), last_used_at
       {p}session:{sid}:versions      hash: object id -> version
       {p}session:{sid}:prompts       list: JSON PromptRecord, oldest first
+      {p}session:{sid}:owner         string: the replica that serves the session (several replicas only)
+      {p}replica:{rid}               string: a replica's heartbeat, expires unless renewed
 
   Every key of a session expires at ``created_at + ttl_s`` so that records of a crashed process vanish.
+  The owner and heartbeat keys form the session directory of ``app.sessions.replicas``: a prompt is
+  appended only while the committing replica is the session's owner, checked in the same Lua script as the
+  append (so a replica that lost a session can never fork its history).
 
 Both store the same JSON, so both behave the same (one test suite runs against both).
 """
@@ -28,7 +33,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
-from app.errors import StoreUnavailable
+from app.errors import SessionRecordLost, StoreUnavailable
+
+
+class OwnershipLost(Exception):
+    """Another replica owns the session now (``app.sessions.replicas``): the prompt was not recorded. Never
+    reaches a client: the manager turns it into ``SessionMoved``."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,8 @@ class PromptRecord:
 
 @runtime_checkable
 class MetadataStore(Protocol):
-    """Async metadata store. Methods on an unknown session are no-ops / return empty (never raise)."""
+    """Async metadata store. Methods on an unknown session are no-ops / return empty, except
+    ``commit_prompt``, which raises ``SessionRecordLost`` (a prompt that cannot be recorded must fail)."""
 
     async def connect(self) -> None:
         """Open connections; raise ``StoreUnavailable`` when the backend cannot be reached."""
@@ -132,8 +143,11 @@ class MetadataStore(Protocol):
 
     async def session_ids(self) -> list[str]: ...
 
-    async def commit_prompt(self, session_id: str, prompt: PromptRecord) -> None:
-        """Atomically: append ``prompt`` to the history, set the object's version, set last_used_at."""
+    async def commit_prompt(self, session_id: str, prompt: PromptRecord, *, owner: str | None = None) -> None:
+        """Atomically: append ``prompt`` to the history, set the object's version, set last_used_at.
+
+        Raises ``SessionRecordLost`` when the store does not know the session (nothing is written), and, with
+        ``owner`` (a replica id), ``OwnershipLost`` when another replica owns the session now."""
 
     async def object_versions(self, session_id: str) -> dict[int, int]: ...
 
@@ -186,9 +200,10 @@ class InProcessStore:
     async def session_ids(self) -> list[str]:
         return list(self._records)
 
-    async def commit_prompt(self, session_id: str, prompt: PromptRecord) -> None:
+    async def commit_prompt(self, session_id: str, prompt: PromptRecord, *, owner: str | None = None) -> None:
+        # ``owner`` is not checked: one process, one owner (several replicas need the Redis store).
         if session_id not in self._records:
-            return
+            raise SessionRecordLost(_RECORD_LOST)
         self._prompts[session_id].append(prompt.to_json())
         self._versions[session_id][prompt.object_id] = prompt.version
         self._last_used[session_id] = prompt.at
@@ -199,6 +214,65 @@ class InProcessStore:
     async def prompt_history(self, session_id: str, object_id: int | None = None) -> list[PromptRecord]:
         prompts = [PromptRecord.from_json(t) for t in self._prompts.get(session_id, [])]
         return [p for p in prompts if object_id is None or p.object_id == object_id]
+
+
+_RECORD_LOST = ("store: the session is no longer in the session store (flushed, evicted or expired); the "
+                "prompt was not recorded and the session is closed")
+
+# KEYS: record, prompts, versions, owner. ARGV: prompt JSON, object id, version, at, ttl_s ('' = none),
+# owner ('' = unchecked). Returns 1, or -1 (no record: nothing written), -2 (another owner: nothing written).
+_COMMIT_LUA = """
+local rec = redis.call('HGET', KEYS[1], 'record')
+if not rec then return -1 end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[6] then return -2 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'last_used_at', ARGV[4])
+if ARGV[5] ~= '' then
+  local expire_at = math.ceil(cjson.decode(rec)['created_at'] + tonumber(ARGV[5]))
+  redis.call('EXPIREAT', KEYS[2], expire_at)
+  redis.call('EXPIREAT', KEYS[3], expire_at)
+end
+return 1
+"""
+
+# KEYS: record, owner. ARGV: replica id, heartbeat key prefix, ttl_s ('' = none).
+# Returns {-1} (no such session), {0} (already ours), {1, previous owner or '', previous owner alive 0/1}.
+_CLAIM_LUA = """
+local rec = redis.call('HGET', KEYS[1], 'record')
+if not rec then return {-1} end
+local prev = redis.call('GET', KEYS[2])
+if prev == ARGV[1] then return {0} end
+redis.call('SET', KEYS[2], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('EXPIREAT', KEYS[2], math.ceil(cjson.decode(rec)['created_at'] + tonumber(ARGV[3])))
+end
+if not prev then return {1, '', 0} end
+return {1, prev, redis.call('EXISTS', ARGV[2] .. prev)}
+"""
+
+# KEYS: owner. ARGV: replica id. Deletes the owner entry only if it is ours.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of ``RedisStore.claim_session``.
+
+    Attributes:
+        exists: the store knows the session (nothing was claimed otherwise).
+        taken: the directory entry changed to the claimer (False: it was already the claimer's).
+        previous: the replica that owned it before, or None.
+        previous_alive: that replica's heartbeat was still there (a hand-over rather than a fail-over).
+    """
+
+    exists: bool
+    taken: bool = False
+    previous: str | None = None
+    previous_alive: bool = False
 
 
 def _store_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -232,6 +306,9 @@ class RedisStore:
         self._prefix = prefix
         self._ttl_s = ttl_s
         self.url = url
+        self._commit = self._client.register_script(_COMMIT_LUA)
+        self._claim = self._client.register_script(_CLAIM_LUA)
+        self._release = self._client.register_script(_RELEASE_LUA)
 
     def _k_sessions(self) -> str:
         return f"{self._prefix}sessions"
@@ -244,6 +321,12 @@ class RedisStore:
 
     def _k_prompts(self, sid: str) -> str:
         return f"{self._prefix}session:{sid}:prompts"
+
+    def _k_owner(self, sid: str) -> str:
+        return f"{self._prefix}session:{sid}:owner"
+
+    def _k_replica(self, rid: str) -> str:
+        return f"{self._prefix}replica:{rid}"
 
     def _expire_at(self, created_at: float) -> int | None:
         return None if self._ttl_s is None else math.ceil(created_at + self._ttl_s)
@@ -294,7 +377,7 @@ class RedisStore:
     async def delete_session(self, session_id: str) -> bool:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.delete(self._k_session(session_id))
-            pipe.delete(self._k_versions(session_id), self._k_prompts(session_id))
+            pipe.delete(self._k_versions(session_id), self._k_prompts(session_id), self._k_owner(session_id))
             pipe.srem(self._k_sessions(), session_id)
             deleted, _, _ = await pipe.execute()
         return bool(deleted)
@@ -305,20 +388,59 @@ class RedisStore:
         return sorted(ids)
 
     @_store_errors
-    async def commit_prompt(self, session_id: str, prompt: PromptRecord) -> None:
-        key = self._k_session(session_id)
-        text = await self._client.hget(key, "record")
-        if text is None:
-            return
-        expire_at = self._expire_at(SessionRecord.from_json(text).created_at)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.rpush(self._k_prompts(session_id), prompt.to_json())
-            pipe.hset(self._k_versions(session_id), str(prompt.object_id), str(prompt.version))
-            pipe.hset(key, "last_used_at", repr(prompt.at))
-            if expire_at is not None:
-                pipe.expireat(self._k_prompts(session_id), expire_at)
-                pipe.expireat(self._k_versions(session_id), expire_at)
-            await pipe.execute()
+    async def commit_prompt(self, session_id: str, prompt: PromptRecord, *, owner: str | None = None) -> None:
+        keys = [self._k_session(session_id), self._k_prompts(session_id), self._k_versions(session_id),
+                self._k_owner(session_id)]
+        args = [prompt.to_json(), str(prompt.object_id), str(prompt.version), repr(prompt.at),
+                "" if self._ttl_s is None else repr(float(self._ttl_s)), owner or ""]
+        result = int(await self._commit(keys=keys, args=args))
+        if result == -1:
+            raise SessionRecordLost(_RECORD_LOST)
+        if result == -2:
+            raise OwnershipLost(f"session_id: session {session_id} is owned by another replica now")
+
+    # --- session directory (several replicas; app.sessions.replicas) -------------------------------------
+
+    @_store_errors
+    async def heartbeat(self, replica_id: str, ttl_s: float) -> None:
+        """Say that ``replica_id`` is alive for the next ``ttl_s`` seconds."""
+        import time
+
+        await self._client.set(self._k_replica(replica_id), repr(time.time()), px=max(1, int(ttl_s * 1000)))
+
+    @_store_errors
+    async def end_heartbeat(self, replica_id: str) -> None:
+        await self._client.delete(self._k_replica(replica_id))
+
+    @_store_errors
+    async def replica_alive(self, replica_id: str) -> bool:
+        return bool(await self._client.exists(self._k_replica(replica_id)))
+
+    @_store_errors
+    async def claim_session(self, session_id: str, replica_id: str) -> Claim:
+        """Make ``replica_id`` the session's owner (atomically; from now on only its commits land)."""
+        keys = [self._k_session(session_id), self._k_owner(session_id)]
+        ttl = "" if self._ttl_s is None else repr(float(self._ttl_s))
+        result = await self._claim(keys=keys, args=[replica_id, self._k_replica(""), ttl])
+        code = int(result[0])
+        if code == -1:
+            return Claim(exists=False)
+        if code == 0:
+            return Claim(exists=True, taken=False, previous=replica_id, previous_alive=True)
+        return Claim(exists=True, taken=True, previous=str(result[1]) or None, previous_alive=bool(int(result[2])))
+
+    @_store_errors
+    async def release_session(self, session_id: str, replica_id: str) -> bool:
+        """Drop the directory entry if ``replica_id`` still owns the session; True when it did."""
+        return bool(int(await self._release(keys=[self._k_owner(session_id)], args=[replica_id])))
+
+    @_store_errors
+    async def session_owners(self, session_ids: list[str]) -> dict[str, str | None]:
+        """The owner of every given session (None: no owner)."""
+        if not session_ids:
+            return {}
+        owners = await self._client.mget([self._k_owner(sid) for sid in session_ids])
+        return dict(zip(session_ids, owners, strict=True))
 
     @_store_errors
     async def object_versions(self, session_id: str) -> dict[int, int]:

@@ -13,6 +13,7 @@ import numpy as np
 from app.errors import InvalidInput
 
 _AXES = ("z", "y", "x")
+_MAX_INDEX = float(2**31)  # no volume is this long along an axis
 
 
 def check_box(box: Sequence[int], shape: tuple[int, int, int]) -> tuple[int, int, int, int, int, int]:
@@ -57,11 +58,12 @@ def check_points(
 
 
 def world_to_voxel(
-    points_xyz: np.ndarray,
+    points_xyz: np.ndarray | Sequence[Sequence[float]],
     *,
     spacing_zyx: Sequence[float],
     origin_xyz: Sequence[float],
     direction: Sequence[float],
+    field: str = "points",
 ) -> np.ndarray:
     """LPS points (N, 3) as (x, y, z) mm -> nearest voxel indices (N, 3) as (z, y, x).
 
@@ -72,7 +74,11 @@ def world_to_voxel(
     s = np.asarray(spacing_zyx, dtype=np.float64)[::-1]
     m = d @ np.diag(s)
     ijk = np.linalg.solve(m, (np.asarray(points_xyz, dtype=np.float64) - np.asarray(origin_xyz)).T).T
-    return np.rint(ijk[:, ::-1]).astype(np.int64)
+    zyx = np.rint(ijk[:, ::-1])
+    # A float past int64 has no defined integer cast (x86 gives INT64_MIN): refuse it here, by name.
+    if zyx.size and not (np.isfinite(zyx).all() and np.abs(zyx).max() < _MAX_INDEX):
+        raise InvalidInput(f"{field}: world coordinates map to voxel indices beyond any volume", field=field)
+    return zyx.astype(np.int64)
 
 
 def world_box_to_voxel(
@@ -84,6 +90,6 @@ def world_box_to_voxel(
 ) -> list[int]:
     """Two opposite LPS corners [x0, y0, z0, x1, y1, z1] -> inclusive voxel box [z0, y0, x0, z1, y1, x1]."""
     corners = np.asarray(box_xyz, dtype=np.float64).reshape(2, 3)
-    vox = world_to_voxel(corners, spacing_zyx=spacing_zyx, origin_xyz=origin_xyz, direction=direction)
+    vox = world_to_voxel(corners, spacing_zyx=spacing_zyx, origin_xyz=origin_xyz, direction=direction, field="box")
     lo, hi = vox.min(axis=0), vox.max(axis=0)
     return [int(v) for v in (*lo, *hi)]

@@ -64,7 +64,7 @@ def test_compose_validation_rejects_an_invalid_file(tmp_path: Path) -> None:
 def test_compose_services_wire_app_redis_and_orthanc() -> None:
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
     services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
-    assert set(services) == {"app", "redis", "orthanc"}
+    assert set(services) == {"app", "redis", "orthanc", "app2", "nginx"}
 
     app = services["app"]
     assert app["build"]["context"] == "."
@@ -87,6 +87,27 @@ def test_compose_services_wire_app_redis_and_orthanc() -> None:
     assert orthanc["profiles"] == ["orthanc"]
     assert "8042:8042" in orthanc["ports"]
     assert '"DicomWeb": {"Enable": true' in " ".join(orthanc["command"])
+
+
+def test_compose_replicas_profile_shares_storage_and_routes_through_nginx() -> None:
+    """--profile replicas: app2 is a second replica of the same image on the same Redis and storage volume,
+    each replica has its own id, and nginx mounts the shipped routing file whose upstreams are the replicas."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    app, app2, nginx = services["app"], services["app2"], services["nginx"]
+    assert app2["image"] == app["image"] and "build" not in app2
+    assert app2["profiles"] == ["replicas"] and nginx["profiles"] == ["replicas"]
+    for key in ("REDIS_URL", "SEGSVC_STORAGE_DIR", "SEGSVC_TRUST_SESSION_ID_HEADER"):
+        assert app2["environment"][key] == app["environment"][key]
+    assert {app["environment"]["SEGSVC_REPLICA_ID"], app2["environment"]["SEGSVC_REPLICA_ID"]} == {"app", "app2"}
+    assert app2["volumes"] == app["volumes"]  # one storage volume: every replica reads every session's files
+    assert "ports" not in app2  # reached through nginx only
+    assert "8080:8080" in nginx["ports"]
+    mount = next(v for v in nginx["volumes"] if v.startswith("./deploy/nginx/segsvc.conf:"))
+    assert mount.split(":")[1] == "/etc/nginx/conf.d/default.conf"
+    upstreams = re.findall(r"(?m)^\s*server\s+([\w.-]+):(\d+)", (REPO / "deploy/nginx/segsvc.conf").read_text())
+    assert sorted(upstreams) == [("app", "8000"), ("app2", "8000")]
+    assert set(nginx["depends_on"]) == {"app", "app2"}
 
 
 # --- Dockerfile ------------------------------------------------------------------------------------------------

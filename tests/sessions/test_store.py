@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from app.errors import SessionRecordLost
 from app.sessions.store import MetadataStore, PromptRecord, SessionRecord
 
 pytestmark = pytest.mark.anyio
@@ -64,8 +65,9 @@ async def test_prompt_history_is_append_only_and_ordered(store: MetadataStore) -
     assert got is not None and got.last_used_at == 1004.0
 
 
-async def test_commit_on_unknown_session_creates_nothing(store: MetadataStore) -> None:
-    await store.commit_prompt("ghost", PromptRecord(op="box", object_id=1, version=1, at=1.0))
+async def test_commit_on_unknown_session_fails_and_creates_nothing(store: MetadataStore) -> None:
+    with pytest.raises(SessionRecordLost, match="no longer in the session store"):
+        await store.commit_prompt("ghost", PromptRecord(op="box", object_id=1, version=1, at=1.0))
     assert await store.get_session("ghost") is None
     assert await store.prompt_history("ghost") == []
     assert await store.object_versions("ghost") == {}

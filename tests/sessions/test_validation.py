@@ -65,6 +65,18 @@ class _Step:
     values: np.ndarray
 
 
+@pytest.mark.parametrize("coordinate", [1e19, -1e300, 3e9])
+def test_world_coordinates_past_any_volume_are_refused_by_name(coordinate: float) -> None:
+    """Found by the OpenAPI fuzzer: a float past int64 cast to INT64_MIN, a defined-by-luck refusal."""
+    geometry = dict(spacing_zyx=(2.0, 1.0, 1.0), origin_xyz=(0.0, 0.0, 0.0), direction=np.eye(3).ravel())
+    with pytest.raises(InvalidInput, match="^points: world coordinates map") as info:
+        world_to_voxel(np.array([[1.0, coordinate, 2.0]]), **geometry)
+    assert info.value.field == "points"
+    with pytest.raises(InvalidInput, match="^box: ") as info:
+        world_box_to_voxel([0.0, 0.0, 0.0, coordinate, 1.0, 1.0], **geometry)
+    assert info.value.field == "box"
+
+
 def test_net_change_cancels_flips_back() -> None:
     shape = (2, 3, 4)
     gru = _Step(np.array([1, 5, 7]), np.array([1, 1, 0], np.uint8))

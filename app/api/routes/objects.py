@@ -9,31 +9,31 @@ The prompt is in the session's history before the reply is sent. A failed reques
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, TypedDict
 
 import numpy as np
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from app.api.deps import ManagerDep, ObjectIdPath, SessionDep, SettingsDep
+from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
 from app.io.volumes import VolumeLimits, save_mask
 from app.schemas import paths
-from app.schemas.errors import ErrorBody
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply
 from app.sessions.manager import PromptOutcome, Session
 from app.sessions.validation import world_box_to_voxel, world_to_voxel
 
 router = APIRouter(tags=["objects"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token (or API key, when configured)."},
-    404: {"model": ErrorBody, "description": "Unknown session or object."},
-    410: {"model": ErrorBody, "description": "The session expired."},
-    422: {"model": ErrorBody, "description": "Malformed or out-of-volume input; `field` names it."},
-    429: {"model": ErrorBody, "description": "Over the rate limit (prompts only); retry after Retry-After."},
-    503: {"model": ErrorBody, "description": "Device memory full; retry after Retry-After seconds."},
-}
+_NOT_FOUND = "Unknown session or object (or a token of another session)."
+_PROMPT_ERRORS = error_responses(401, 404, 410, 413, 422, 429, 503, s404=_NOT_FOUND)
+"""A prompt with a JSON body (box, clicks): rate limited, body size limited."""
+_ACTION_ERRORS = error_responses(401, 404, 410, 422, 429, 503, s404=_NOT_FOUND)
+"""A prompt without a body (undo, reset): rate limited."""
+_READ_ERRORS = error_responses(401, 404, 410, 422, 503, s404=_NOT_FOUND)
+"""Downloads and removal: not rate limited."""
 
 
 def prompt_reply(outcome: PromptOutcome) -> PromptReply:
@@ -48,41 +48,49 @@ def prompt_reply(outcome: PromptOutcome) -> PromptReply:
     )
 
 
-def _geometry(session: Session) -> dict[str, object]:
+class _WorldFrame(TypedDict):
+    spacing_zyx: Sequence[float]
+    origin_xyz: Sequence[float]
+    direction: Sequence[float]
+
+
+def _geometry(session: Session) -> _WorldFrame:
     r = session.record
     return {"spacing_zyx": r.spacing, "origin_xyz": r.origin, "direction": r.direction}
 
 
-@router.post(paths.OBJECT_BOX, summary="Segment an object from a 3D box (restarts the object)", responses=_ERRORS)
+@router.post(paths.OBJECT_BOX, summary="Segment an object from a 3D box (restarts the object)",
+             responses=_PROMPT_ERRORS)
 async def add_box(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: BoxRequest
                   ) -> PromptReply:
     box = world_box_to_voxel(body.box, **_geometry(session)) if body.world else list(body.voxel_box())
     return prompt_reply(await manager.add_box(session, object_id, box))
 
 
-@router.post(paths.OBJECT_CLICKS, summary="Refine an object with clicks", responses=_ERRORS)
+@router.post(paths.OBJECT_CLICKS, summary="Refine an object with clicks", responses=_PROMPT_ERRORS)
 async def add_clicks(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ClicksRequest
                      ) -> PromptReply:
+    points: list[tuple[int, int, int]]
     if body.world:
-        points = [tuple(int(v) for v in p) for p in world_to_voxel(body.points, **_geometry(session))]
+        points = [(int(z), int(y), int(x)) for z, y, x in world_to_voxel(body.points, **_geometry(session))]
     else:
         points = body.voxel_points()
     return prompt_reply(await manager.add_clicks(session, object_id, points, body.labels, mode=body.mode))
 
 
 @router.post(paths.OBJECT_UNDO, summary="Undo the object's last prompt",
-             responses={**_ERRORS, 409: {"model": ErrorBody, "description": "Nothing to undo."}})
+             responses={**_ACTION_ERRORS, **error_responses(409)})
 async def undo(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> PromptReply:
     return prompt_reply(await manager.undo(session, object_id))
 
 
-@router.post(paths.OBJECT_RESET, summary="Empty the object (undoable)", responses=_ERRORS)
+@router.post(paths.OBJECT_RESET, summary="Empty the object (undoable)", responses=_ACTION_ERRORS)
 async def reset(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> PromptReply:
     return prompt_reply(await manager.reset(session, object_id))
 
 
 @router.put(paths.OBJECT_MASK, summary="Start the object from an existing mask (npz key 'mask', nii.gz, nrrd)",
-            responses={**_ERRORS, 413: {"model": ErrorBody, "description": "Upload past the limit."}})
+            responses=_PROMPT_ERRORS)
 async def put_mask(
     session: SessionDep,
     manager: ManagerDep,
@@ -99,7 +107,7 @@ async def put_mask(
     paths.OBJECT_MASK,
     summary="Download the object's mask",
     response_class=Response,
-    responses={**_ERRORS, 200: {"content": {"application/x-npz": {}, "application/gzip": {},
+    responses={**_READ_ERRORS, 200: {"content": {"application/x-npz": {}, "application/gzip": {},
                                             "application/octet-stream": {}, "application/dicom": {}},
                                 "description": f"npz key {paths.MASK_NPZ_KEY!r}: uint8 (D, H, W); dcm: a DICOM "
                                 f"SEG (sessions created from DICOM); the {paths.OBJECT_VERSION_HEADER} header gives "
@@ -123,7 +131,8 @@ async def get_mask(
     return file_response(data, fmt, f"object-{object_id}", {paths.OBJECT_VERSION_HEADER: str(version)})
 
 
-@router.delete(paths.OBJECT, status_code=204, summary="Remove the object (not undoable)", responses=_ERRORS)
+@router.delete(paths.OBJECT, status_code=204, summary="Remove the object (not undoable)",
+               responses=_READ_ERRORS)
 async def remove_object(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> Response:
     await manager.remove_object(session, object_id)
     return Response(status_code=204)

@@ -8,24 +8,20 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from app.api.deps import ManagerDep, SessionDep, SettingsDep
+from app.api.deps import ManagerDep, RouterSessionIdDep, SessionDep, SettingsDep
+from app.api.errors import error_responses
 from app.api.uploads import read_volume
 from app.errors import InvalidInput
 from app.io.dicom_seg import build_seg
 from app.io.volumes import VolumeLimits, VolumeMeta, save_mask
 from app.schemas import paths
-from app.schemas.errors import ErrorBody
 from app.schemas.prompts import MaskFormat
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
 from app.sessions.manager import Geometry, Session
 
 router = APIRouter(tags=["sessions"])
 
-_AUTH_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token (or API key, when configured)."},
-    404: {"model": ErrorBody, "description": "Unknown session (or a token of another session)."},
-    410: {"model": ErrorBody, "description": "The session expired."},
-}
+_AUTH_ERRORS = error_responses(401, 404, 410, 503, s404="Unknown session (or a token of another session).")
 
 
 def volume_meta(session: Session) -> VolumeMeta:
@@ -62,13 +58,11 @@ async def dicom_seg(labels: np.ndarray, headers: tuple[Any, ...], names: dict[in
     paths.SESSIONS,
     status_code=201,
     summary="Upload a volume and open a session",
-    responses={
-        401: {"model": ErrorBody, "description": "Missing or wrong API key (when configured)."},
-        413: {"model": ErrorBody, "description": "Upload or volume past the configured limit."},
-        422: {"model": ErrorBody, "description": "Unreadable, non-3D or non-finite volume."},
-        429: {"model": ErrorBody, "description": "Over the rate limit; retry after Retry-After seconds."},
-        503: {"model": ErrorBody, "description": "Server full; retry after Retry-After seconds."},
-    },
+    responses=error_responses(
+        401, 413, 422, 429, 503,
+        s401="Missing or wrong API key (when configured).",
+        s422="Unreadable, non-3D or non-finite volume, or a malformed form field; `field` names it.",
+        s503="Server full, or the session store unreachable; retry after Retry-After seconds."),
 )
 async def create_session(
     manager: ManagerDep,
@@ -78,13 +72,14 @@ async def create_session(
     modality: Annotated[str | None, Form(max_length=64, description="CT, MR, PET, ... (optional).")] = None,
     spacing_order: Annotated[Literal["auto", "zyx", "xyz"], Form(
         description="Axis order of an .npz upload's spacing.")] = "auto",
+    session_id: RouterSessionIdDep = None,
 ) -> SessionCreated:
     manager.check_room_for_session()  # refuse early, before decoding the upload
     limits = VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
     loaded = await read_volume(file, limits, spacing_order)
     geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
     session, token = await manager.create(loaded.array, geometry, modality=modality or loaded.modality,
-                                          source_format=loaded.source_format)
+                                          source_format=loaded.source_format, session_id=session_id)
     session.dicom_headers = loaded.dicom_headers  # for DICOM SEG export (format=dcm)
     r = session.record
     return SessionCreated(
@@ -129,7 +124,7 @@ async def delete_session(session: SessionDep, manager: ManagerDep) -> Response:
                                                  "application/dicom")},
                      "description": f"npz key {paths.SEGMENTATION_NPZ_KEY!r}, uint8 or uint16; dcm: a DICOM SEG "
                      "with one segment per object"},
-               422: {"model": ErrorBody, "description": "format=dcm for a session not created from DICOM."}},
+               **error_responses(422, s422="Unknown format, or format=dcm for a session not created from DICOM.")},
 )
 async def get_segmentation(
     session: SessionDep,

@@ -21,7 +21,7 @@ import logging
 import pydantic
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from app.api.deps import ManagerDep, bearer_token
+from app.api.deps import ManagerDep, ServicesDep, bearer_token, find_session
 from app.api.errors import mapping_for
 from app.errors import ObjectNotFound, ServiceError, SessionExpired, SessionNotFound
 from app.schemas import paths
@@ -43,12 +43,12 @@ def _reason(text: str) -> str:
 
 
 @router.websocket(paths.STREAM)
-async def stream(websocket: WebSocket, session_id: str, manager: ManagerDep) -> None:
+async def stream(websocket: WebSocket, session_id: str, manager: ManagerDep, services: ServicesDep) -> None:
     token = bearer_token(websocket.headers.get(paths.AUTHORIZATION_HEADER)) or websocket.query_params.get(
         paths.STREAM_TOKEN_QUERY)
     await websocket.accept()
     try:
-        session = manager.authenticate(session_id, token)
+        session = await find_session(services, session_id, token)
         subscriber, versions = await manager.subscribe(session)
     except ServiceError as e:
         await websocket.close(code=mapping_for(e).close_code, reason=_reason(e.message))
