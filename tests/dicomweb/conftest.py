@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.e2e.conftest import stop_process
 from tests.io.test_dicom_seg import SERIES_UID, STUDY_UID, dicom_series_zip
 
 PLUGIN_PATHS = (
@@ -119,12 +120,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

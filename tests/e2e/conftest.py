@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +65,39 @@ def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None) 
     raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{server.log_tail()}")
 
 
-def stop_server(server: Server) -> None:
-    server.process.terminate()
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s: every process a test starts (servers, Orthanc) ends this way."""
+    process.terminate()
     try:
-        server.process.wait(timeout=20)
+        process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=10)
+        process.kill()
+        process.wait(timeout=10)
+
+
+def stop_server(server: Server) -> None:
+    stop_process(server.process)
+
+
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A private key prefix on the shared Redis (skip without one); its keys are deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(SHARED_REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip(f"no Redis at {SHARED_REDIS_URL}")
+    prefix = f"{request.module.__name__.rsplit('.', 1)[-1]}-{uuid.uuid4().hex}:"
+    yield prefix
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture(scope="session")

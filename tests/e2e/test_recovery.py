@@ -11,19 +11,18 @@ import io
 import json
 import re
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import SHAPE, PrivateRedis, Server, kill_server, npz_bytes, upload
+from tests.e2e.conftest import SHAPE, SHARED_REDIS_URL, PrivateRedis, Server, kill_server, npz_bytes, upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = SHARED_REDIS_URL
 BOX = [6, 20, 20, 17, 43, 43]
 CLICKS = [((10, 30, 30), 1, "gru"), ((12, 25, 38), 0, "both"), ((8, 40, 24), 1, "decoder")]
 
@@ -77,22 +76,6 @@ def _same(a: dict[str, object], b: dict[str, object]) -> None:
         other_version, other_mask = b["masks"][oid]  # type: ignore[index]
         assert version == other_version and mask.dtype == other_mask.dtype and np.array_equal(mask, other_mask)
 
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    prefix = f"test-recovery-{uuid.uuid4().hex}:"
-    yield prefix
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_kill_9_then_restart_loses_nothing(server_factory: Callable[..., Server], redis_prefix: str,

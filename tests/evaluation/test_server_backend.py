@@ -22,6 +22,7 @@ from client import Client
 from evaluation.backends import MODEL_METHODS, PredictorMethod, ServerMethod
 from evaluation.cases import EvalCase, box_from_mask
 from evaluation.runner import run_case
+from tests.e2e.conftest import stop_process
 
 pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,12 +61,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 def _case() -> EvalCase:
