@@ -11,10 +11,15 @@ a small map ``image key -> (our Session, label -> Track)`` so that each call onl
 * **incremental**: when the new lists *extend* the previous ones (the old lists are prefixes of the new),
   only the added clicks are applied, as one refinement round in ``REFINE_MODE`` ("gru": the corrector's
   sparse step on the object's state); no new click = nothing runs, the current mask is returned.
-* **replay**: when they do not (a click was removed or moved, or the label was switched back and forth),
-  the object is removed and rebuilt from all the clicks in one round in ``INITIAL_MODE`` (the decoder
-  reads every click), exactly as for a label's first call. Replaying keeps the answer a function of the
-  click lists the client shows, whatever happened in between.
+* **replay**: when they do not (a click was removed or moved, a new foreground click lies outside the
+  object's box, or the label was switched back and forth), the object is removed and rebuilt from all the
+  clicks in one round in ``INITIAL_MODE`` (the decoder reads every click), exactly as for a label's first
+  call. Replaying keeps the answer a function of the click lists the client shows.
+* **box from clicks**: these viewers send no box, and a model trained with a box on every sample (the
+  shipped ``compact``) answers clicks alone with nothing. A label's first round (and a replay) therefore
+  starts with a box prompt: the foreground clicks' bounding box widened by ``CLICK_BOX_MARGIN_MM`` on every
+  side (at least ``CLICK_BOX_MIN_VOXELS``), clipped to the image, then the clicks. A later foreground click
+  outside that box replays the label with the widened box.
 
 Coordinates: both clients send voxel indices (i, j, k) of the image as loaded (Slicer: RAS -> IJK of the
 volume node, rounded; OHIF: ``worldToIndex`` of the cornerstone volume, rounded). i runs along columns (x),
@@ -45,6 +50,9 @@ INITIAL_MODE = "decoder"
 """Mode of a label's first round (and of a replay): the decoder reads all clicks at once."""
 REFINE_MODE = "gru"
 """Mode of an incremental round: the corrector's sparse step with only the new clicks."""
+CLICK_BOX_MARGIN_MM = 10.0
+"""Half-width added around the foreground clicks to make a label's box (a lesion-sized neighbourhood)."""
+CLICK_BOX_MIN_VOXELS = 2
 MAX_LABEL_CHARS = 64
 MAX_CLICKS = 64  # per list, as the v1 clicks route allows per request
 
@@ -69,6 +77,7 @@ class Track:
     object_id: int
     foreground: tuple[Point, ...] = ()
     background: tuple[Point, ...] = ()
+    box: tuple[int, int, int, int, int, int] | None = None  # inclusive (z0, y0, x0, z1, y1, x1)
 
 
 @dataclass
@@ -293,7 +302,8 @@ class MonaiLabelBridge:
         track = entry.tracks.get(req.label)
         alive = track is not None and session.state is not None and track.object_id in session.state.objects
         if track is not None and alive and _extends(track.foreground, req.foreground) \
-                and _extends(track.background, req.background):
+                and _extends(track.background, req.background) \
+                and _inside(req.foreground[len(track.foreground):], track.box):
             new_fg = req.foreground[len(track.foreground):]
             new_bg = req.background[len(track.background):]
             if not new_fg and not new_bg:
@@ -309,11 +319,14 @@ class MonaiLabelBridge:
             track = entry.tracks[req.label] = Track(entry.next_object_id())
         elif alive:
             await self.manager.remove_object(session, track.object_id)
-        track.foreground, track.background = (), ()  # until the rebuild below is acknowledged
+        track.foreground, track.background, track.box = (), (), None  # until the rebuild is acknowledged
+        box = click_box(req.foreground, entry.meta.spacing, entry.meta.shape)
+        if box is not None:
+            await self.manager.add_box(session, track.object_id, box)
         outcome = await self.manager.add_clicks(session, track.object_id, [*req.foreground, *req.background],
                                                 [1] * len(req.foreground) + [0] * len(req.background),
                                                 mode=INITIAL_MODE)
-        track.foreground, track.background = req.foreground, req.background
+        track.foreground, track.background, track.box = req.foreground, req.background, box
         return TrackResult(req.label, track.object_id, outcome.version, action,
                            len(req.foreground) + len(req.background))
 
@@ -338,3 +351,26 @@ class MonaiLabelBridge:
     def labelmap_names(self, values: Sequence[int]) -> dict[int, str]:
         """Segment names of label map values (configured labels by value; others "label <v>")."""
         return {v: (self.labels[v - 1] if 1 <= v <= len(self.labels) else f"label {v}") for v in values}
+
+
+def click_box(foreground: Sequence[Point], spacing: Sequence[float], shape: Sequence[int]
+              ) -> tuple[int, int, int, int, int, int] | None:
+    """The box a label starts from: the foreground clicks' bounding box widened by ``CLICK_BOX_MARGIN_MM``
+    per side (in voxels of each axis' spacing, at least ``CLICK_BOX_MIN_VOXELS``), clipped to ``shape``;
+    None without a foreground click."""
+    if not foreground:
+        return None
+    pts = np.asarray(foreground, dtype=np.int64)
+    margin = [max(CLICK_BOX_MIN_VOXELS, int(round(CLICK_BOX_MARGIN_MM / max(float(sp), 1e-6)))) for sp in spacing]
+    lo = [max(0, int(pts[:, a].min()) - margin[a]) for a in range(3)]
+    hi = [min(int(shape[a]) - 1, int(pts[:, a].max()) + margin[a]) for a in range(3)]
+    return (lo[0], lo[1], lo[2], hi[0], hi[1], hi[2])
+
+
+def _inside(points: Sequence[Point], box: tuple[int, int, int, int, int, int] | None) -> bool:
+    """Every point inside the inclusive ``box``; a first foreground click of a label without one is not."""
+    if not points:
+        return True
+    if box is None:
+        return False
+    return all(box[a] <= p[a] <= box[a + 3] for p in points for a in range(3))

@@ -49,3 +49,16 @@ def test_bad_clicks_name_their_field(params: dict, field: str, words: str) -> No
 
 def test_label_values_follow_the_configured_order() -> None:
     assert [label_value(n, LABELS) for n in ("liver", "spleen", "other")] == [1, 2, 1]
+
+
+def test_click_box_widens_the_foreground_clicks_by_the_margin_in_mm_and_clips() -> None:
+    from app.sessions.monailabel_bridge import CLICK_BOX_MARGIN_MM, _inside, click_box
+
+    spacing, shape = (5.0, 0.5, 1.0), (20, 200, 100)
+    box = click_box([(10, 100, 50), (11, 90, 60)], spacing, shape)
+    mz, my, mx = (max(2, round(CLICK_BOX_MARGIN_MM / s)) for s in spacing)
+    assert box == (10 - mz, 90 - my, 50 - mx, 11 + mz, 100 + my, 60 + mx)
+    assert click_box([(0, 0, 99)], spacing, shape) == (0, 0, 99 - mx, mz, my, 99)  # clipped to the image
+    assert click_box([], spacing, shape) is None  # background clicks only: no box
+    assert _inside([(10, 100, 50)], box) and not _inside([(19, 100, 50)], box)
+    assert _inside([], None) and not _inside([(1, 1, 1)], None)  # a first foreground click needs a box

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.io.dicomweb import DicomwebSource
 from app.main import create_app
+from app.sessions.monailabel_bridge import click_box
 from tests.api.conftest import test_settings
 from tests.dicomweb.conftest import INSIDE_IJK, SHAPE, CtSeries, Orthanc
 from tests.dicomweb.helpers import ohif_parse, parse_multipart, read_label_image, seg_labelmap
@@ -39,10 +40,13 @@ def deepgrow(client: TestClient, series: CtSeries, foreground: list, background:
 
 
 def v1_reference(client: TestClient, series: CtSeries, points_zyx: list[list[int]]) -> np.ndarray:
-    """The mask our own v1 API gives for the same clicks in (z, y, x), on a session of the same series."""
+    """The mask our own v1 API gives for the same clicks in (z, y, x), on a session of the same series: the
+    box the bridge derives from the clicks, then the clicks."""
     r = client.post("/v1/sessions/dicomweb", data={"series_uid": series.series_uid})
     assert r.status_code == 201, r.text
     sid, auth = r.json()["session_id"], {"Authorization": f"Bearer {r.json()['token']}"}
+    box = click_box([tuple(p) for p in points_zyx], r.json()["spacing"], r.json()["shape"])
+    assert client.post(f"/v1/sessions/{sid}/objects/1/box", headers=auth, json={"box": list(box)}).status_code == 200
     r = client.post(f"/v1/sessions/{sid}/objects/1/clicks", headers=auth,
                     json={"points": points_zyx, "labels": [1] * len(points_zyx), "mode": "decoder"})
     assert r.status_code == 200, r.text
@@ -100,6 +104,7 @@ def test_a_repeated_click_list_plus_one_click_is_one_incremental_step(client: Te
     store = bridge_of(client).manager.store
     history = client.portal.call(store.prompt_history, session_id, oid)  # type: ignore[union-attr]
     assert [(p.op, p.args.get("mode"), p.args.get("points")) for p in history] == [
+        ("box", None, None),  # the box derived from the first call's foreground clicks
         ("clicks", "decoder", [[6, 14, 40]]),  # all clicks of the first call, in (z, y, x)
         ("clicks", "gru", [[5, 12, 35]]),  # then only what was added
         ("clicks", "gru", [[7, 16, 45]]),
@@ -108,7 +113,7 @@ def test_a_repeated_click_list_plus_one_click_is_one_incremental_step(client: Te
     replayed = deepgrow(client, ct_series, [b], label="incremental").json()["segsvc"]["tracks"][0]
     assert replayed["action"] == "replayed" and replayed["object_id"] == oid
     history = client.portal.call(store.prompt_history, session_id, oid)  # type: ignore[union-attr]
-    assert [p.op for p in history][-2:] == ["remove", "clicks"] and history[-1].args["points"] == [[5, 12, 35]]
+    assert [p.op for p in history][-3:] == ["remove", "box", "clicks"] and history[-1].args["points"] == [[5, 12, 35]]
 
 
 def test_output_all_is_the_multipart_reply_both_viewers_parse(client: TestClient, ct_series: CtSeries) -> None:
