@@ -76,12 +76,14 @@ def test_an_image_sent_inline_keeps_its_clicks_incremental(service_predictor, tm
     data = path.read_bytes()
     with make_client(service_predictor, monailabel_enabled=True) as c:
         actions = []
-        for fg in ([[25, 3, 2]], [[25, 3, 2], [5, 15, 8]]):
+        # (i, j, k) at 1 mm: the label's box is the first click +- 10 voxels; the second click is inside it,
+        # the third leaves it (the label is rebuilt with a wider box).
+        for fg in ([[25, 3, 2]], [[25, 3, 2], [20, 8, 5]], [[25, 3, 2], [20, 8, 5], [2, 15, 8]]):
             r = c.post("/infer/segvol_deepgrow", params={"output": "json"}, files={"file": ("volume.nrrd", data)},
                        data={"params": json.dumps({"foreground": fg})})
             assert r.status_code == 200, r.text
             actions.append(r.json()["segsvc"]["tracks"][0]["action"])
-        assert actions == ["created", "incremental"]
+        assert actions == ["created", "incremental", "replayed"]
         r = c.post("/infer/segvol_deepgrow", files={"file": ("volume.nrrd", data)},
                    data={"params": json.dumps({"foreground": [[2, 25, 3]]})})  # (i, j, k) with j past 20 rows
         assert r.status_code == 422 and r.json()["error"]["field"] == "params.foreground"
