@@ -114,6 +114,7 @@ _ERROR_DESCRIPTIONS: dict[int, str] = {
     413: "Request body, upload or volume past the configured limit.",
     422: "Malformed or out-of-range input; `field` names it.",
     429: "Over the rate limit; retry after Retry-After seconds.",
+    502: "The DICOMweb server failed or is unreachable.",
     503: "Server full, or the session store unreachable; retry after Retry-After seconds.",
 }
 

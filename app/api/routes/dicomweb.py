@@ -18,10 +18,10 @@ from fastapi import APIRouter, Form, Query
 
 from app.api.deps import ManagerDep, RouterSessionIdDep, SessionDep
 from app.api.dicomweb_deps import DicomwebDep, LimitsDep, dicomweb_errors, load_series
+from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_headers, dicom_seg
 from app.errors import InvalidInput
 from app.schemas import paths
-from app.schemas.errors import ErrorBody
 from app.schemas.monailabel import StoredSeg
 from app.schemas.sessions import SessionCreated
 from app.sessions.manager import Geometry
@@ -29,13 +29,12 @@ from app.sessions.manager import Geometry
 router = APIRouter(tags=["dicomweb"])
 
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token (or API key, when configured)."},
-    404: {"model": ErrorBody, "description": "No DICOMweb server configured, or unknown session / object."},
-    422: {"model": ErrorBody, "description": "Unknown series, or a session not created from DICOM."},
-    502: {"model": ErrorBody, "description": "The DICOMweb server failed or is unreachable."},
-    503: {"model": ErrorBody, "description": "Server full; retry after Retry-After seconds."},
-}
+_ERRORS = error_responses(
+    401, 404, 422, 502, 503,
+    s401="Missing or wrong bearer token (or API key, when configured).",
+    s404="No DICOMweb server configured, or unknown session / object.",
+    s422="Unknown series, or a session not created from DICOM.",
+    s503="Server full; retry after Retry-After seconds.")
 
 
 @router.post(paths.SESSIONS_FROM_DICOMWEB, status_code=201, summary="Open a session from a series on the DICOMweb "

@@ -38,12 +38,12 @@ from urllib3.filepost import encode_multipart_formdata
 import app as app_package
 from app.api.deps import ManagerDep, SettingsDep
 from app.api.dicomweb_deps import BridgeDep, DicomwebDep, LimitsDep, dicomweb_errors
+from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_seg
 from app.errors import InvalidInput
 from app.io.label_files import decode_label_upload, encode_label_image
 from app.io.volumes import LoadedVolume, VolumeLimits, load_volume
 from app.schemas import paths
-from app.schemas.errors import ErrorBody
 from app.schemas.monailabel import (
     DEEPEDIT_MODEL,
     DEEPGROW_MODEL,
@@ -60,12 +60,11 @@ from app.sessions.monailabel_bridge import ImageEntry, InferResult, MonaiLabelBr
 
 router = APIRouter(tags=["MONAI Label compatibility"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "API keys configured, no or a wrong X-API-Key (and not opened)."},
-    404: {"model": ErrorBody, "description": "Compatibility routes disabled, or unknown model / session."},
-    422: {"model": ErrorBody, "description": "Bad params, clicks outside the image, unknown series; `field`."},
-    502: {"model": ErrorBody, "description": "The DICOMweb server failed or is unreachable."},
-}
+_ERRORS = error_responses(
+    401, 404, 422, 502,
+    s401="API keys configured, no or a wrong X-API-Key (and not opened).",
+    s404="Compatibility routes disabled, or unknown model / session.",
+    s422="Bad params, clicks outside the image, unknown series; `field`.")
 
 
 @router.get(paths.MONAILABEL_INFO, summary="MONAI Label app info", responses=_ERRORS)
