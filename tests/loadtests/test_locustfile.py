@@ -57,7 +57,10 @@ def test_every_step_runs_and_none_fails(server: Server, tmp_path: Path, stream_p
     assert int(stats["Aggregated"]["Failure Count"]) == 0, (tmp_path / "locust_failures.csv").read_text()
     # Every session the annotators got was deleted again (after their last object or when stopped). An upload
     # still in flight when locust stops makes a session nobody learns the id of: it is left to the idle clock.
+    # locust's stats can also miss a create that finished as the run stopped (its session is still deleted),
+    # so: at least every counted session was deleted, and never more than the server created.
     opened = int(stats["create"]["Request Count"])
     assert opened > 0
-    assert after.deleted - before.deleted == opened
+    deleted, created = after.deleted - before.deleted, after.created - before.created
+    assert opened <= deleted <= created
     assert sum(after.http_5xx.values()) == sum(before.http_5xx.values())
