@@ -30,6 +30,9 @@ class DataConfig:
         flip_prob: SegVol: random flip per axis.
         intensity_prob / intensity_scale / intensity_shift: SegVol: random scale (1 +- s) and shift (+- o).
         synthetic_min_voxels / synthetic_max_voxels: log-uniform size range of synthetic lesions.
+        compound_prob: probability that a synthetic draw is a compound lesion (``training.compound``: nested
+            sub-regions, one of them the object) instead of a single blob.
+        compound_min_voxels / compound_max_voxels: log-uniform envelope size range of compound lesions.
         pseudo_pool_size / pseudo_refresh_prob: pseudo-objects are kept in a pool; each draw replaces a
             pool entry with a fresh one with this probability (SLIC is too slow to run for every sample).
     """
@@ -52,6 +55,9 @@ class DataConfig:
     intensity_shift: float = 0.2
     synthetic_min_voxels: int = 50
     synthetic_max_voxels: int = 60000
+    compound_prob: float = 0.0
+    compound_min_voxels: int = 500
+    compound_max_voxels: int = 150000
     pseudo_pool_size: int = 64
     pseudo_refresh_prob: float = 0.25
 

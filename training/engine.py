@@ -2,7 +2,9 @@
 
 Sources (``DataConfig.source_weights``; weight 0 switches one off):
     labelled   the train split's label maps, each label (or one of its connected components) an object;
-    synthetic  a synthetic lesion pasted into a train volume (``training.synthetic``);
+    synthetic  a synthetic lesion pasted into a train volume (``training.synthetic``), or with probability
+               ``compound_prob`` a compound lesion with nested sub-regions, one of them the object
+               (``training.compound``);
     pseudo     a coherent-intensity region of a train volume (``training.pseudo``).
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from training.compound import choose_object, make_compound_lesion, paste_compound
 from training.config import DataConfig
 from training.pseudo import PseudoObjectPool
 from training.sampler import Frame, View, make_view
@@ -70,6 +73,8 @@ class DataEngine:
             volume, mask = self.pseudo.draw(rng)
             return self._image(volume, rng), mask
         volume = self.volumes[int(rng.integers(len(self.volumes)))]
+        if rng.random() < cfg.compound_prob:
+            return self._draw_compound(volume, rng)
         high = int(min(cfg.synthetic_max_voxels, max(cfg.synthetic_min_voxels + 1, volume.label.size // 20)))
         size = log_uniform_size(rng, cfg.synthetic_min_voxels, high)
         lesion = make_lesion(size, volume.spacing, rng=rng)
@@ -77,6 +82,20 @@ class DataEngine:
         pasted = paste_lesion(self._image(volume, rng), lesion, centre, rng)
         if pasted.label.sum() < cfg.min_object_voxels:
             return None
+        return pasted.image, pasted.label
+
+    def _draw_compound(self, volume: TrainVolume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        cfg = self.cfg
+        high = int(min(cfg.compound_max_voxels, max(cfg.compound_min_voxels + 1, volume.label.size // 10)))
+        lesion = make_compound_lesion(log_uniform_size(rng, cfg.compound_min_voxels, high), volume.spacing, rng)
+        name = choose_object(lesion, rng, cfg.min_object_voxels)
+        if name is None:
+            return None
+        centre = sample_lesion_centre(volume.body, volume.shape, rng)
+        pasted = paste_compound(self._image(volume, rng), lesion, centre, name, rng)
+        if pasted.label.sum() < cfg.min_object_voxels:
+            return None
+        self.draws[f"compound:{name}"] += 1
         return pasted.image, pasted.label
 
     def summary(self) -> dict[str, Any]:

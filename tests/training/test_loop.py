@@ -38,10 +38,16 @@ def test_unknown_config_keys_fail(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    root = Path(__file__).resolve().parents[2] / "training" / "configs"
-    for path in sorted(root.glob("*.json")):
+    from app.models.build import get_model_config
+
+    repo = Path(__file__).resolve().parents[2]
+    paths = sorted((repo / "training" / "configs").rglob("*.json"))
+    assert any("finetune" in p.parts for p in paths) and any("ablation" in p.parts for p in paths)
+    for path in paths:
         cfg = load_config(path)
-        assert cfg.model_config == "compact" and cfg.export_path
+        assert get_model_config(cfg.model_config) and cfg.export_path, path
+        if cfg.init_weights:  # a fine-tune starts from a checkpoint that ships in the repo
+            assert (repo / cfg.init_weights).is_file(), path
 
 
 def test_frame_view_shares_parameters() -> None:
