@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from training.synthetic import PastedLesion, _boundary_weight, _field, _largest_component, _smooth_noise
+from training.synthetic import PastedLesion, _field, _largest_component, _smooth_noise, blend, placement
 
 NECROSIS, OEDEMA, ISLANDS, RIM = 1, 2, 3, 4
 REGION_NAMES = {NECROSIS: "necrosis", OEDEMA: "oedema", ISLANDS: "islands", RIM: "rim"}
@@ -137,9 +137,9 @@ def paste_compound(
 ) -> PastedLesion:
     """Blend ``lesion`` into a copy of ``image`` at ``centre``; the label is the region(s) ``object_name``.
 
-    Each region gets its own intensity (brighter or darker than the surroundings, at least 0.1 apart from
-    its neighbours' on average) and texture; the region boundaries are blurred slightly (partial volume), the
-    envelope's boundary as in ``paste_lesion``. The label is the hard region mask.
+    Each region gets its own intensity (brighter or darker than the surroundings; the tumour's regions at
+    least 0.1 away from the oedema's) and texture; region boundaries are blurred slightly (partial volume),
+    the envelope's boundary as in ``paste_lesion``. The label is the hard region mask.
 
     Args:
         image: (D, H, W) float32 in [0, 1].
@@ -150,11 +150,7 @@ def paste_compound(
     """
     if object_name not in OBJECTS:
         raise ValueError(f"object_name: unknown {object_name!r}; known: {sorted(OBJECTS)}")
-    shape = image.shape
-    size = lesion.regions.shape
-    starts = [c - s // 2 for c, s in zip(centre, size, strict=True)]
-    dst = tuple(slice(max(a, 0), min(a + s, n)) for a, s, n in zip(starts, size, shape, strict=True))
-    src = tuple(slice(d.start - a, d.stop - a) for d, a in zip(dst, starts, strict=True))
+    dst, src = placement(centre, lesion.regions.shape, image.shape)
     regions = lesion.regions[src]
     envelope = regions > 0
 
@@ -164,7 +160,7 @@ def paste_compound(
     values = np.zeros(5, np.float32)
     values[0] = base
     for code in (OEDEMA, RIM, ISLANDS, NECROSIS):
-        # Oedema is a mild change; rim and islands stronger; necrosis often the opposite sign of the rim.
+        # Oedema is a mild change, the others stronger; each brighter or darker at random.
         magnitude = {OEDEMA: (0.08, 0.3), RIM: (0.15, 0.5), ISLANDS: (0.1, 0.4), NECROSIS: (0.1, 0.45)}[code]
         value = base + rng.uniform(*magnitude) * (1 if rng.random() < 0.5 else -1)
         value = float(np.clip(value, 0.02, 0.98))
@@ -175,14 +171,7 @@ def paste_compound(
     texture = _smooth_noise(regions.shape, rng.uniform(0.5, 2.0), rng) * rng.uniform(0.01, 0.06)
     lesion_value = np.clip(lesion_value + texture, 0.0, 1.0)
 
-    weight = _boundary_weight(envelope, rng.uniform(0.3, 1.0), rng.uniform(0.7, 1.0))
-    out = image.astype(np.float32, copy=True)
-    out[dst] = np.clip((1.0 - weight) * region + weight * lesion_value, 0.0, 1.0)
-
-    full_lesion = np.zeros(shape, dtype=bool)
-    full_lesion[dst] = envelope
-    full_weight = np.zeros(shape, dtype=np.float32)
-    full_weight[dst] = weight
-    label = np.zeros(shape, dtype=bool)
+    out, full_lesion, full_weight = blend(image, dst, envelope, lesion_value, rng, min_opacity=0.7)
+    label = np.zeros(image.shape, dtype=bool)
     label[dst] = np.isin(regions, OBJECTS[object_name])
     return PastedLesion(image=out, label=label, lesion=full_lesion, weight=full_weight)

@@ -86,6 +86,9 @@ class TrainConfig:
         num_threads: torch intra-op threads.
         sampling_tau / sampling_k / sampling_radius: the corrector's sampling (SPEC section 2).
         corrector_loss_weight: weight of the corrector's loss in the total.
+        box_teacher_weight: with ``init_weights``, a frozen copy of the starting backbone answers the box round
+            too and the student's box round is also pulled towards it (BCE to the teacher's probabilities,
+            this weight); keeps what the start point does with a box while the click rounds learn. 0 = off.
         log_every: steps between log lines.
         max_consecutive_failures: a failing step (odd sample) is logged and skipped; this many in a row stop.
         grad_rounds: "all" back-propagates every refinement round (the paper); "last" only the box round and
@@ -119,6 +122,7 @@ class TrainConfig:
     sampling_k: int = 200
     sampling_radius: float = 4.0
     corrector_loss_weight: float = 1.0
+    box_teacher_weight: float = 0.0
     log_every: int = 10
     grad_rounds: str = "all"
     max_consecutive_failures: int = 20
@@ -136,6 +140,8 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     _check_keys("config", raw, TrainConfig)
     _check_keys("config.data", data_raw, DataConfig)
     cfg = TrainConfig(**raw, data=DataConfig(**data_raw))
+    if cfg.box_teacher_weight < 0 or (cfg.box_teacher_weight > 0 and not cfg.init_weights):
+        raise ValueError("box_teacher_weight: must be >= 0, and > 0 needs init_weights (the teacher)")
     if cfg.grad_rounds not in ("all", "last"):
         raise ValueError(f"grad_rounds: expected 'all' or 'last', got {cfg.grad_rounds!r}")
     return cfg

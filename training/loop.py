@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from app.models.backbone import Backbone
 from app.models.build import build_backbone, build_corrector, get_model_config
@@ -115,6 +116,11 @@ class Trainer:
         w = np.asarray(cfg.train_frame_weights or [1.0] * len(frames), dtype=np.float64)
         self.frame_p = w / w.sum()
         self.frame_models = {f: frame_view(self.backbone, self.model_cfg.backbone_kwargs, f) for f in frames}
+        # The starting backbone, frozen, per frame (config validation ensures init_weights for a teacher).
+        self.teachers: dict[Frame, Backbone] = {}
+        if cfg.box_teacher_weight > 0:
+            teacher = copy.deepcopy(self.backbone).eval().requires_grad_(False)
+            self.teachers = {f: frame_view(teacher, self.model_cfg.backbone_kwargs, f) for f in frames}
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": self.backbone.parameters(), "lr": cfg.lr, "base_lr": cfg.lr},
@@ -204,6 +210,15 @@ class Trainer:
         logits = model.decode(emb, boxes=boxes)
         seg_losses: list[list[Tensor]] = [[loss] for loss in dice_bce(logits, gt)]
         box_loss = float(torch.stack([s[0].detach() for s in seg_losses]).mean())
+        if self.teachers:
+            teacher = self.teachers[frame] if frame in self.teachers else frame_view(
+                next(iter(self.teachers.values())), self.model_cfg.backbone_kwargs, frame
+            )
+            with torch.no_grad():
+                target = torch.sigmoid(teacher.decode(teacher.encode(image), boxes=boxes))
+            pull = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2, 3, 4))
+            for i in range(b):
+                seg_losses[i][0] = seg_losses[i][0] + self.cfg.box_teacher_weight * pull[i]
         prev = logits.detach().clone()
         points: list[list[tuple[int, int, int]]] = [[] for _ in views]
         labels: list[list[int]] = [[] for _ in views]

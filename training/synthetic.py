@@ -193,10 +193,7 @@ def paste_lesion(
         target_core_prob: probability that the training object is the core instead of the whole lesion.
     """
     shape = image.shape
-    size = lesion.mask.shape
-    starts = [c - s // 2 for c, s in zip(centre, size, strict=True)]
-    dst = tuple(slice(max(a, 0), min(a + s, n)) for a, s, n in zip(starts, size, shape, strict=True))
-    src = tuple(slice(d.start - a, d.stop - a) for d, a in zip(dst, starts, strict=True))
+    dst, src = placement(centre, lesion.mask.shape, shape)
 
     mask_local = lesion.mask[src]
     core_local = lesion.core[src] if lesion.core is not None else None
@@ -212,19 +209,45 @@ def paste_lesion(
         core_value = np.clip(base + contrast + rng.uniform(-0.4, 0.4), 0.0, 1.0)
         lesion_value = np.where(core_local, core_value + 0.5 * texture, lesion_value)
 
-    weight = _boundary_weight(mask_local, rng.uniform(0.3, 1.0), rng.uniform(0.6, 1.0))
-    out = image.astype(np.float32, copy=True)
-    out[dst] = np.clip((1.0 - weight) * region + weight * lesion_value, 0.0, 1.0)
-
-    full_mask = np.zeros(shape, dtype=bool)
-    full_mask[dst] = mask_local
-    full_weight = np.zeros(shape, dtype=np.float32)
-    full_weight[dst] = weight
+    out, full_mask, full_weight = blend(image, dst, mask_local, lesion_value, rng, min_opacity=0.6)
     label = full_mask
     if core_local is not None and core_local.any() and rng.random() < target_core_prob:
         label = np.zeros(shape, dtype=bool)
         label[dst] = core_local
     return PastedLesion(image=out, label=label, lesion=full_mask, weight=full_weight)
+
+
+def placement(
+    centre: tuple[int, int, int], size: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where a lesion grid of ``size`` centred at ``centre`` lands: (volume slices, grid slices), clipped."""
+    starts = [c - s // 2 for c, s in zip(centre, size, strict=True)]
+    dst = tuple(slice(max(a, 0), min(a + s, n)) for a, s, n in zip(starts, size, shape, strict=True))
+    src = tuple(slice(d.start - a, d.stop - a) for d, a in zip(dst, starts, strict=True))
+    return dst, src
+
+
+def blend(
+    image: np.ndarray,
+    dst: tuple[slice, ...],
+    mask_local: np.ndarray,
+    lesion_value: np.ndarray,
+    rng: np.random.Generator,
+    min_opacity: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blend ``lesion_value`` into a copy of ``image`` at ``dst`` with a partial-volume boundary.
+
+    Returns (image copy, whole-volume bool lesion mask, whole-volume float32 blend weight); the mask is exactly
+    ``weight >= 0.5``.
+    """
+    weight = _boundary_weight(mask_local, rng.uniform(0.3, 1.0), rng.uniform(min_opacity, 1.0))
+    out = image.astype(np.float32, copy=True)
+    out[dst] = np.clip((1.0 - weight) * image[dst].astype(np.float32) + weight * lesion_value, 0.0, 1.0)
+    full_mask = np.zeros(image.shape, dtype=bool)
+    full_mask[dst] = mask_local
+    full_weight = np.zeros(image.shape, dtype=np.float32)
+    full_weight[dst] = weight
+    return out, full_mask, full_weight
 
 
 def _boundary_weight(mask: np.ndarray, sigma: float, opacity: float) -> np.ndarray:

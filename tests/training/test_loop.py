@@ -113,3 +113,30 @@ def test_run_exports_loadable_weights_and_resume_restores_step_and_rng(
 def test_resume_without_checkpoint_fails(tmp_path: Path, data_root: Path, engine: DataEngine) -> None:
     with pytest.raises(FileNotFoundError, match="^resume: "):
         Trainer(_config(tmp_path, data_root), resume=True, engine=engine)
+
+
+def test_box_teacher_is_the_frozen_start_point_and_pulls_the_box_round(
+    tmp_path: Path, data_root: Path, engine: DataEngine
+) -> None:
+    with pytest.raises(ValueError, match="^box_teacher_weight"):
+        _config(tmp_path, data_root, box_teacher_weight=1.0)  # a teacher needs init_weights
+    start = Trainer(_config(tmp_path / "a", data_root, max_steps=1), engine=engine)
+    start.run()  # exports the weights the next run starts from
+    init = str(tmp_path / "a" / "w" / "compact.pt")
+
+    plain = Trainer(_config(tmp_path / "b", data_root, init_weights=init), engine=engine)
+    taught = Trainer(_config(tmp_path / "c", data_root, init_weights=init, box_teacher_weight=5.0), engine=engine)
+    teacher = taught.teachers[tuple(FRAME)]
+    teacher_before = [p.detach().clone() for p in teacher.parameters()]
+    for trainer in (plain, taught):
+        trainer.rng = np.random.default_rng(3)  # the same batch and rounds for both
+    views = plain.draw_batch(tuple(FRAME))
+    plain_terms = plain.train_step(views, stage=1)
+    taught_terms = taught.train_step(views, stage=1)
+
+    # Same start, same batch: the ground-truth box loss is the same, the total adds the teacher's pull.
+    assert taught_terms["box"] == pytest.approx(plain_terms["box"], rel=1e-5)
+    assert taught_terms["loss"] > plain_terms["loss"] + 1e-3
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(teacher_before, taught.backbone.parameters(), strict=True))
+    assert not any(p.requires_grad for p in teacher.parameters())
