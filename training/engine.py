@@ -73,7 +73,8 @@ class DataEngine:
             volume, mask = self.pseudo.draw(rng)
             return self._image(volume, rng), mask
         volume = self.volumes[int(rng.integers(len(self.volumes)))]
-        if rng.random() < cfg.compound_prob:
+        # Drawn only when switched on, so configs without compound lesions keep their random stream.
+        if cfg.compound_prob > 0 and rng.random() < cfg.compound_prob:
             return self._draw_compound(volume, rng)
         high = int(min(cfg.synthetic_max_voxels, max(cfg.synthetic_min_voxels + 1, volume.label.size // 20)))
         size = log_uniform_size(rng, cfg.synthetic_min_voxels, high)
