@@ -3,6 +3,7 @@
     python -m evaluation --data ../shared/data --split dev --out runs/dev \
         [--server URL] [--methods backbone,gru,decoder,both,random_walker,box_fill] \
         [--config compact] [--weights PATH|default|none] [--box 2d|3d] [--cases N|name,name] [--tau 0.1]
+        [--zoom-in auto|windows|resample] [--roi-frame D,H,W]
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="default", help="'default', a checkpoint path, or 'none' (random init)")
     p.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--tau", type=float, default=0.1, help="corrector uncertainty band |p - 0.5| < tau")
+    p.add_argument("--zoom-in", choices=("auto", "windows", "resample"), default="auto",
+                   help="in-process zoom-in path; auto: what the weights were trained for")
+    p.add_argument("--roi-frame", default=None, help="with resample: the ROI frame 'D,H,W' (default: weights')")
     p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
     p.add_argument("--cases", default=None, help="first N cases, or comma-separated case names")
     p.add_argument("--min-voxels", type=int, default=DEFAULT_MIN_VOXELS, help="smallest label scored as an object")
@@ -75,8 +79,10 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
         from app.models.predictor import PredictorConfig
 
         weights = None if args.weights.lower() == "none" else args.weights
+        roi_frame = _roi_frame(args.roi_frame)
         predictor = build_predictor(
-            args.config, weights=weights, device=args.device, predictor_config=PredictorConfig(tau=args.tau)
+            args.config, weights=weights, device=args.device,
+            predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame),
         )
         for n in model_names:
             methods[n] = PredictorMethod(predictor, n)
@@ -85,6 +91,18 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
     if "box_fill" in names:
         methods["box_fill"] = BoxFillMethod()
     return [methods[n] for n in names]
+
+
+def _roi_frame(spec: str | None) -> tuple[int, int, int] | None:
+    if spec is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in spec.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise ValueError(f"roi-frame: expected three positive integers 'D,H,W', got {spec!r}")
+    return sizes  # type: ignore[return-value]
 
 
 def _git_commit() -> str:
@@ -108,6 +126,8 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "weights": args.weights if local_model else None,
         "device": args.device if local_model else None,
         "tau": args.tau if local_model else None,
+        "zoom_in": args.zoom_in if local_model else None,
+        "roi_frame": args.roi_frame if local_model else None,
         "box": args.box,
         "split": args.split,
         "cases": n_cases,

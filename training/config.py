@@ -23,6 +23,9 @@ class DataConfig:
         npz_image_prob: probability to read the challenge's uint8 image (``case.npz``) instead of the NIfTI.
         zoom_out_prob: probability of a zoom-out view (whole foreground resized); else a zoom-in window
             (the paper mixes them 1:3).
+        roi_view_prob: probability of an ROI view (the box grown by a margin drawn from
+            [roi_margin_min, roi_margin_max] of its extent, resampled to the frame), as the predictor's
+            ``zoom_in="resample"`` path sees a boxed object; else zoom-out / zoom-in as below. 0 = off.
         centre_on_voxel_prob: zoom-in windows are centred on a random object voxel with this probability,
             else on the object's box centre (SegVol's positive-weighted crops).
         mid_slice_box_prob: probability of the challenge's 2D mid-slice box instead of an exact 3D box.
@@ -46,6 +49,9 @@ class DataConfig:
     component_prob: float = 0.3
     npz_image_prob: float = 0.5
     zoom_out_prob: float = 0.25
+    roi_view_prob: float = 0.0
+    roi_margin_min: float = 0.15
+    roi_margin_max: float = 0.5
     centre_on_voxel_prob: float = 0.75
     mid_slice_box_prob: float = 0.5
     box_jitter: float = 0.1

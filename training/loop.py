@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from app.models.backbone import Backbone
-from app.models.build import build_backbone, build_corrector, get_model_config
+from app.models.build import build_backbone, build_corrector, frame_view, get_model_config
 from app.models.corrector import apply_correction
 from app.models.sampling import SamplingConfig, build_corrector_input
 from training.clicks import simulate_click
@@ -70,22 +70,6 @@ def parse_deadline(value: str | None) -> float | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
-
-
-def frame_view(backbone: Backbone, model_kwargs: dict[str, Any], frame: Frame) -> Backbone:
-    """The same backbone (shared parameters) set up for another input frame.
-
-    Only for fully convolutional backbones: a fresh instance built for ``frame`` supplies the frame-dependent
-    plain attributes (frame, scale sizes, ...); the parameters and submodules stay the shared ones.
-    """
-    if tuple(frame) == tuple(backbone.frame):
-        return backbone
-    probe = type(backbone)(**{**model_kwargs, "frame": tuple(frame)})
-    view = copy.copy(backbone)  # shares _parameters / _modules dicts with the original
-    for name, value in vars(probe).items():
-        if not name.startswith("_") and name != "training" and not isinstance(value, (nn.Module, Tensor)):
-            object.__setattr__(view, name, value)
-    return view
 
 
 class Trainer:
@@ -203,7 +187,8 @@ class Trainer:
         gt = torch.from_numpy(np.stack([v.mask for v in views]))[:, None].float()
         gt_np = [v.mask for v in views]
         boxes = torch.from_numpy(np.stack([v.box for v in views])).float()
-        zoom_in = [v.kind == "zoom_in" for v in views]
+        # The previous mask is a prompt in native windows and ROI views, as in the predictor (not in zoom-out).
+        zoom_in = [v.kind in ("zoom_in", "roi") for v in views]
         rounds = [0] * b if stage == 1 else [int(self.rng.choice(len(self.round_p), p=self.round_p)) for _ in views]
 
         emb = model.encode(image)
@@ -451,7 +436,16 @@ class Trainer:
             "data": self.engine.summary(),
             "commit": _git_commit(),
             "config": config_to_dict(self.cfg),
+            **self.inference_meta(),
         }
+
+    def inference_meta(self) -> dict[str, Any]:
+        """How the predictor must run these weights (``build.resolve_inference``): ROI-view training means
+        ``zoom_in="resample"`` at the most frequent train frame; otherwise nothing (windows)."""
+        if self.cfg.data.roi_view_prob <= 0:
+            return {}
+        frame = self.frames[int(np.argmax(self.frame_p))]
+        return {"inference": {"zoom_in": "resample", "roi_frame": list(frame)}}
 
     def export(self, final: bool, reason: str, ema: dict[str, float]) -> None:
         assert self.cfg.export_path is not None

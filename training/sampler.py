@@ -4,7 +4,10 @@ Views (arrays (d, h, w) = the training frame):
     zoom-out  the whole foreground crop (``foreground_bounds``) resized to the frame with nearest
               interpolation (image and label), exactly as the predictor's zoom-out view;
     zoom-in   a frame-size window of the volume at native resolution containing (part of) the object, padded
-              with zeros at the end when the volume is smaller than the frame, as the predictor pads.
+              with zeros at the end when the volume is smaller than the frame, as the predictor pads;
+    roi       the box grown by a random margin, clipped to the volume and resampled (trilinear) to the frame,
+              as the predictor's ``zoom_in="resample"`` path sees a boxed object (the whole object, always
+              at one scale, whatever its size).
 
 Boxes are inclusive [z0, y0, x0, z1, y1, x1]: either the exact 3D box with each face jittered, or the
 challenge's box (z_min..z_max and the 2D extent on slice z_mid). They are mapped into the view with the
@@ -16,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from app.models import geometry as geo
-from app.models.preprocess import foreground_bounds
+from app.models.preprocess import foreground_bounds, resample_to_frame
 from training.config import DataConfig
 
 Frame = tuple[int, int, int]
@@ -32,7 +36,7 @@ class View:
         image: (d, h, w) float32, normalised intensities (after augmentation they may leave [0, 1]).
         mask: (d, h, w) bool ground truth of the object in the view.
         box: (6,) float32 inclusive frame box [z0, y0, x0, z1, y1, x1].
-        kind: "zoom_out" or "zoom_in".
+        kind: "zoom_out", "zoom_in" or "roi".
         box_kind: "3d" (jittered exact box) or "mid_slice" (the challenge's box).
     """
 
@@ -138,6 +142,20 @@ def zoom_in_view(
     return View(view_image, view_mask, np.asarray(wbox, np.float32), "zoom_in", "")
 
 
+def roi_view(image: np.ndarray, mask: np.ndarray, box: geo.InclusiveBox, frame: Frame,
+             rng: np.random.Generator, margin_range: tuple[float, float]) -> View | None:
+    """The box's ROI (margin drawn from ``margin_range``) resampled to ``frame``; None if the object vanishes."""
+    roi = geo.roi_bounds(box, float(rng.uniform(*margin_range)), image.shape)  # type: ignore[arg-type]
+    sl = geo.slices_of(roi)
+    view_image = resample_to_frame(torch.from_numpy(np.ascontiguousarray(image[sl], np.float32)), frame)
+    view_mask = resample_to_frame(torch.from_numpy(mask[sl].astype(np.float32)), frame) >= 0.5
+    if not bool(view_mask.any()):
+        return None
+    fbox = geo.box_to_frame(box, roi, frame)
+    assert fbox is not None  # the ROI contains the box
+    return View(view_image.numpy(), view_mask.numpy(), np.asarray(fbox, np.float32), "roi", "")
+
+
 def augment(view: View, cfg: DataConfig, rng: np.random.Generator) -> View:
     """SegVol's augmentation: flip each axis with p=flip_prob; scale / shift intensities with p=intensity_prob."""
     image, mask, box = view.image, view.mask, view.box.copy()
@@ -167,7 +185,10 @@ def make_view(image: np.ndarray, mask: np.ndarray, frame: Frame, cfg: DataConfig
     else:
         box, box_kind = jitter_box(exact_box(mask), image.shape, cfg.box_jitter, rng), "3d"  # type: ignore[arg-type]
     view = None
-    if rng.random() < cfg.zoom_out_prob:
+    # Drawn only when ROI views are on, so older configs keep their random stream.
+    if cfg.roi_view_prob > 0 and rng.random() < cfg.roi_view_prob:
+        view = roi_view(image, mask, box, frame, rng, (cfg.roi_margin_min, cfg.roi_margin_max))
+    if view is None and rng.random() < cfg.zoom_out_prob:
         view = zoom_out_view(image, mask, box, frame)
     if view is None:
         view = zoom_in_view(image, mask, box, frame, rng, cfg.centre_on_voxel_prob)

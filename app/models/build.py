@@ -17,11 +17,14 @@ Registered configurations:
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from app.models.backbone import Backbone
 
@@ -173,6 +176,23 @@ def default_weights_path(config_name: str) -> Path:
     return WEIGHTS_DIR / f"{config_name}.pt"
 
 
+def frame_view(backbone: Backbone, model_kwargs: dict[str, Any], frame: Sequence[int]) -> Backbone:
+    """The same backbone (shared parameters) set up for another input frame.
+
+    Only for fully convolutional backbones: a fresh instance built for ``frame`` supplies the frame-dependent
+    plain attributes (frame, scale sizes, ...); the parameters and submodules stay the shared ones. Training
+    uses it for its smaller frames, the predictor for ``roi_frame``.
+    """
+    if tuple(frame) == tuple(backbone.frame):
+        return backbone
+    probe = type(backbone)(**{**model_kwargs, "frame": tuple(frame)})
+    view = copy.copy(backbone)  # shares _parameters / _modules dicts with the original
+    for name, value in vars(probe).items():
+        if not name.startswith("_") and name != "training" and not isinstance(value, (nn.Module, torch.Tensor)):
+            object.__setattr__(view, name, value)
+    return view
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" -> the first CUDA device when present, else the CPU."""
     if str(device) == "auto":
@@ -202,6 +222,7 @@ def build_predictor(
 
     cfg = get_model_config(config)
     dev = resolve_device(device)
+    meta: dict[str, Any] = {}
     if weights is None:
         rng = torch.random.get_rng_state()
         torch.manual_seed(init_seed)
@@ -218,5 +239,31 @@ def build_predictor(
             raise FileNotFoundError(f"weights: no checkpoint at {path}{hint}; pass a checkpoint path, "
                                     "or weights=None for a randomly initialised model")
         backbone, corrector = build_backbone(cfg, with_text=with_text), build_corrector(cfg)
-        load_into(path, cfg, backbone, corrector, with_text=with_text)
-    return Predictor(backbone, corrector, predictor_config, device=dev, config_name=cfg.name)
+        meta = load_into(path, cfg, backbone, corrector, with_text=with_text).meta
+    pcfg = resolve_inference(predictor_config, meta)
+    roi_backbone = None
+    if pcfg.zoom_in == "resample" and pcfg.roi_frame is not None:
+        with torch.random.fork_rng(devices=[]):  # the probe's random init must not move the caller's stream
+            roi_backbone = frame_view(backbone, cfg.backbone_kwargs, pcfg.roi_frame)
+    return Predictor(backbone, corrector, pcfg, device=dev, config_name=cfg.name, roi_backbone=roi_backbone)
+
+
+def resolve_inference(config: PredictorConfig | None, meta: dict[str, Any]) -> PredictorConfig:
+    """Resolve ``zoom_in="auto"`` / ``roi_frame=None`` from the weights' metadata (``meta["inference"]``).
+
+    Weights trained on resampled ROI views (``training`` writes ``{"zoom_in": "resample", "roi_frame": [...]}``)
+    must be run that way; the published SegVol weights and ours trained on windows carry none: "windows".
+    """
+    from dataclasses import replace
+
+    from app.models.predictor import PredictorConfig
+
+    config = config or PredictorConfig()
+    inference = meta.get("inference") or {}
+    if not isinstance(inference, dict):
+        raise ValueError("weights: meta 'inference' must be a dict")
+    zoom_in = config.zoom_in if config.zoom_in != "auto" else str(inference.get("zoom_in", "windows"))
+    roi_frame = config.roi_frame
+    if roi_frame is None and inference.get("roi_frame") is not None:
+        roi_frame = tuple(int(v) for v in inference["roi_frame"])
+    return replace(config, zoom_in=zoom_in, roi_frame=roi_frame)

@@ -160,6 +160,15 @@ def slices_of(b: Bounds) -> tuple[slice, slice, slice]:
 # --- zoom-out frame mapping ----------------------------------------------------------------------------------
 
 
+def roi_bounds(box: InclusiveBox, margin: float, shape: Shape3) -> Bounds:
+    """The resampled ROI of a box: each side grown by ``margin`` x the box extent (+1 voxel), inside ``shape``.
+
+    Shared by the predictor's ``zoom_in="resample"`` path and the training's ROI views, so both crop alike.
+    """
+    b = box_to_bounds(box)
+    return grow_bounds(b, [int(round(margin * e)) + 1 for e in bounds_shape(b)], shape)
+
+
 def box_to_frame(box: InclusiveBox, crop: Bounds, frame: Shape3) -> tuple[float, ...] | None:
     """Map an inclusive volume box into the zoom-out frame (inclusive frame voxel box), None if outside the crop.
 

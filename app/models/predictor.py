@@ -11,9 +11,15 @@ returns exactly what changed in the object's binary mask (``Change``). Methods b
 loop, one at a time per session (the service holds a session lock and a device lock).
 
 Pipeline (SPEC section 1-2):
-    box / decoder step: zoom-out decode of the cached frame embedding -> ROI = bbox(zoom-out > 0.5) U box U
-        click balls, at least one window -> zoom-in: MONAI sliding windows (overlap 0.5) at native resolution,
-        each window's embedding cached in the session -> the ROI's logits replace the object's.
+    box / decoder step, ``zoom_in="windows"`` (SegVol): zoom-out decode of the cached frame embedding -> ROI =
+        bbox(zoom-out > 0.5) U box U click balls, at least one window -> zoom-in: MONAI sliding windows (overlap
+        0.5) at native resolution, each window's embedding cached in the session -> the ROI's logits replace
+        the object's.
+    box / decoder step, ``zoom_in="resample"`` (objects with a box): ROI = the box grown by ``roi_margin`` U
+        click balls U the object's ROI -> resampled (trilinear) to ``roi_frame``, its embedding cached in the
+        session -> one decode with the box, clicks and previous mask -> logits resampled back over the ROI.
+        The model sees every object whole and at one scale, as it was trained (``training.sampler.roi_view``).
+        Prompts without a box take the windows path.
     gru step: sample uncertain + error points (Algorithm 1) -> GRU corrector with the object's hidden state
         -> logit-domain update at the valid sampled points only.
 """
@@ -33,7 +39,7 @@ from torch.nn import functional as F
 from app.models import geometry as geo
 from app.models.backbone import Backbone
 from app.models.corrector import GRUCorrector, apply_correction
-from app.models.preprocess import foreground_bounds, normalize_intensity
+from app.models.preprocess import foreground_bounds, normalize_intensity, resample_to_frame
 from app.models.sampling import SamplingConfig, build_corrector_input
 from app.models.state import (
     REFINE_MODES,
@@ -46,6 +52,7 @@ from app.models.state import (
 )
 
 OnChange = Callable[[Change], None]
+ZOOM_IN_MODES = ("auto", "windows", "resample")
 
 
 class UnknownObjectError(KeyError):
@@ -73,6 +80,11 @@ class PredictorConfig:
             (None restores that); an unbounded union lets one stray zoom-out blob turn a small box into dozens
             of zoom-in windows, which costs seconds per prompt on a CPU, while the user's box already bounds the
             object.
+        zoom_in: "windows" (SegVol's native-resolution sliding windows), "resample" (the boxed ROI resampled
+            to ``roi_frame``; for weights trained on ROI views) or "auto" (what the weights' metadata says they
+            were trained for, else "windows"; resolved by ``build_predictor``).
+        roi_frame: the frame the ROI is resampled to (None = the weights' metadata, else the backbone frame).
+        roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
     """
 
     tau: float = 0.1
@@ -84,8 +96,17 @@ class PredictorConfig:
     background_logit: float = -10.0
     mask_logit: float = 10.0
     roi_box_margin: float | None = 0.5
+    zoom_in: str = "auto"
+    roi_frame: tuple[int, int, int] | None = None
+    roi_margin: float = 0.3
 
     def __post_init__(self) -> None:
+        if self.zoom_in not in ZOOM_IN_MODES:
+            raise ValueError(f"zoom_in: expected one of {list(ZOOM_IN_MODES)}, got {self.zoom_in!r}")
+        if self.roi_frame is not None and (len(self.roi_frame) != 3 or min(self.roi_frame) < 1):
+            raise ValueError(f"roi_frame: expected three positive sizes, got {self.roi_frame!r}")
+        if self.roi_margin < 0:
+            raise ValueError(f"roi_margin: must be >= 0, got {self.roi_margin}")
         if self.roi_box_margin is not None and self.roi_box_margin < 0:
             raise ValueError(f"roi_box_margin: must be >= 0 or None, got {self.roi_box_margin}")
         SamplingConfig(tau=self.tau, k=self.k, radius=self.radius)  # validates tau, k, radius
@@ -125,13 +146,23 @@ class Predictor:
         config: PredictorConfig | None = None,
         device: torch.device | str = "cpu",
         config_name: str = "custom",
+        roi_backbone: Backbone | None = None,
     ) -> None:
+        """``roi_backbone``: ``backbone`` set up for ``config.roi_frame`` (``build.frame_view``), needed when
+        ``zoom_in="resample"`` and the ROI frame is not the backbone's own."""
         self.device = torch.device(device)
         self.backbone = backbone.to(self.device).eval()
         self.corrector = corrector.to(self.device).eval() if corrector is not None else None
         self.config = config or PredictorConfig()
         self.config_name = config_name
         self.frame: tuple[int, int, int] = tuple(backbone.frame)  # type: ignore[assignment]
+        # "auto" is resolved against the weights' metadata by build_predictor; a bare Predictor uses windows.
+        self.resample = self.config.zoom_in == "resample"
+        self.roi_frame: tuple[int, int, int] = tuple(self.config.roi_frame or self.frame)  # type: ignore[assignment]
+        self.roi_backbone = roi_backbone.to(self.device).eval() if roi_backbone is not None else self.backbone
+        if self.resample and tuple(self.roi_backbone.frame) != self.roi_frame:
+            raise ValueError(f"roi_frame: {list(self.roi_frame)} needs a backbone set up for that frame "
+                             f"(build_predictor does it), got one for {list(self.roi_backbone.frame)}")
 
     # --- session ----------------------------------------------------------------------------------------------
 
@@ -398,6 +429,8 @@ class Predictor:
     def _decode(self, state: SessionState, obj: ObjectState, box: geo.InclusiveBox | None, points: np.ndarray,
                 labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds, torch.Tensor]:
         """Zoom-out then zoom-in decode from cached embeddings; returns the new (ROI, logits over ROI)."""
+        if self.resample and box is not None:
+            return self._decode_resampled(state, obj, box, points, labels, timer, use_old)
         frame_logits = self._zoom_out(state, box, points, labels)
         timer.lap("zoom_out")
         roi = None
@@ -428,6 +461,38 @@ class Predictor:
         assert roi_vol is not None
         rel = tuple(slice(roi_vol[a] - work[a], roi_vol[a + 3] - work[a]) for a in range(3))
         return roi_vol, logits[rel].contiguous()
+
+    def _decode_resampled(self, state: SessionState, obj: ObjectState, box: geo.InclusiveBox, points: np.ndarray,
+                          labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds, torch.Tensor]:
+        """The boxed ROI resampled to ``roi_frame``, decoded once, resampled back (module docstring)."""
+        rf = self.roi_frame
+        grown = geo.bounds_union(geo.roi_bounds(box, self.config.roi_margin, state.shape),
+                                 geo.ball_bounds(points, self.config.radius, state.shape))
+        if use_old:
+            grown = geo.bounds_union(grown, obj.roi)
+        assert grown is not None  # the box alone gives one
+        roi: Bounds = grown
+        key = ("roi", *roi)
+        emb = state.window_cache.get(key)
+        if emb is None:
+            pixels = resample_to_frame(state.image[0, 0][geo.slices_of(roi)], rf)
+            emb = self.roi_backbone.encode(pixels[None, None])
+            state.window_cache[key] = emb
+        timer.lap("encode")
+        fbox = geo.box_to_frame(box, roi, rf)
+        assert fbox is not None  # the ROI contains the box
+        boxes = torch.tensor([fbox], dtype=torch.float32, device=self.device)
+        pts, labs = None, None
+        if len(points):
+            pts = torch.as_tensor(geo.points_to_frame(points, roi, rf), dtype=torch.float32, device=self.device)[None]
+            labs = torch.as_tensor(labels, dtype=torch.long, device=self.device)[None]
+        mask = None
+        if self.backbone.supports_mask_prompt and use_old and obj.logits is not None:
+            mask = resample_to_frame(self._logits_over(obj, roi), rf)[None, None]
+        frame_logits = self.roi_backbone.decode(emb, boxes, pts, labs, mask)
+        logits = resample_to_frame(frame_logits[0, 0], geo.bounds_shape(roi))
+        timer.lap("zoom_in")
+        return roi, logits.contiguous()
 
     def _zoom_out(self, state: SessionState, box: geo.InclusiveBox | None, points: np.ndarray,
                   labels: np.ndarray) -> torch.Tensor:

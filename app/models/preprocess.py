@@ -50,3 +50,16 @@ def foreground_bounds(normalized: np.ndarray) -> Bounds:
         d, h, w = normalized.shape
         return (0, 0, 0, d, h, w)
     return (int(start[0]), int(start[1]), int(start[2]), int(end[0]), int(end[1]), int(end[2]))
+
+
+def resample_to_frame(array: torch.Tensor, frame: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear resize (align_corners=False) of a (d, h, w) float tensor to ``frame``.
+
+    The one resampling of the ROI view: the predictor's ``zoom_in="resample"`` path and the training's ROI
+    views both call it, so the model sees at run time exactly the interpolation it was trained on.
+    """
+    if tuple(array.shape) == tuple(frame):
+        return array
+    out = torch.nn.functional.interpolate(array[None, None].float(), size=tuple(frame), mode="trilinear",
+                                          align_corners=False)
+    return out[0, 0]

@@ -12,7 +12,7 @@ a user box is *inclusive* [z0, y0, x0, z1, y1, x1].
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -131,7 +131,8 @@ class SessionState:
         crop: half-open foreground crop of the volume the model works on (SegVol's CropForeground).
         image: (1, 1, cd, ch, cw) float32 normalised volume, cropped to ``crop``.
         zoom_out_embedding: the encoder output for the whole crop resized to the model frame.
-        window_cache: encoder outputs of zoom-in windows, keyed by the window's start (z, y, x) in the crop.
+        window_cache: encoder outputs of zoom-in windows, keyed by the window's start (z, y, x) in the crop,
+            and of resampled ROIs, keyed by ("roi", *bounds).
         seed: base seed for the corrector's error sampling (replays are bit-identical).
     """
 
@@ -141,7 +142,7 @@ class SessionState:
     crop: Bounds
     image: torch.Tensor
     zoom_out_embedding: Embedding
-    window_cache: dict[tuple[int, int, int], Embedding] = field(default_factory=dict)
+    window_cache: dict[tuple[Any, ...], Embedding] = field(default_factory=dict)
     objects: dict[int, ObjectState] = field(default_factory=dict)
     seed: int = 0
 

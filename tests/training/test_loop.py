@@ -140,3 +140,19 @@ def test_box_teacher_is_the_frozen_start_point_and_pulls_the_box_round(
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters(), strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(teacher_before, taught.backbone.parameters(), strict=True))
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_roi_view_training_exports_weights_the_predictor_runs_resampled(
+    tmp_path: Path, data_root: Path
+) -> None:
+    from app.models.build import build_predictor
+
+    cfg = _config(tmp_path, data_root, max_steps=1,
+                  data={"root": str(data_root), "pseudo_pool_size": 2, "roi_view_prob": 1.0})
+    engine = DataEngine(cfg.data, np.random.default_rng(0))
+    trainer = Trainer(cfg, engine=engine)
+    assert all(v.kind == "roi" for v in trainer.draw_batch(tuple(FRAME)))
+    meta = trainer.run()
+    assert meta["inference"] == {"zoom_in": "resample", "roi_frame": FRAME}
+    predictor = build_predictor("compact", weights=tmp_path / "w" / "compact.pt")
+    assert predictor.resample and list(predictor.roi_frame) == FRAME

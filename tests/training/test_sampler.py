@@ -82,3 +82,30 @@ def test_engine_views_from_every_source(data_root: Path) -> None:
             view, got = engine.sample(FRAME, rng)
             assert got == source and view.image.shape == FRAME and view.mask.any()
             assert _box_inside(view.box, FRAME)
+
+
+def test_roi_view_is_the_grown_box_resampled_with_the_object_inside_the_box() -> None:
+    from app.models import geometry as geo
+    from training.sampler import roi_view
+
+    image, mask = _object()
+    box = (5, 10, 20, 14, 49, 39)
+    view = roi_view(image, mask, box, FRAME, np.random.default_rng(0), (0.25, 0.25))
+    assert view is not None and view.kind == "roi" and view.image.shape == FRAME
+    # The box maps with the nearest-resize rule (``box_to_frame``) and the mask resamples trilinearly: they
+    # agree to one frame voxel (the same rule in training and in the predictor, so the model learns it).
+    slack = np.array([-1, -1, -1, 1, 1, 1], np.float32)
+    assert _box_inside(view.box, FRAME) and _mask_inside_box(view.mask, view.box + slack)
+    roi = geo.roi_bounds(box, 0.25, image.shape)
+    assert roi == (2, 0, 14, 18, 60, 46)  # each side grown by round(0.25 * extent) + 1, clipped to the volume
+    # The whole object is in view, at one scale: its share of the frame is its share of the ROI.
+    assert view.mask.mean() == pytest.approx(mask[geo.slices_of(roi)].mean(), rel=0.25)
+
+
+def test_roi_views_are_drawn_only_when_switched_on() -> None:
+    image, mask = _object()
+    on = DataConfig(roi_view_prob=1.0, mid_slice_box_prob=0.0)
+    assert make_view(image, mask, FRAME, on, np.random.default_rng(0)).kind == "roi"
+    # Off (the default): the random stream of older configs is unchanged, so the same draw as before.
+    off = DataConfig(zoom_out_prob=0.0, mid_slice_box_prob=0.0)
+    assert make_view(image, mask, FRAME, off, np.random.default_rng(0)).kind == "zoom_in"
