@@ -2,7 +2,8 @@
 
 Measures on a synthetic 128x256x256 (D, H, W) CT-like volume with the compact config:
     * init_state (normalise + zoom-out encode, once per session),
-    * the first box (zoom-out decode + zoom-in windows encoded and cached),
+    * the first box (windows path: zoom-out decode + zoom-in windows encoded and cached; resample path: the
+      grown box resampled, encoded once and cached),
     * a ``gru`` click, a ``decoder`` click (cached embeddings),
     * a stateless click: what a server without session state pays per click (init + box + decoder with all
       clicks, everything re-encoded),
