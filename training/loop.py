@@ -99,7 +99,8 @@ class Trainer:
         self.frames: list[Frame] = frames  # type: ignore[assignment]
         w = np.asarray(cfg.train_frame_weights or [1.0] * len(frames), dtype=np.float64)
         self.frame_p = w / w.sum()
-        self.frame_models = {f: frame_view(self.backbone, self.model_cfg.backbone_kwargs, f) for f in frames}
+        self.frame_models = {f: frame_view(self.backbone, self.model_cfg.backbone_kwargs, f, "train_frames")
+                             for f in frames}
         # The starting backbone, frozen, per frame (config validation ensures init_weights for a teacher).
         self.teachers: dict[Frame, Backbone] = {}
         if cfg.box_teacher_weight > 0:

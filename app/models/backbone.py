@@ -29,10 +29,12 @@ class Backbone(nn.Module, ABC):
     Attributes:
         frame: the model input size (d, h, w); ``encode`` takes exactly this spatial size.
         supports_mask_prompt: whether ``decode`` uses ``mask_logits`` (the object's current logits).
+        any_frame: fully convolutional, so the same parameters serve other frames (``build.frame_view``).
     """
 
     frame: tuple[int, int, int]
     supports_mask_prompt: bool = False
+    any_frame: bool = False
 
     @abstractmethod
     def encode(self, image: torch.Tensor) -> Embedding:

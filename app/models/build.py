@@ -176,15 +176,20 @@ def default_weights_path(config_name: str) -> Path:
     return WEIGHTS_DIR / f"{config_name}.pt"
 
 
-def frame_view(backbone: Backbone, model_kwargs: dict[str, Any], frame: Sequence[int]) -> Backbone:
+def frame_view(backbone: Backbone, model_kwargs: dict[str, Any], frame: Sequence[int], field: str = "frame",
+               ) -> Backbone:
     """The same backbone (shared parameters) set up for another input frame.
 
     Only for fully convolutional backbones: a fresh instance built for ``frame`` supplies the frame-dependent
     plain attributes (frame, scale sizes, ...); the parameters and submodules stay the shared ones. Training
-    uses it for its smaller frames, the predictor for ``roi_frame``.
+    uses it for its smaller frames, the predictor for ``roi_frame``; ``field`` names the setting in the error
+    raised for a backbone that only takes its own frame.
     """
     if tuple(frame) == tuple(backbone.frame):
         return backbone
+    if not backbone.any_frame:
+        raise ValueError(f"{field}: {list(frame)} differs from the frame {list(backbone.frame)} of a "
+                         f"{type(backbone).__name__}, which only takes its own (not fully convolutional)")
     probe = type(backbone)(**{**model_kwargs, "frame": tuple(frame)})
     view = copy.copy(backbone)  # shares _parameters / _modules dicts with the original
     for name, value in vars(probe).items():
@@ -244,7 +249,7 @@ def build_predictor(
     roi_backbone = None
     if pcfg.zoom_in == "resample" and pcfg.roi_frame is not None:
         with torch.random.fork_rng(devices=[]):  # the probe's random init must not move the caller's stream
-            roi_backbone = frame_view(backbone, cfg.backbone_kwargs, pcfg.roi_frame)
+            roi_backbone = frame_view(backbone, cfg.backbone_kwargs, pcfg.roi_frame, "roi_frame")
     return Predictor(backbone, corrector, pcfg, device=dev, config_name=cfg.name, roi_backbone=roi_backbone)
 
 

@@ -113,6 +113,7 @@ class CompactBackbone(Backbone):
     """
 
     supports_mask_prompt = True
+    any_frame = True
 
     def __init__(
         self,

@@ -102,3 +102,19 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "methods" in capsys.readouterr().err
     assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--methods", "box_fill"]) == 2
     assert "data: no cases" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_bad_roi_frame_and_a_resample_frame_the_model_cannot_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, gt = _volume()
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez_compressed(data / "MR_synthetic.npz", imgs=image, gts=gt, spacing=np.array([2.0, 1.0, 1.0]))
+    argv = ["--data", str(data), "--out", str(tmp_path / "o"), "--methods", "backbone", "--weights", "none",
+            "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--config", "compact", "--zoom-in", "resample", "--roi-frame", "8,0,32"]) == 2
+    assert "roi-frame" in capsys.readouterr().err
+    # segvol-test is a ViT with a fixed frame: resampling to another frame is refused, naming the field
+    assert main([*argv, "--config", "segvol-test", "--zoom-in", "resample", "--roi-frame", "16,32,32"]) == 2
+    assert "roi_frame" in capsys.readouterr().err
