@@ -15,6 +15,7 @@ from app.models import geometry as geo
 from app.models.build import build_predictor, get_model_config, resolve_inference
 from app.models.predictor import Predictor, PredictorConfig
 from app.models.preprocess import normalize_intensity
+from app.models.state import SessionState
 from app.models.weights import save_checkpoint
 from training.sampler import roi_view
 
@@ -49,12 +50,18 @@ def _count_encodes(p: Predictor, monkeypatch: pytest.MonkeyPatch) -> list[torch.
     return seen
 
 
+def _boxed(p: Predictor) -> SessionState:
+    """A session on the test volume with object 1 started from ``BOX``."""
+    st = p.init_state(_volume(), (2.0, 1.0, 1.0))
+    p.add_box(st, 1, BOX)
+    return st
+
+
 def test_box_decodes_the_grown_box_once_and_clicks_reuse_the_cached_embedding(
     predictor: Predictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = _count_encodes(predictor, monkeypatch)
-    st = predictor.init_state(_volume(), (2.0, 1.0, 1.0))
-    predictor.add_box(st, 1, BOX)
+    st = _boxed(predictor)
     roi = geo.roi_bounds(BOX, 0.5, SHAPE)
     assert st.objects[1].roi == roi and len(seen) == 1 and tuple(seen[0].shape[2:]) == ROI_FRAME
     mask = predictor.get_mask(st, 1)
@@ -69,8 +76,7 @@ def test_a_click_outside_the_roi_grows_it_and_undo_restores_the_mask(
     predictor: Predictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = _count_encodes(predictor, monkeypatch)
-    st = predictor.init_state(_volume(), (2.0, 1.0, 1.0))
-    predictor.add_box(st, 1, BOX)
+    st = _boxed(predictor)
     before = predictor.get_mask(st, 1)
     predictor.add_clicks(st, 1, [[28, 66, 57]], [1], mode="both")
     grown = st.objects[1].roi
