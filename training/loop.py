@@ -189,7 +189,7 @@ class Trainer:
         gt_np = [v.mask for v in views]
         boxes = torch.from_numpy(np.stack([v.box for v in views])).float()
         # The previous mask is a prompt in native windows and ROI views, as in the predictor (not in zoom-out).
-        zoom_in = [v.kind in ("zoom_in", "roi") for v in views]
+        mask_prompted = [v.kind in ("zoom_in", "roi") for v in views]
         rounds = [0] * b if stage == 1 else [int(self.rng.choice(len(self.round_p), p=self.round_p)) for _ in views]
 
         emb = model.encode(image)
@@ -227,7 +227,7 @@ class Trainer:
             corrector_losses.extend(closs)
             # "last": earlier rounds only produce the state the last one starts from (cheaper on a CPU).
             scored = {i for i in active if self.cfg.grad_rounds == "all" or rounds[i] == r}
-            for group in ([i for i in active if zoom_in[i]], [i for i in active if not zoom_in[i]]):
+            for group in ([i for i in active if mask_prompted[i]], [i for i in active if not mask_prompted[i]]):
                 if not group:
                     continue
                 idx = torch.tensor(group)
@@ -237,7 +237,7 @@ class Trainer:
                 for j, i in enumerate(group):
                     pts[j, : len(points[i])] = torch.tensor(points[i], dtype=torch.float32)
                     labs[j, : len(labels[i])] = torch.tensor(labels[i])
-                mask_prompt = corrected[idx] if zoom_in[group[0]] else None
+                mask_prompt = corrected[idx] if mask_prompted[group[0]] else None
                 with torch.set_grad_enabled(bool(scored.intersection(group))):
                     out = model.decode(_batch_rows(emb, idx), boxes=boxes[idx], points=pts,
                                        point_labels=labs, mask_logits=mask_prompt)
