@@ -6,8 +6,9 @@ its clicks in ``clicks_order``, one ``add_clicks`` call per click, exactly as an
 have received them one round at a time. Same model, weights, seed and prompts give the same logits, so the
 replayed round-k answer equals the one a session kept alive since round 1 would give.
 
-The class masks are composed into one (D, H, W) uint8 label map like the evaluation harness does: classes in
-ascending order, a later class wins where objects overlap.
+The classes are composed into one (D, H, W) uint8 label map with the service's overlap rule, as the
+evaluation harness does: a voxel claimed by several classes goes to the most confident one (the highest
+logit; ties: the higher class), see ``app.models.label_map``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import numpy as np
 
 from challenge.case import ChallengeCase, read_case
 from evaluation.cases import SpacingOrder
-from evaluation.runner import compose_label_map
 
 if TYPE_CHECKING:
     from app.models.predictor import Predictor
@@ -54,7 +54,6 @@ def replay_case(predictor: Predictor, case: ChallengeCase, *, mode: str = "both"
     empty.
     """
     state = predictor.init_state(case.image, case.spacing, seed=SESSION_SEED)
-    masks: dict[int, np.ndarray] = {}
     for index, prompts in enumerate(case.prompts):
         object_id = index + 1
         if prompts.box is not None:
@@ -67,9 +66,7 @@ def replay_case(predictor: Predictor, case: ChallengeCase, *, mode: str = "both"
                 predictor.add_clicks(state, object_id, [list(click.point)], [click.label], mode=mode)
             except ValueError as err:
                 log.warning("%s: class %d: click %s ignored: %s", case.name, object_id, click.point, err)
-        if object_id in state.objects:
-            masks[object_id] = predictor.get_mask(state, object_id).astype(bool)
-    return compose_label_map(masks, case.image.shape, np.dtype(np.uint8))
+    return predictor.get_label_map(state, sorted(state.objects), "confidence").astype(np.uint8)
 
 
 def write_segs(path: Path, segs: np.ndarray) -> None:

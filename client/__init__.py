@@ -30,7 +30,7 @@ Invalid arguments are caught locally with the server's own validation (same ``Va
 anything is sent. ``wait_for_version`` raises the built-in ``TimeoutError`` when the version does not arrive.
 """
 
-from app.schemas.prompts import MaskFormat, PromptReply, StepReply
+from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, StepReply
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
 from client._async import AsyncClient, AsyncSession
 from client._errors import (
@@ -60,6 +60,7 @@ __all__ = [
     "MaskStream",
     "NotFoundError",
     "ObjectInfo",
+    "OverlapRule",
     "PromptReply",
     "RateLimitedError",
     "SegError",

@@ -20,7 +20,7 @@ import pydantic
 from app.schemas import paths
 from app.schemas.errors import detail_from_pydantic
 from app.schemas.paths import API_KEY_HEADER
-from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, RefineMode
+from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, OverlapRule, PromptReply, RefineMode
 from app.schemas.sessions import SessionCreated, SessionInfo
 from client._errors import SegError, ValidationError, error_from_reply
 
@@ -187,10 +187,15 @@ def get_mask(sid: str, token: str, oid: int, fmt: MaskFormat | str) -> Request:
                    headers=auth_headers(token))
 
 
-def get_segmentation(sid: str, token: str, fmt: MaskFormat | str) -> Request:
-    fmt_value = MaskFormat(fmt).value
-    return Request("GET", paths.SEGMENTATION.format(session_id=sid), params={paths.FORMAT_QUERY: fmt_value},
-                   headers=auth_headers(token))
+def get_segmentation(sid: str, token: str, fmt: MaskFormat | str, overlap: OverlapRule | str = "confidence"
+                     ) -> Request:
+    try:
+        rule = OverlapRule(overlap).value
+    except ValueError:
+        raise ValidationError(f"overlap: expected one of {[r.value for r in OverlapRule]}, got {overlap!r}",
+                              field="overlap") from None
+    params = {paths.FORMAT_QUERY: MaskFormat(fmt).value, paths.OVERLAP_QUERY: rule}
+    return Request("GET", paths.SEGMENTATION.format(session_id=sid), params=params, headers=auth_headers(token))
 
 
 def parse_npz(response: httpx.Response, key: str) -> np.ndarray:

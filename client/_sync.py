@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 
 from app.schemas import paths
-from app.schemas.prompts import MaskFormat, PromptReply, RefineMode
+from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, RefineMode
 from app.schemas.sessions import SessionCreated, SessionInfo
 from client import _protocol as proto
 from client._errors import TransportError
@@ -140,13 +140,17 @@ class Session:
         response = self._send(proto.get_mask(self.session_id, self.token, object_id, fmt))
         return proto.check(response).content
 
-    def segmentation(self) -> np.ndarray:
-        """All objects as one (D, H, W) label map (value = object id, 0 = background)."""
-        response = self._send(proto.get_segmentation(self.session_id, self.token, MaskFormat.NPZ))
+    def segmentation(self, overlap: OverlapRule | str = OverlapRule.CONFIDENCE) -> np.ndarray:
+        """All objects as one (D, H, W) label map (value = object id, 0 = background).
+
+        ``overlap``: "confidence" (a voxel claimed by several objects goes to the one with the highest logit)
+        or "recent" (to the most recently changed object)."""
+        response = self._send(proto.get_segmentation(self.session_id, self.token, MaskFormat.NPZ, overlap))
         return proto.parse_npz(response, paths.SEGMENTATION_NPZ_KEY)
 
-    def download_segmentation(self, fmt: MaskFormat | str = MaskFormat.NIFTI_GZ) -> bytes:
-        response = self._send(proto.get_segmentation(self.session_id, self.token, fmt))
+    def download_segmentation(self, fmt: MaskFormat | str = MaskFormat.NIFTI_GZ,
+                              overlap: OverlapRule | str = OverlapRule.CONFIDENCE) -> bytes:
+        response = self._send(proto.get_segmentation(self.session_id, self.token, fmt, overlap))
         return proto.check(response).content
 
     def stream(self, *, open_timeout: float = 10.0) -> MaskStream:

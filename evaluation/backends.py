@@ -6,8 +6,9 @@ stream (the path a user's viewer takes) or downloaded whole. Both give the same 
 weights and session seed.
 
 A ``Method`` opens one ``Session`` per case (the volume is encoded there) and the runner sends it, per
-class, one box and then at most one click per round, reading the class's binary mask back after each
-prompt. Object ids are the label values. The model methods differ only in how clicks are answered:
+class, one box and then at most one click per round, reading the session's label map of all classes back
+after each round (the predictor's or the server's, with the service's overlap rule: the most confident
+object wins). Object ids are the label values. The model methods differ only in how clicks are answered:
 
     backbone   the first prompt's prediction is kept: clicks are not answered (no correction)
     gru        the paper: the GRU corrector alone (``add_clicks(mode="gru")``)
@@ -17,6 +18,7 @@ prompt. Object ids are the label values. The model methods differ only in how cl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -41,6 +43,11 @@ class Session(Protocol):
     def add_click(self, object_id: int, click: Click) -> None: ...
 
     def mask(self, object_id: int) -> np.ndarray: ...
+
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """(D, H, W) ``dtype`` label map of the listed objects (0 elsewhere; objects never prompted are
+        absent), overlaps resolved by the method's own rule, as the challenge's ``segs``."""
+        ...
 
     def close(self) -> None: ...
 
@@ -88,6 +95,10 @@ class PredictorSession:
 
     def mask(self, object_id: int) -> np.ndarray:
         return self._predictor.get_mask(self._state, object_id).astype(bool)
+
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        present = [oid for oid in object_ids if oid in self._state.objects]
+        return self._predictor.get_label_map(self._state, present, "confidence").astype(dtype)
 
     def close(self) -> None:
         self._state = None  # type: ignore[assignment]  # frees the embeddings
@@ -149,6 +160,19 @@ class ServerSession:
         if self._stream is None:
             return self._session.mask(object_id).astype(bool)
         return self._stream.wait_for_version(object_id, self._versions[object_id], self._timeout).astype(bool)
+
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The server's segmentation (its overlap rule needs the logits, which stay on the server). With the
+        stream, every prompted object's last version must have arrived on it first."""
+        if self._stream is not None:
+            for oid in object_ids:
+                if oid in self._versions:
+                    self._stream.wait_for_version(oid, self._versions[oid], self._timeout)
+        labels = self._session.segmentation(overlap="confidence")
+        if labels.shape != tuple(shape):
+            raise ValueError(f"segmentation: the server's shape {list(labels.shape)} is not the case's {list(shape)}")
+        keep = np.isin(labels, list(object_ids))
+        return np.where(keep, labels, 0).astype(dtype)
 
     def close(self) -> None:
         try:

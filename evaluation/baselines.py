@@ -19,6 +19,7 @@ import numpy as np
 from skimage.segmentation import random_walker
 from skimage.transform import resize
 
+from app.models.label_map import paint_in_order
 from evaluation.cases import Box
 from evaluation.click_rule import Click
 
@@ -178,6 +179,10 @@ class RandomWalkerSession:
     def mask(self, object_id: int) -> np.ndarray:
         return self._masks[object_id]
 
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """No confidences: classes painted in ascending order, a later class wins overlaps."""
+        return paint_in_order(self._masks, sorted(o for o in object_ids if o in self._masks), shape, dtype)
+
     def close(self) -> None:
         self._masks.clear()
 
@@ -215,6 +220,10 @@ class BoxFillSession:
 
     def mask(self, object_id: int) -> np.ndarray:
         return self._masks[object_id]
+
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """No confidences: classes painted in ascending order, a later class wins overlaps."""
+        return paint_in_order(self._masks, sorted(o for o in object_ids if o in self._masks), shape, dtype)
 
     def close(self) -> None:
         self._masks.clear()

@@ -1,17 +1,19 @@
 """The interactive protocol: per case and method, a box round then five simulated click rounds.
 
 Per round every class gets its prompt (round 1: its box; rounds 2..6: the official click computed from the
-previous round's prediction, none when that class is already perfect), the class masks are read back and
-composed into one label map (classes in ascending order, a later class wins where objects overlap: the
-challenge scores a single ``segs`` map), and the round is scored. Only the method's work is timed: opening
-the session (encoding the volume) counts towards the first round that prompts, click simulation and scoring
-do not.
+previous round's prediction, none when that class is already perfect), the session's label map of all
+classes is read back and the round is scored. The challenge scores the single ``segs`` map a method writes,
+so composing the classes (resolving overlaps) is the method's job: the model methods use the service's rule
+(the most confident object wins, ``app.models.label_map``), the baselines, which have no confidences, paint
+classes in ascending order (``paint_in_order``). Only the method's work is timed: opening the session
+(encoding the volume) counts towards the first round that prompts, click simulation and scoring do not;
+reading the label map back counts, as writing ``segs`` does in the challenge.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -20,14 +22,6 @@ from evaluation.backends import Method
 from evaluation.cases import BoxMode, CaseRef, EvalCase, load_case
 from evaluation.click_rule import next_click
 from evaluation.metrics import N_ROUNDS, NSD_TOLERANCE_MM, CaseResult, round_scores
-
-
-def compose_label_map(masks: Mapping[int, np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """(D, H, W) label map from per-class boolean masks; ascending class order, later classes overwrite."""
-    labels = np.zeros(shape, dtype=dtype)
-    for class_id in sorted(masks):
-        labels[masks[class_id]] = class_id
-    return labels
 
 
 def run_case(
@@ -39,7 +33,7 @@ def run_case(
 ) -> CaseResult:
     """Run the six rounds of one case with one method and score each round."""
     gt = case.ground_truth
-    masks: dict[int, np.ndarray] = {c: np.zeros(gt.shape, dtype=bool) for c in case.classes}
+    prediction = np.zeros(gt.shape, dtype=gt.dtype)
     dsc, nsd, times, n_clicks = [], [], [], []
 
     started = clock()
@@ -54,24 +48,23 @@ def run_case(
             started = clock()
             for c in case.classes:
                 session.add_box(c, case.boxes[c])
-                masks[c] = session.mask(c)
+            prediction = session.label_map(case.classes, gt.shape, gt.dtype)
             times.append(pending + clock() - started)
             pending = 0.0
             n_clicks.append(0)
-            _score(case, masks, tolerance_mm, dsc, nsd)
+            _score(case, prediction, tolerance_mm, dsc, nsd)
 
         for _ in range(N_ROUNDS - 1):
-            prediction = compose_label_map(masks, gt.shape, gt.dtype)
             clicks = {c: next_click(prediction == c, gt == c) for c in case.classes}
             started = clock()
             for c, click in clicks.items():
                 if click is not None:
                     session.add_click(c, click)
-                    masks[c] = session.mask(c)
+            prediction = session.label_map(case.classes, gt.shape, gt.dtype)
             times.append(pending + clock() - started)
             pending = 0.0
             n_clicks.append(sum(click is not None for click in clicks.values()))
-            _score(case, masks, tolerance_mm, dsc, nsd)
+            _score(case, prediction, tolerance_mm, dsc, nsd)
     finally:
         session.close()
 
@@ -87,10 +80,7 @@ def run_case(
     )
 
 
-def _score(
-    case: EvalCase, masks: Mapping[int, np.ndarray], tolerance_mm: float, dsc: list[float], nsd: list[float]
-) -> None:
-    prediction = compose_label_map(masks, case.ground_truth.shape, case.ground_truth.dtype)
+def _score(case: EvalCase, prediction: np.ndarray, tolerance_mm: float, dsc: list[float], nsd: list[float]) -> None:
     d, n = round_scores(case.ground_truth, prediction, case.classes, case.spacing, tolerance_mm)
     dsc.append(d)
     nsd.append(n)

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from app.models import geometry as geo
 from app.models.backbone import Backbone
 from app.models.corrector import GRUCorrector, apply_correction
+from app.models.label_map import OVERLAP_RULES, OverlapRule, label_dtype, paint_by_confidence, paint_in_order
 from app.models.preprocess import foreground_bounds, normalize_intensity, resample_to_frame
 from app.models.sampling import SamplingConfig, build_corrector_input
 from app.models.state import (
@@ -351,6 +352,27 @@ class Predictor:
         if obj.roi is None or obj.logits is None:
             return None, None
         return obj.roi, torch.sigmoid(obj.logits).cpu().numpy()
+
+    @torch.inference_mode()
+    def get_label_map(self, state: SessionState, order: Sequence[int] | None = None,
+                      overlap: OverlapRule = "confidence") -> np.ndarray:
+        """All (or the listed) objects as one (D, H, W) label map, value = object id (uint8, or uint16 past 255).
+
+        ``order`` lists the objects to paint (default: all, ascending ids); it breaks ties under
+        ``overlap="confidence"`` (the highest logit wins, then the later object) and is the paint order under
+        ``"recent"`` (the later object wins). See ``app.models.label_map``.
+        """
+        if overlap not in OVERLAP_RULES:
+            raise ValueError(f"overlap: expected one of {list(OVERLAP_RULES)}, got {overlap!r}")
+        ids = self.object_ids(state) if order is None else list(order)
+        objects = [self._object(state, oid) for oid in ids]  # unknown ids fail before any work
+        dtype = label_dtype(ids)
+        if overlap == "recent":
+            return paint_in_order({o.object_id: self.get_mask(state, o.object_id) for o in objects}, ids,
+                                  state.shape, dtype)
+        rois = ((o.object_id, o.roi, o.logits.float().cpu().numpy()) for o in objects
+                if o.roi is not None and o.logits is not None)
+        return paint_by_confidence(rois, state.shape, dtype)
 
     # --- internals ----------------------------------------------------------------------------------------------
 

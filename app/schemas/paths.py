@@ -57,6 +57,8 @@ UPLOAD_SPACING_ORDER_FIELD = "spacing_order"
 """Optional form field for a CVPR25 ``.npz`` upload: "auto" (default), "zyx" or "xyz" (see app.io.volumes)."""
 FORMAT_QUERY = "format"
 """Query parameter choosing the mask download format (``MaskFormat``)."""
+OVERLAP_QUERY = "overlap"
+"""Query parameter of the segmentation download choosing how overlapping objects are resolved (``OverlapRule``)."""
 STREAM_TOKEN_QUERY = "token"
 """Browsers cannot set headers on a WebSocket: the stream also accepts ``?token=<token>``."""
 

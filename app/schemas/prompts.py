@@ -161,6 +161,16 @@ class PromptReply(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
+class OverlapRule(str, Enum):
+    """How the segmentation label map resolves voxels claimed by several objects (``app.models.label_map``).
+
+    confidence (default): the object with the highest logit there wins (ties: the most recently changed);
+    recent: the most recently changed object wins everywhere it overlaps another."""
+
+    CONFIDENCE = "confidence"
+    RECENT = "recent"
+
+
 class MaskFormat(str, Enum):
     """Download / upload formats of masks. npz holds key ``mask`` (uint8 (D, H, W)); the others carry the
     source volume's geometry. dcm (download only, sessions created from a DICOM series): a DICOM SEG

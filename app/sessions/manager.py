@@ -62,6 +62,7 @@ from app.errors import (
     StoreUnavailable,
     Unauthorized,
 )
+from app.models.label_map import OverlapRule
 from app.schemas.diffs import ObjectRemoved
 from app.schemas.frames import mask_bbox
 from app.schemas.prompts import REFINE_MODES
@@ -533,24 +534,20 @@ class SessionManager:
 
         return await self._locked(session, body)
 
-    async def segmentation(self, session: Session) -> tuple[np.ndarray, dict[int, int]]:
-        """All objects as one (D, H, W) label map (value = object id) and the versions it shows.
+    async def segmentation(self, session: Session, overlap: OverlapRule = "confidence",
+                           object_ids: Sequence[int] | None = None) -> tuple[np.ndarray, dict[int, int]]:
+        """All objects (or those of ``object_ids`` that exist) as one (D, H, W) label map (value = object id)
+        and the versions it shows.
 
-        Overlaps: the most recently changed object wins (objects are painted in change order).
+        Overlaps (``app.models.label_map``): ``"confidence"``, the object with the highest logit wins, ties to
+        the most recently changed; ``"recent"``, the most recently changed object wins.
         dtype uint8 when every id fits, else uint16.
         """
 
         async def body() -> tuple[np.ndarray, dict[int, int]]:
-            order = sorted(session.state.objects, key=lambda oid: session.change_order.get(oid, 0))
-            dtype = np.uint8 if all(oid <= 255 for oid in order) else np.uint16
-
-            def paint() -> np.ndarray:
-                labels = np.zeros(session.shape, dtype=dtype)
-                for oid in order:
-                    labels[self.predictor.get_mask(session.state, oid) != 0] = oid
-                return labels
-
-            labels = await self.executor.run(paint)
+            shown = session.state.objects if object_ids is None else set(object_ids) & set(session.state.objects)
+            order = sorted(shown, key=lambda oid: session.change_order.get(oid, 0))
+            labels = await self.executor.run(self.predictor.get_label_map, session.state, order, overlap)
             return labels, {oid: session.versions.get(oid, 0) for oid in order}
 
         return await self._locked(session, body)

@@ -334,15 +334,19 @@ class MonaiLabelBridge:
                      ) -> tuple[np.ndarray, dict[str, int], dict[str, list[int]]]:
         values = {name: label_value(name, self.labels) for name in labels}
         dtype = np.uint8 if max(values.values(), default=0) <= 255 else np.uint16
-        labelmap = np.zeros(entry.meta.shape, dtype=dtype)
+        name_of = {entry.tracks[name].object_id: name for name in labels}
+        # Overlaps: the service's rule (the most confident object wins), then object ids -> label values.
+        object_labels, _versions = await self.manager.segmentation(entry.session, object_ids=list(name_of))
+        lut = np.zeros(max(name_of, default=0) + 1, dtype=dtype)
+        for oid, name in name_of.items():
+            lut[oid] = values[name]
+        labelmap = lut[object_labels]
         names: dict[str, int] = {"background": 0}
         centroids: dict[str, list[int]] = {}
-        for name in labels:  # later labels win where objects overlap
-            mask, _version = await self.manager.get_mask(entry.session, entry.tracks[name].object_id)
-            where = np.nonzero(mask)
+        for name in labels:
+            where = np.nonzero(object_labels == entry.tracks[name].object_id)
             if not where[0].size:
                 continue
-            labelmap[where] = values[name]
             names[name] = values[name]
             z, y, x = (int(round(float(np.mean(a)))) for a in where)
             centroids[name] = [values[name], x, y, z]  # [value, i, j, k], as MONAI Label reports them

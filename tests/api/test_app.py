@@ -89,10 +89,12 @@ def test_put_mask_then_segmentation_label_map(client: TestClient) -> None:
         assert r.status_code == 200 and r.json()["changed"] == int(m.sum())
         assert np.array_equal(_npz(client.get(f"/v1/sessions/{sid}/objects/{oid}/mask", headers=auth).content,
                                    "mask"), m)
-    r = client.get(f"/v1/sessions/{sid}/segmentation", headers=auth)
-    labels = _npz(r.content, "segs")
     expected = np.where(second == 1, 9, np.where(first == 1, 5, 0))  # object 9 changed last: wins overlaps
-    assert np.array_equal(labels, expected)
+    for params in ({}, {"overlap": "confidence"}, {"overlap": "recent"}):  # equal confidences: the tie rule
+        r = client.get(f"/v1/sessions/{sid}/segmentation", params=params, headers=auth)
+        assert np.array_equal(_npz(r.content, "segs"), expected)
+    r = client.get(f"/v1/sessions/{sid}/segmentation", params={"overlap": "newest"}, headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "overlap", r.text
 
 
 def test_world_box_matches_the_voxel_box(client: TestClient) -> None:

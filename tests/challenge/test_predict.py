@@ -20,7 +20,6 @@ from challenge.case import read_case
 from challenge.predict import SESSION_SEED, replay_case
 from evaluation.cases import box_from_challenge, box_from_mask
 from evaluation.click_rule import Click, next_click
-from evaluation.runner import compose_label_map
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (24, 40, 44)
@@ -93,19 +92,16 @@ def _run_round(inputs: Path, outputs: Path, round_index: int) -> None:
 def _live_session_rounds(predictor, evaluator: _Evaluator) -> list[np.ndarray]:  # noqa: ANN001
     """The same prompts sent round by round to one session that lives through all six rounds."""
     state = predictor.init_state(evaluator.image, (2.5, 0.8, 0.8), seed=SESSION_SEED)
-    masks: dict[int, np.ndarray] = {}
     rounds = []
     if evaluator.boxes is not None:
-        for i, c in enumerate(evaluator.classes):
+        for i in range(len(evaluator.classes)):
             predictor.add_box(state, i + 1, list(box_from_challenge(evaluator.boxes[i])))
-            masks[c] = predictor.get_mask(state, i + 1).astype(bool)
-    rounds.append(compose_label_map(masks, SHAPE, np.dtype(np.uint8)))
+    rounds.append(predictor.get_label_map(state, sorted(state.objects)))
     for row in evaluator.history:
         for i, click in enumerate(row):
             if click is not None:
                 predictor.add_clicks(state, i + 1, [list(click.point)], [click.label], mode="both")
-                masks[evaluator.classes[i]] = predictor.get_mask(state, i + 1).astype(bool)
-        rounds.append(compose_label_map(masks, SHAPE, np.dtype(np.uint8)))
+        rounds.append(predictor.get_label_map(state, sorted(state.objects)))
     return rounds
 
 
@@ -232,5 +228,5 @@ def test_invalid_box_falls_back_to_the_clicks(tmp_path: Path, service_predictor,
     state = p.init_state(_image(gt), (1.0, 1.0, 1.0), seed=SESSION_SEED)
     p.add_clicks(state, 1, [[8, 12, 14]], [1], mode="both")
     p.add_box(state, 2, list(box_from_challenge(good)))
-    expected = compose_label_map({c: p.get_mask(state, c).astype(bool) for c in (1, 2)}, SHAPE, np.dtype(np.uint8))
+    expected = p.get_label_map(state, [1, 2])
     np.testing.assert_array_equal(segs, expected)

@@ -75,6 +75,9 @@ def test_masks_round_trip_as_numpy(api: FakeApi, client: Client) -> None:
     assert api.requests[-1].url.params["format"] == "npz"
     seg = session.segmentation()
     assert set(np.unique(seg)) == {0, 2}
+    assert api.requests[-1].url.params["overlap"] == "confidence"
+    session.segmentation(overlap="recent")
+    assert api.requests[-1].url.params["overlap"] == "recent"
 
 
 def test_bad_arguments_fail_locally_with_the_field_named(api: FakeApi, client: Client) -> None:
@@ -87,6 +90,7 @@ def test_bad_arguments_fail_locally_with_the_field_named(api: FakeApi, client: C
         (lambda: session.clicks(1, [[1, 2, 3]], [1, 0]), "labels"),
         (lambda: session.clicks(1, [[1, 2, 3]], [1], mode="fast"), "mode"),  # type: ignore[arg-type]
         (lambda: session.undo(0), "object_id"),
+        (lambda: session.segmentation(overlap="newest"), "overlap"),  # type: ignore[arg-type]
         (lambda: session.set_mask(1, np.full((2, 2, 2), 3)), "mask"),
         (lambda: client.create_session(np.zeros((4, 5))), "volume"),
         (lambda: client.create_session(np.zeros((4, 5, 6)), spacing=(1, 0, 1)), "spacing"),

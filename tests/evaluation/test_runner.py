@@ -1,14 +1,17 @@
-"""The protocol loop: rounds, clicks from the composed label map, timing slots, skipped cases."""
+"""The protocol loop: rounds, clicks from the session's label map, timing slots, skipped cases."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
+from app.models.label_map import paint_in_order
 from evaluation.baselines import BoxFillMethod, RandomWalkerMethod, box_mask
 from evaluation.cases import Box, EvalCase, box_from_mask
 from evaluation.click_rule import Click, next_click
-from evaluation.runner import compose_label_map, evaluate, run_case
+from evaluation.runner import evaluate, run_case
 
 
 def _case(boxes: bool = True) -> EvalCase:
@@ -30,10 +33,13 @@ def _case(boxes: bool = True) -> EvalCase:
 
 
 class _RecordingSession:
-    """Answers a box with the box itself and records the clicks it is sent."""
+    """Answers a box with the box itself, records the clicks it is sent; its label map: the highest id wins."""
 
     def __init__(self, shape: tuple[int, ...], log: list[tuple[int, Click]]):
         self._shape, self._log, self._masks = shape, log, {}
+
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return paint_in_order(self._masks, sorted(object_ids), shape, dtype)
 
     def add_box(self, object_id: int, box: Box) -> None:
         self._masks[object_id] = box_mask(self._shape, box)
@@ -58,16 +64,6 @@ class _RecordingMethod:
         return _RecordingSession(image.shape, self.clicks)
 
 
-def test_compose_label_map_later_classes_win_overlaps() -> None:
-    a = np.zeros((2, 2, 2), dtype=bool)
-    b = np.zeros_like(a)
-    a[0] = True
-    b[:, 0] = True
-    labels = compose_label_map({7: b, 2: a}, a.shape, np.dtype(np.uint16))
-    assert labels.dtype == np.uint16
-    assert labels[0, 0, 0] == 7 and labels[0, 1, 0] == 2 and labels[1, 1, 1] == 0 and labels[1, 0, 1] == 7
-
-
 def test_box_fill_rounds_scores_and_clicks() -> None:
     case = _case()
     result = run_case(BoxFillMethod(), case)
@@ -80,17 +76,14 @@ def test_box_fill_rounds_scores_and_clicks() -> None:
     assert (result.case_name, result.method, result.modality, result.classes) == ("synthetic", "box_fill", "MR", [3, 5])
 
 
-def test_clicks_come_from_the_composed_label_map() -> None:
+def test_clicks_come_from_the_sessions_label_map() -> None:
     case = _case()
     # Make the boxes overlap: class 5's box covers part of class 3, so class 3 loses voxels in the label map.
     case.boxes = {3: case.boxes[3], 5: (2, 5, 5, 11, 17, 17)}
     method = _RecordingMethod()
     run_case(method, case)
-    labels = compose_label_map(
-        {c: box_mask(case.ground_truth.shape, b) for c, b in case.boxes.items()},
-        case.ground_truth.shape,
-        case.ground_truth.dtype,
-    )
+    labels = paint_in_order({c: box_mask(case.ground_truth.shape, b) for c, b in case.boxes.items()}, [3, 5],
+                            case.ground_truth.shape, case.ground_truth.dtype)
     expected = [(c, next_click(labels == c, case.ground_truth == c)) for c in (3, 5)]
     assert expected[0][1] is not None and expected[0][1].label == 1  # the hidden part of class 3
     assert method.clicks == expected * 5  # the prediction never changes, so neither does the click

@@ -272,7 +272,7 @@ async def test_stream_frames_rebuild_the_mask(make_manager) -> None:  # noqa: AN
     assert isinstance(closing, Close) and closing.code == 4410
 
 
-async def test_segmentation_most_recent_object_wins(make_manager) -> None:  # noqa: ANN001
+async def test_segmentation_ties_and_recent_rule_go_to_the_most_recent_object(make_manager) -> None:  # noqa: ANN001
     manager = make_manager()
     session, _ = await manager.create(_volume(), GEOMETRY)
     full = np.zeros(SHAPE, np.uint8)
@@ -292,6 +292,9 @@ async def test_segmentation_most_recent_object_wins(make_manager) -> None:  # no
     await manager.set_mask(session, 3, full)
     labels, _ = await manager.segmentation(session)
     assert labels[12, 25, 25] == 3
+    # Uploaded masks tie on confidence; under "recent" the change order alone decides, the same way here.
+    recent, _ = await manager.segmentation(session, "recent")
+    assert np.array_equal(recent, labels)
 
 
 class _FailingCommitStore(InProcessStore):

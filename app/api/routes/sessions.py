@@ -15,7 +15,7 @@ from app.errors import InvalidInput
 from app.io.dicom_seg import build_seg
 from app.io.volumes import VolumeLimits, VolumeMeta, save_mask
 from app.schemas import paths
-from app.schemas.prompts import MaskFormat
+from app.schemas.prompts import MaskFormat, OverlapRule
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
 from app.sessions.manager import Geometry, Session
 
@@ -117,22 +117,25 @@ async def delete_session(session: SessionDep, manager: ManagerDep) -> Response:
 
 @router.get(
     paths.SEGMENTATION,
-    summary="All objects as one label map (value = object id; overlaps: the most recently changed object wins)",
+    summary="All objects as one label map (value = object id; overlaps: the most confident object wins, or with "
+            "overlap=recent the most recently changed)",
     response_class=Response,
     responses={**_AUTH_ERRORS,
                200: {"content": {t: {} for t in ("application/x-npz", "application/gzip", "application/octet-stream",
                                                  "application/dicom")},
                      "description": f"npz key {paths.SEGMENTATION_NPZ_KEY!r}, uint8 or uint16; dcm: a DICOM SEG "
                      "with one segment per object"},
-               **error_responses(422, s422="Unknown format, or format=dcm for a session not created from DICOM.")},
+               **error_responses(422, s422="Unknown format or overlap rule, or format=dcm for a session not "
+                                 "created from DICOM.")},
 )
 async def get_segmentation(
     session: SessionDep,
     manager: ManagerDep,
     fmt: Annotated[MaskFormat, Query(alias=paths.FORMAT_QUERY)] = MaskFormat.NPZ,
+    overlap: Annotated[OverlapRule, Query(alias=paths.OVERLAP_QUERY)] = OverlapRule.CONFIDENCE,
 ) -> Response:
     headers = dicom_headers(session) if fmt is MaskFormat.DCM else None
-    labels, versions = await manager.segmentation(session)
+    labels, versions = await manager.segmentation(session, overlap.value)
     if headers is not None:
         if not versions:
             raise InvalidInput("format: 'dcm' needs at least one object; the session has none", field="format")
