@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from app.models.build import build_predictor
-from app.models.label_map import paint_by_confidence, paint_in_order
+from app.models.label_map import OVERLAP_RULES, paint_by_confidence, paint_in_order
 from app.models.predictor import Predictor, UnknownObjectError
+from app.schemas.prompts import OverlapRule
 
 SHAPE = (6, 8, 8)
 
@@ -37,6 +38,23 @@ def test_the_most_confident_object_wins_and_no_object_grows() -> None:
     assert (labels[core] == 2).all()  # nested, more confident: on top although painted first
     assert (labels[~core & (np.arange(8) < 7)[None, None, :]] == 1).all()  # object 1 keeps what it claims
     assert (labels[:, :, 7] == 0).all()  # a negative logit never takes a label
+
+
+def test_rois_away_from_the_origin_compose_like_full_volume_masks() -> None:
+    # Two ROIs far from the volume's corner, overlapping in part: the result must not depend on where the
+    # ROIs' union starts.
+    a, b = (3, 4, 5, 6, 9, 9), (5, 6, 2, 8, 8, 7)
+    la = np.full((3, 5, 4), 1.0, np.float32)
+    lb = np.full((3, 2, 5), 2.0, np.float32)
+    labels = paint_by_confidence([(1, a, la), (2, b, lb)], (9, 10, 11), np.dtype(np.uint8))
+    expected = np.zeros((9, 10, 11), np.uint8)
+    expected[3:6, 4:9, 5:9] = 1
+    expected[5:8, 6:8, 2:7] = 2
+    assert np.array_equal(labels, expected)
+
+
+def test_the_wire_enum_and_the_model_rules_agree() -> None:
+    assert tuple(r.value for r in OverlapRule) == OVERLAP_RULES
 
 
 def test_equal_logits_go_to_the_later_object() -> None:
