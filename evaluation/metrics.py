@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -72,24 +72,6 @@ def surface_dice(
     return float(nsd[0, 0])
 
 
-def multi_class_dsc(ground_truth: np.ndarray, prediction: np.ndarray, classes: Sequence[int]) -> float:
-    """Mean DSC over ``classes`` of two (D, H, W) label maps."""
-    return float(np.mean([dice(ground_truth == c, prediction == c) for c in classes]))
-
-
-def multi_class_nsd(
-    ground_truth: np.ndarray,
-    prediction: np.ndarray,
-    classes: Sequence[int],
-    spacing: Sequence[float],
-    tolerance_mm: float = NSD_TOLERANCE_MM,
-) -> float:
-    """Mean NSD over ``classes`` of two (D, H, W) label maps."""
-    return float(
-        np.mean([surface_dice(ground_truth == c, prediction == c, spacing, tolerance_mm) for c in classes])
-    )
-
-
 def round_scores(
     ground_truth: np.ndarray,
     prediction: np.ndarray,
@@ -98,9 +80,23 @@ def round_scores(
     tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> tuple[float, float]:
     """(DSC, NSD) of one round; NSD only when DSC > 0.2, else 0 (the official shortcut)."""
-    dsc = multi_class_dsc(ground_truth, prediction, classes)
-    nsd = multi_class_nsd(ground_truth, prediction, classes, spacing, tolerance_mm) if dsc > NSD_MIN_DSC else 0.0
-    return dsc, nsd
+    dsc, nsd = class_round_scores(ground_truth, prediction, classes, spacing, tolerance_mm)
+    return float(np.mean(dsc)), float(np.mean(nsd))
+
+
+def class_round_scores(
+    ground_truth: np.ndarray,
+    prediction: np.ndarray,
+    classes: Sequence[int],
+    spacing: Sequence[float],
+    tolerance_mm: float = NSD_TOLERANCE_MM,
+) -> tuple[list[float], list[float]]:
+    """Per class (DSC, NSD) lists of one round; their means are ``round_scores``. The official shortcut holds
+    for the round as a whole: every class's NSD is 0 when the mean DSC is <= 0.2."""
+    dsc = [dice(ground_truth == c, prediction == c) for c in classes]
+    if float(np.mean(dsc)) <= NSD_MIN_DSC:
+        return dsc, [0.0] * len(dsc)
+    return dsc, [surface_dice(ground_truth == c, prediction == c, spacing, tolerance_mm) for c in classes]
 
 
 def click_auc(per_round: Sequence[float]) -> float:
@@ -125,6 +121,8 @@ class CaseResult:
         dsc, nsd: per-round means over classes, rounds 1..6.
         running_time: seconds of inference per round, rounds 1..6 (click simulation and scoring excluded).
         n_clicks: clicks actually placed per round (rounds 1..6; round 1 is the box round, always 0).
+        class_dsc, class_nsd: per round (1..6) the per-class values in ``classes`` order (empty when not
+            recorded); their means are ``dsc`` and ``nsd``.
     """
 
     case_name: str
@@ -135,6 +133,8 @@ class CaseResult:
     nsd: list[float]
     running_time: list[float]
     n_clicks: list[int]
+    class_dsc: list[list[float]] = field(default_factory=list)
+    class_nsd: list[list[float]] = field(default_factory=list)
 
     @property
     def num_class(self) -> int:
@@ -180,6 +180,23 @@ class CaseResult:
         )
         return row
 
+    def object_rows(self) -> list[dict[str, object]]:
+        """One row per class: case, method, modality, label, DSC_1..6 and NSD_1..6 (runtime rule applied)."""
+        zero = self.over_budget
+        rows = []
+        for k, label in enumerate(self.classes):
+            row: dict[str, object] = {"CaseName": self.case_name, "method": self.method, "modality": self.modality,
+                                      "label": label}
+            row.update({f"DSC_{i + 1}": 0.0 if zero else r[k] for i, r in enumerate(self.class_dsc)})
+            row.update({f"NSD_{i + 1}": 0.0 if zero else r[k] for i, r in enumerate(self.class_nsd)})
+            rows.append(row)
+        return rows
+
+
+OBJECT_CSV_COLUMNS: list[str] = (
+    ["CaseName", "method", "modality", "label"] + [f"DSC_{i}" for i in range(1, 7)] + [f"NSD_{i}" for i in range(1, 7)]
+)
+"""Columns of ``objects.csv``: one row per case, method and label (ours; the official CSV is per case)."""
 
 CSV_COLUMNS: list[str] = (
     ["CaseName", "TotalRunningTime"]

@@ -1,4 +1,5 @@
-"""Reports of a run: cases.csv (official columns), summary.json, summary.md and dsc_per_round.png.
+"""Reports of a run: cases.csv (official columns), objects.csv (per label), summary.json, summary.md and
+dsc_per_round.png.
 
 Summaries are means over cases with the runtime rule applied (a case over its budget counts as 0).
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.metrics import CSV_COLUMNS, N_ROUNDS, CaseResult, click_auc
+from evaluation.metrics import CSV_COLUMNS, N_ROUNDS, OBJECT_CSV_COLUMNS, CaseResult, click_auc
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,15 @@ def write_cases_csv(results: Sequence[CaseResult], path: str | Path) -> None:
             writer.writerow(r.row())
 
 
+def write_objects_csv(results: Sequence[CaseResult], path: str | Path) -> None:
+    """One row per case, method and label (the per-class values behind each case's means)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=OBJECT_CSV_COLUMNS)
+        writer.writeheader()
+        for r in results:
+            writer.writerows(r.object_rows())
+
+
 def write_summary_json(
     summary: Mapping[str, Any], path: str | Path, run_info: Mapping[str, Any] | None = None
 ) -> None:
@@ -129,10 +139,11 @@ def plot_dsc_per_round(summary: Mapping[str, Any], path: str | Path) -> None:
 def write_reports(
     results: Sequence[CaseResult], out_dir: str | Path, run_info: Mapping[str, Any] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Write cases.csv, summary.json, summary.md and dsc_per_round.png into ``out_dir``."""
+    """Write cases.csv, objects.csv, summary.json, summary.md and dsc_per_round.png into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_cases_csv(results, out / "cases.csv")
+    write_objects_csv(results, out / "objects.csv")
     summary = summarize_run(results)
     write_summary_json(summary, out / "summary.json", run_info)
     (out / "summary.md").write_text(summary_markdown(summary))

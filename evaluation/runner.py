@@ -21,7 +21,7 @@ from tqdm import tqdm
 from evaluation.backends import Method
 from evaluation.cases import BoxMode, CaseRef, EvalCase, load_case
 from evaluation.click_rule import next_click
-from evaluation.metrics import N_ROUNDS, NSD_TOLERANCE_MM, CaseResult, round_scores
+from evaluation.metrics import N_ROUNDS, NSD_TOLERANCE_MM, CaseResult, class_round_scores
 
 
 def run_case(
@@ -34,15 +34,19 @@ def run_case(
     """Run the six rounds of one case with one method and score each round."""
     gt = case.ground_truth
     prediction = np.zeros(gt.shape, dtype=gt.dtype)
-    dsc, nsd, times, n_clicks = [], [], [], []
+    class_dsc: list[list[float]] = []  # per round, per class
+    class_nsd: list[list[float]] = []
+    times: list[float] = []
+    n_clicks: list[int] = []
 
     started = clock()
     session = method.open(case.image, case.spacing)
     pending = clock() - started  # encoding time, charged to the first round that prompts
     try:
         if case.boxes is None:  # the official rule: no box prompt, round 1 scores 0
-            for values in (dsc, nsd, times):
-                values.append(0.0)
+            class_dsc.append([0.0] * len(case.classes))
+            class_nsd.append([0.0] * len(case.classes))
+            times.append(0.0)
             n_clicks.append(0)
         else:
             started = clock()
@@ -52,7 +56,7 @@ def run_case(
             times.append(pending + clock() - started)
             pending = 0.0
             n_clicks.append(0)
-            _score(case, prediction, tolerance_mm, dsc, nsd)
+            _score(case, prediction, tolerance_mm, class_dsc, class_nsd)
 
         for _ in range(N_ROUNDS - 1):
             clicks = {c: next_click(prediction == c, gt == c) for c in case.classes}
@@ -64,7 +68,7 @@ def run_case(
             times.append(pending + clock() - started)
             pending = 0.0
             n_clicks.append(sum(click is not None for click in clicks.values()))
-            _score(case, prediction, tolerance_mm, dsc, nsd)
+            _score(case, prediction, tolerance_mm, class_dsc, class_nsd)
     finally:
         session.close()
 
@@ -73,17 +77,20 @@ def run_case(
         method=method.name,
         modality=case.modality,
         classes=list(case.classes),
-        dsc=dsc,
-        nsd=nsd,
+        dsc=[float(np.mean(r)) for r in class_dsc],
+        nsd=[float(np.mean(r)) for r in class_nsd],
         running_time=times,
         n_clicks=n_clicks,
+        class_dsc=class_dsc,
+        class_nsd=class_nsd,
     )
 
 
-def _score(case: EvalCase, prediction: np.ndarray, tolerance_mm: float, dsc: list[float], nsd: list[float]) -> None:
-    d, n = round_scores(case.ground_truth, prediction, case.classes, case.spacing, tolerance_mm)
-    dsc.append(d)
-    nsd.append(n)
+def _score(case: EvalCase, prediction: np.ndarray, tolerance_mm: float, class_dsc: list[list[float]],
+           class_nsd: list[list[float]]) -> None:
+    d, n = class_round_scores(case.ground_truth, prediction, case.classes, case.spacing, tolerance_mm)
+    class_dsc.append(d)
+    class_nsd.append(n)
 
 
 def evaluate(

@@ -9,9 +9,9 @@ from scipy.integrate import cumulative_trapezoid
 from evaluation.metrics import (
     CSV_COLUMNS,
     CaseResult,
+    class_round_scores,
     click_auc,
     dice,
-    multi_class_dsc,
     round_scores,
     surface_dice,
 )
@@ -33,13 +33,15 @@ def test_dice_hand_values_and_empty_cases() -> None:
     assert dice(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
 
 
-def test_multi_class_dsc_is_the_mean_over_the_given_classes() -> None:
+def test_round_dsc_is_the_mean_over_the_given_classes() -> None:
     gt = np.zeros((2, 4, 4), dtype=np.uint8)
     gt[0] = 1
     gt[1, :2] = 3
     pred = gt.copy()
     pred[1, :2] = 0  # class 3 missed entirely
-    assert multi_class_dsc(gt, pred, [1, 3]) == pytest.approx(0.5)
+    per_class, per_class_nsd = class_round_scores(gt, pred, [1, 3], (1.0, 1.0, 1.0))
+    assert per_class == pytest.approx([1.0, 0.0]) and per_class_nsd == pytest.approx([1.0, 0.0])
+    assert round_scores(gt, pred, [1, 3], (1.0, 1.0, 1.0)) == pytest.approx((0.5, 0.5))
 
 
 def test_surface_dice_within_tolerance_is_one() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.metrics import CSV_COLUMNS, CaseResult
+from evaluation.metrics import CSV_COLUMNS, OBJECT_CSV_COLUMNS, CaseResult
 from evaluation.report import summarize, summarize_run, write_reports
 
 
@@ -22,6 +22,8 @@ def _result(name: str, method: str, modality: str, dsc: list[float], seconds: fl
         nsd=[v / 2 for v in dsc],
         running_time=[seconds] * 6,
         n_clicks=[0, 1, 1, 1, 1, 1],
+        class_dsc=[[v] for v in dsc],
+        class_nsd=[[v / 2] for v in dsc],
     )
 
 
@@ -71,3 +73,11 @@ def test_write_reports(tmp_path: Path) -> None:
     header, rule = md.splitlines()[:2]
     assert header.count("|") == rule.count("|")  # a well-formed markdown table
     assert (tmp_path / "run" / "dsc_per_round.png").stat().st_size > 1000
+    with open(tmp_path / "run" / "objects.csv") as f:
+        reader = csv.DictReader(f)
+        objects = list(reader)
+    assert reader.fieldnames == OBJECT_CSV_COLUMNS
+    assert [(o["CaseName"], o["method"], o["label"]) for o in objects] == [
+        ("a", "both", "1"), ("b", "both", "1"), ("c", "both", "1"), ("a", "box_fill", "1")]
+    assert float(objects[1]["DSC_6"]) == pytest.approx(0.6) and float(objects[1]["NSD_6"]) == pytest.approx(0.3)
+    assert float(objects[2]["DSC_1"]) == 0.0  # over budget: scored 0, as in cases.csv

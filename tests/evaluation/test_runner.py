@@ -70,7 +70,10 @@ def test_box_fill_rounds_scores_and_clicks() -> None:
     ball = case.ground_truth == 5
     expected = (1.0 + 2 * ball.sum() / (ball.sum() + box_mask(ball.shape, case.boxes[5]).sum())) / 2
     assert result.dsc == pytest.approx([expected] * 6)
+    ball_dsc = 2 * ball.sum() / (ball.sum() + box_mask(ball.shape, case.boxes[5]).sum())
+    np.testing.assert_allclose(result.class_dsc, [[1.0, ball_dsc]] * 6)  # per class, in `classes` order
     assert all(0.0 < n <= 1.0 for n in result.nsd)
+    assert result.class_nsd[0][0] == pytest.approx(1.0) and np.mean(result.class_nsd[0]) == pytest.approx(result.nsd[0])
     assert result.n_clicks == [0, 1, 1, 1, 1, 1]  # the cuboid is perfect: only the ball gets clicks
     assert len(result.running_time) == 6 and all(t >= 0.0 for t in result.running_time)
     assert (result.case_name, result.method, result.modality, result.classes) == ("synthetic", "box_fill", "MR", [3, 5])
