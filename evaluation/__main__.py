@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--server", default=None, help="base URL of a running server (default: in-process)")
     p.add_argument("--server-masks", choices=("stream", "get"), default="stream",
-                   help="with --server: read masks from the diff stream or download them")
+                   help="with --server: per-object masks from the diff stream (each round's label map waits for "
+                        "every prompt's diff there) or downloaded")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {ALL_METHODS}")
     p.add_argument("--config", default="compact", help="model config (in-process backend)")
     p.add_argument("--weights", default="default", help="'default', a checkpoint path, or 'none' (random init)")
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="in-process zoom-in path; auto: what the weights were trained for")
     p.add_argument("--roi-frame", default=None, help="with resample: the ROI frame 'D,H,W' (default: weights')")
     p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
+    p.add_argument("--overlap", choices=("confidence", "recent"), default="confidence",
+                   help="model methods' label map: the most confident object wins overlaps (the service's "
+                        "default), or the most recently prompted one")
     p.add_argument("--cases", default=None, help="first N cases, or comma-separated case names")
     p.add_argument("--min-voxels", type=int, default=DEFAULT_MIN_VOXELS, help="smallest label scored as an object")
     p.add_argument("--spacing-order", choices=("zyx", "xyz"), default="zyx", help="spacing order of bare npz files")
@@ -73,7 +77,7 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
         if not api.health():
             raise ValueError(f"server: no answer from {args.server}/healthz")
         for n in model_names:
-            methods[n] = ServerMethod(api, n, masks=args.server_masks)
+            methods[n] = ServerMethod(api, n, masks=args.server_masks, overlap=args.overlap)
     elif model_names:
         from app.models.build import build_predictor
         from app.models.predictor import PredictorConfig
@@ -85,7 +89,7 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
             predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame),
         )
         for n in model_names:
-            methods[n] = PredictorMethod(predictor, n)
+            methods[n] = PredictorMethod(predictor, n, overlap=args.overlap)
     if "random_walker" in names:
         methods["random_walker"] = RandomWalkerMethod()
     if "box_fill" in names:
@@ -129,6 +133,7 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "zoom_in": args.zoom_in if local_model else None,
         "roi_frame": args.roi_frame if local_model else None,
         "box": args.box,
+        "overlap": args.overlap if any(n in MODEL_METHODS for n in names) else None,
         "split": args.split,
         "cases": n_cases,
         "methods": names,

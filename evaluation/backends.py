@@ -1,14 +1,16 @@
 """Methods under evaluation: the same prompt protocol answered in-process or by a running server.
 
 In-process, a shared ``Predictor`` answers (``PredictorMethod``); with a server, the SDK does
-(``ServerMethod``): the volume is uploaded, prompts are sent over HTTP and the masks are read from the diff
-stream (the path a user's viewer takes) or downloaded whole. Both give the same masks for the same model,
+(``ServerMethod``): the volume is uploaded, prompts are sent over HTTP and each round's label map is
+downloaded (``GET .../segmentation``), with ``masks="stream"`` only once every prompt's diff has arrived on
+the WebSocket stream (the path a user's viewer takes). Both give the same label maps for the same model,
 weights and session seed.
 
 A ``Method`` opens one ``Session`` per case (the volume is encoded there) and the runner sends it, per
 class, one box and then at most one click per round, reading the session's label map of all classes back
-after each round (the predictor's or the server's, with the service's overlap rule: the most confident
-object wins). Object ids are the label values. The model methods differ only in how clicks are answered:
+after each round (the predictor's or the server's, with the service's overlap rule: by default the most
+confident object wins, with ``overlap="recent"`` the most recently prompted). Object ids are the label values.
+The model methods differ only in how clicks are answered:
 
     backbone   the first prompt's prediction is kept: clicks are not answered (no correction)
     gru        the paper: the GRU corrector alone (``add_clicks(mode="gru")``)
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from app.models.label_map import OVERLAP_RULES
 from evaluation.cases import Box
 from evaluation.click_rule import Click
 
@@ -76,15 +79,19 @@ class _FirstPromptOnly:
 class PredictorSession:
     """A session on an in-process ``Predictor`` (``mode`` None = backbone only)."""
 
-    def __init__(self, predictor: Predictor, image: np.ndarray, spacing: tuple[float, float, float], mode: str | None):
+    def __init__(self, predictor: Predictor, image: np.ndarray, spacing: tuple[float, float, float], mode: str | None,
+                 overlap: str = "confidence"):
         self._predictor = predictor
         self._mode = mode
+        self._overlap = overlap
+        self._order: list[int] = []  # objects by last prompt, the "recent" rule's paint order
         self._state = predictor.init_state(image, spacing)
         self._first = _FirstPromptOnly()
 
     def add_box(self, object_id: int, box: Box) -> None:
         self._first.first(object_id)
         self._predictor.add_box(self._state, object_id, list(box))
+        self._prompted(object_id)
 
     def add_click(self, object_id: int, click: Click) -> None:
         first = self._first.first(object_id)
@@ -92,13 +99,22 @@ class PredictorSession:
             return  # backbone only: keep the first prompt's prediction
         mode = self._mode or "decoder"  # a case without boxes starts from a click: the decoder answers it
         self._predictor.add_clicks(self._state, object_id, [list(click.point)], [click.label], mode=mode)
+        self._prompted(object_id)
 
     def mask(self, object_id: int) -> np.ndarray:
         return self._predictor.get_mask(self._state, object_id).astype(bool)
 
     def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        present = [oid for oid in object_ids if oid in self._state.objects]
-        return self._predictor.get_label_map(self._state, present, "confidence").astype(dtype)
+        """The predictor's label map; ties (and every overlap under "recent") go to the later prompted object,
+        as the server orders objects by their last change."""
+        wanted = set(object_ids)
+        order = [oid for oid in self._order if oid in wanted and oid in self._state.objects]
+        return self._predictor.get_label_map(self._state, order, self._overlap).astype(dtype)  # type: ignore[arg-type]
+
+    def _prompted(self, object_id: int) -> None:
+        if object_id in self._order:
+            self._order.remove(object_id)
+        self._order.append(object_id)
 
     def close(self) -> None:
         self._state = None  # type: ignore[assignment]  # frees the embeddings
@@ -107,22 +123,25 @@ class PredictorSession:
 class PredictorMethod:
     """One model method (see ``MODEL_METHODS``) answered by a shared in-process ``Predictor``."""
 
-    def __init__(self, predictor: Predictor, name: str):
+    def __init__(self, predictor: Predictor, name: str, *, overlap: str = "confidence"):
         if name not in MODEL_METHODS:
             raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
+        if overlap not in OVERLAP_RULES:
+            raise ValueError(f"overlap: expected one of {list(OVERLAP_RULES)}, got {overlap!r}")
         self.name = name
         self._predictor = predictor
         self._mode = MODEL_METHODS[name]
+        self._overlap = overlap
 
     def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> PredictorSession:
-        return PredictorSession(self._predictor, image, spacing, self._mode)
+        return PredictorSession(self._predictor, image, spacing, self._mode, self._overlap)
 
 
 class ServerSession:
     """A session on a running server through the SDK (``mode`` None = backbone only).
 
-    ``masks="stream"`` keeps local masks from the WebSocket diff stream and waits for the version each prompt
-    returned; ``masks="get"`` downloads the object's whole mask after each prompt.
+    ``masks="stream"`` keeps local masks from the WebSocket diff stream (``mask``) and, before each label map,
+    waits there for the version each prompt returned; ``masks="get"`` downloads an object's whole mask.
     """
 
     def __init__(
@@ -133,9 +152,11 @@ class ServerSession:
         mode: str | None,
         masks: str = "stream",
         timeout: float = 120.0,
+        overlap: str = "confidence",
     ):
         self._mode = mode
         self._timeout = timeout
+        self._overlap = overlap
         self._first = _FirstPromptOnly()
         self._versions: dict[int, int] = {}
         self._session: ClientSession = client.create_session(image, spacing=spacing)
@@ -168,7 +189,7 @@ class ServerSession:
             for oid in object_ids:
                 if oid in self._versions:
                     self._stream.wait_for_version(oid, self._versions[oid], self._timeout)
-        labels = self._session.segmentation(overlap="confidence")
+        labels = self._session.segmentation(overlap=self._overlap)
         if labels.shape != tuple(shape):
             raise ValueError(f"segmentation: the server's shape {list(labels.shape)} is not the case's {list(shape)}")
         keep = np.isin(labels, list(object_ids))
@@ -185,15 +206,18 @@ class ServerSession:
 class ServerMethod:
     """One model method (see ``MODEL_METHODS``) answered by a running server through the SDK."""
 
-    def __init__(self, client: Client, name: str, *, masks: str = "stream"):
+    def __init__(self, client: Client, name: str, *, masks: str = "stream", overlap: str = "confidence"):
         if name not in MODEL_METHODS:
             raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
         if masks not in ("stream", "get"):
             raise ValueError(f"masks: expected 'stream' or 'get', got {masks!r}")
+        if overlap not in OVERLAP_RULES:
+            raise ValueError(f"overlap: expected one of {list(OVERLAP_RULES)}, got {overlap!r}")
         self.name = name
         self._client = client
         self._mode = MODEL_METHODS[name]
         self._masks = masks
+        self._overlap = overlap
 
     def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> ServerSession:
-        return ServerSession(self._client, image, spacing, self._mode, self._masks)
+        return ServerSession(self._client, image, spacing, self._mode, self._masks, overlap=self._overlap)

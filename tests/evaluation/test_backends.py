@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.models.build import build_predictor
+from app.models.label_map import paint_in_order
 from app.models.predictor import Predictor
 from evaluation.__main__ import main
 from evaluation.backends import MODEL_METHODS, PredictorMethod
@@ -71,6 +72,30 @@ def test_backbone_session_answers_only_the_first_prompt(predictor: Predictor) ->
 def test_unknown_method_is_rejected(predictor: Predictor) -> None:
     with pytest.raises(ValueError, match="^methods"):
         PredictorMethod(predictor, "magic")
+    with pytest.raises(ValueError, match="^overlap"):
+        PredictorMethod(predictor, "both", overlap="newest")
+
+
+def test_label_maps_follow_the_overlap_rule(predictor: Predictor, case: EvalCase) -> None:
+    sessions = {rule: PredictorMethod(predictor, "decoder", overlap=rule).open(case.image, case.spacing)
+                for rule in ("confidence", "recent")}
+    wide = (0, 0, 0, 19, 47, 47)  # object 2's box covers the volume: it overlaps object 1 wherever both claim
+    for s in sessions.values():
+        s.add_box(2, wide)
+        s.add_box(1, case.boxes[1])
+    shape, dtype = case.ground_truth.shape, np.dtype(np.uint8)
+    masks = {oid: sessions["recent"].mask(oid) for oid in (1, 2)}
+    assert (masks[1] & masks[2]).any()  # the test needs an overlap
+    assert np.array_equal(sessions["recent"].label_map([1, 2], shape, dtype), paint_in_order(masks, [2, 1], shape, dtype))
+    sessions["recent"].add_click(2, Click((10, 24, 22), 1))  # object 2 prompted last: now on top
+    masks[2] = sessions["recent"].mask(2)
+    assert np.array_equal(sessions["recent"].label_map([1, 2], shape, dtype), paint_in_order(masks, [1, 2], shape, dtype))
+    confident = sessions["confidence"].label_map([1, 2], shape, dtype)
+    assert np.array_equal(confident, predictor.get_label_map(sessions["confidence"]._state, [2, 1]))
+    only_two = sessions["confidence"].label_map([2], shape, dtype)  # objects not listed are left out
+    assert np.array_equal(only_two == 2, sessions["confidence"].mask(2)) and set(np.unique(only_two)) <= {0, 2}
+    for s in sessions.values():
+        s.close()
 
 
 def test_cli_in_process_writes_the_reports(tmp_path: Path) -> None:
