@@ -5,6 +5,7 @@ Measures on a synthetic 128x256x256 (D, H, W) CT-like volume with the compact co
     * the first box (windows path: zoom-out decode + zoom-in windows encoded and cached; resample path: the
       grown box resampled, encoded once and cached),
     * a ``gru`` click, a ``decoder`` click (cached embeddings),
+    * the label map of two overlapping objects (a second box nested in the first), under each overlap rule,
     * a stateless click: what a server without session state pays per click (init + box + decoder with all
       clicks, everything re-encoded),
 and the segvol-base image encoder per 32x256x256 window. Uses the shipped compact weights when present
@@ -35,6 +36,7 @@ from benchmarks.plots import latency_plot
 
 SHAPE = (128, 256, 256)
 BOX = [40, 90, 100, 79, 159, 169]  # a 40x70x70 organ-sized box
+INNER_BOX = [50, 105, 115, 69, 144, 154]  # nested in BOX: a second object overlapping the first
 
 
 def synthetic_ct(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     samples["first_box"] = []
     samples["gru_click"] = []
     samples["decoder_click"] = []
+    samples["label_map_confidence"] = []
+    samples["label_map_recent"] = []
     for _ in range(args.repeats):
         t = time.perf_counter()
         state = predictor.init_state(vol, spacing)
@@ -101,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
         for p in clicks_in_box(2):
             samples["decoder_click"] += _time(
                 lambda s=state, p=p: predictor.add_clicks(s, 1, [p], [1], mode="decoder"), 1)
+        predictor.add_box(state, 2, INNER_BOX)
+        for rule in ("confidence", "recent"):
+            samples[f"label_map_{rule}"] += _time(lambda s=state, r=rule: predictor.get_label_map(s, overlap=r), 1)
 
     def stateless_click() -> None:
         st = predictor.init_state(vol, spacing)
