@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,20 +67,19 @@ def summarize_run(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
 
 
 def write_cases_csv(results: Sequence[CaseResult], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for r in results:
-            writer.writerow(r.row())
+    _write_csv(path, CSV_COLUMNS, (r.row() for r in results))
 
 
 def write_objects_csv(results: Sequence[CaseResult], path: str | Path) -> None:
     """One row per case, method and label (the per-class values behind each case's means)."""
+    _write_csv(path, OBJECT_CSV_COLUMNS, (row for r in results for row in r.object_rows()))
+
+
+def _write_csv(path: str | Path, columns: list[str], rows: Iterable[Mapping[str, object]]) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=OBJECT_CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        for r in results:
-            writer.writerows(r.object_rows())
+        writer.writerows(rows)
 
 
 def write_summary_json(
