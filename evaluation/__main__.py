@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.models.label_map import OVERLAP_RULES
 from evaluation.backends import MODEL_METHODS, Method, PredictorMethod
 from evaluation.baselines import BoxFillMethod, RandomWalkerMethod
 from evaluation.cases import DEFAULT_MIN_VOXELS, find_cases
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="in-process zoom-in path; auto: what the weights were trained for")
     p.add_argument("--roi-frame", default=None, help="with resample: the ROI frame 'D,H,W' (default: weights')")
     p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
-    p.add_argument("--overlap", choices=("confidence", "recent"), default="confidence",
+    p.add_argument("--overlap", choices=OVERLAP_RULES, default="confidence",
                    help="model methods' label map: the most confident object wins overlaps (the service's "
                         "default), or the most recently prompted one")
     p.add_argument("--cases", default=None, help="first N cases, or comma-separated case names")

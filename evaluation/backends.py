@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from app.models.label_map import OVERLAP_RULES
+from app.models.label_map import check_overlap_rule
 from evaluation.cases import Box
 from evaluation.click_rule import Click
 
@@ -126,8 +126,7 @@ class PredictorMethod:
     def __init__(self, predictor: Predictor, name: str, *, overlap: str = "confidence"):
         if name not in MODEL_METHODS:
             raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
-        if overlap not in OVERLAP_RULES:
-            raise ValueError(f"overlap: expected one of {list(OVERLAP_RULES)}, got {overlap!r}")
+        check_overlap_rule(overlap)
         self.name = name
         self._predictor = predictor
         self._mode = MODEL_METHODS[name]
@@ -211,8 +210,7 @@ class ServerMethod:
             raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
         if masks not in ("stream", "get"):
             raise ValueError(f"masks: expected 'stream' or 'get', got {masks!r}")
-        if overlap not in OVERLAP_RULES:
-            raise ValueError(f"overlap: expected one of {list(OVERLAP_RULES)}, got {overlap!r}")
+        check_overlap_rule(overlap)
         self.name = name
         self._client = client
         self._mode = MODEL_METHODS[name]

@@ -152,13 +152,23 @@ def _to_grid(point: np.ndarray, start: np.ndarray, step: np.ndarray, grid: np.nd
     return np.clip(((point - start) / step).astype(int), 0, grid - 1)
 
 
+class _PaintedInOrder:
+    """The baselines' label map: they have no confidences, so classes are painted in ascending order, a later
+    class winning overlaps (``self._masks``: object id -> (D, H, W) bool mask)."""
+
+    _masks: dict[int, np.ndarray]
+
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return paint_in_order(self._masks, sorted(o for o in object_ids if o in self._masks), shape, dtype)
+
+
 @dataclass
 class _ObjectPrompts:
     box: Box | None = None
     clicks: list[Click] = field(default_factory=list)
 
 
-class RandomWalkerSession:
+class RandomWalkerSession(_PaintedInOrder):
     """Keeps every object's prompts and re-solves the object's random walker after each one."""
 
     def __init__(self, image: np.ndarray, spacing: tuple[float, float, float], **options: float):
@@ -178,10 +188,6 @@ class RandomWalkerSession:
 
     def mask(self, object_id: int) -> np.ndarray:
         return self._masks[object_id]
-
-    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """No confidences: classes painted in ascending order, a later class wins overlaps."""
-        return paint_in_order(self._masks, sorted(o for o in object_ids if o in self._masks), shape, dtype)
 
     def close(self) -> None:
         self._masks.clear()
@@ -205,7 +211,7 @@ class RandomWalkerMethod:
         return RandomWalkerSession(image, spacing, **self._options)
 
 
-class BoxFillSession:
+class BoxFillSession(_PaintedInOrder):
     """The box is the prediction; clicks change nothing."""
 
     def __init__(self, shape: tuple[int, ...]):
@@ -220,10 +226,6 @@ class BoxFillSession:
 
     def mask(self, object_id: int) -> np.ndarray:
         return self._masks[object_id]
-
-    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """No confidences: classes painted in ascending order, a later class wins overlaps."""
-        return paint_in_order(self._masks, sorted(o for o in object_ids if o in self._masks), shape, dtype)
 
     def close(self) -> None:
         self._masks.clear()

@@ -32,6 +32,12 @@ OverlapRule = Literal["confidence", "recent"]
 OVERLAP_RULES: tuple[str, ...] = ("confidence", "recent")
 
 
+def check_overlap_rule(overlap: str) -> None:
+    """``ValueError`` naming ``overlap`` unless it is one of ``OVERLAP_RULES``."""
+    if overlap not in OVERLAP_RULES:
+        raise ValueError(f"overlap: expected one of {list(OVERLAP_RULES)}, got {overlap!r}")
+
+
 def label_dtype(object_ids: Iterable[int]) -> np.dtype:
     """uint8 when every id fits, else uint16 (ids are at most 65535)."""
     return np.dtype(np.uint8) if all(oid <= 255 for oid in object_ids) else np.dtype(np.uint16)

@@ -39,7 +39,13 @@ from torch.nn import functional as F
 from app.models import geometry as geo
 from app.models.backbone import Backbone
 from app.models.corrector import GRUCorrector, apply_correction
-from app.models.label_map import OVERLAP_RULES, OverlapRule, label_dtype, paint_by_confidence, paint_in_order
+from app.models.label_map import (
+    OverlapRule,
+    check_overlap_rule,
+    label_dtype,
+    paint_by_confidence,
+    paint_in_order,
+)
 from app.models.preprocess import foreground_bounds, normalize_intensity, resample_to_frame
 from app.models.sampling import SamplingConfig, build_corrector_input
 from app.models.state import (
@@ -362,8 +368,7 @@ class Predictor:
         ``overlap="confidence"`` (the highest logit wins, then the later object) and is the paint order under
         ``"recent"`` (the later object wins). See ``app.models.label_map``.
         """
-        if overlap not in OVERLAP_RULES:
-            raise ValueError(f"overlap: expected one of {list(OVERLAP_RULES)}, got {overlap!r}")
+        check_overlap_rule(overlap)
         ids = self.object_ids(state) if order is None else list(order)
         objects = [self._object(state, oid) for oid in ids]  # unknown ids fail before any work
         dtype = label_dtype(ids)
