@@ -54,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trust-session-id-header", action="store_true",
                    help="take the session id of a new session from the router's X-Session-Id header")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass")
+    p.add_argument("--independent-objects", action="store_true",
+                   help="segment each object on its own prompts only (objects may overlap); default: a session's "
+                        "objects are one label map's, one object's foreground click is background to the others")
     p.add_argument("--dicomweb-url", help="DICOMweb root (QIDO/WADO/STOW) to read series from and store SEGs to")
     p.add_argument("--monailabel", dest="monailabel_enabled", action="store_true", default=None,
                    help="serve the MONAI Label compatibility routes (OHIF, 3D Slicer)")
@@ -78,6 +81,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides.update(weights=None, allow_random_weights=True)
     if args.no_warmup:
         overrides["warmup"] = False
+    if args.independent_objects:
+        overrides["exclusive_objects"] = False
     if args.trust_session_id_header:
         overrides["trust_session_id_header"] = True
     return overrides

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     allow_random_weights: bool = Field(False, description="Required for weights=None (random init).")
     warmup: bool = Field(True, description="Run one tiny session through the model before accepting traffic.")
     seed: int = Field(0, description="Base seed of every session (prompt-log replays are bit-identical).")
+    exclusive_objects: bool = Field(
+        True,
+        description="A session's objects are the labels of one label map: one object's foreground click is a "
+        "background click to the others (SessionState.exclusive_objects). False: objects may overlap.",
+    )
 
     # Capacity and limits.
     max_sessions: int = Field(8, ge=1, description="Live sessions held by this process at most.")

@@ -49,23 +49,33 @@ class CaseReport:
 def replay_case(predictor: Predictor, case: ChallengeCase, *, mode: str = "both") -> np.ndarray:
     """The (D, H, W) uint8 label map of a case after all its prompts (class i + 1 = prompts[i]).
 
+    Prompts are replayed in the order the rounds gave them: every class's box, then every class's first
+    click, then every class's second click, and so on. The order matters because the classes are one label
+    map's (an exclusive session): a class's foreground click is a background click to the classes whose
+    next step comes after it. The file does not say in which round a click was placed; a class that was
+    already perfect in some round (no click then) is the only case where its n-th click and the others'
+    differ in round, and the replay then puts it a round early.
+
     A class whose box is invalid starts from its first click instead; an invalid click is skipped. Both are
     logged: one bad prompt must not cost the other classes their answer. A class with no usable prompt stays
     empty.
     """
     state = predictor.init_state(case.image, case.spacing, seed=SESSION_SEED)
     for index, prompts in enumerate(case.prompts):
-        object_id = index + 1
         if prompts.box is not None:
             try:
-                predictor.add_box(state, object_id, list(prompts.box))
+                predictor.add_box(state, index + 1, list(prompts.box))
             except ValueError as err:
-                log.warning("%s: class %d: box %s ignored: %s", case.name, object_id, prompts.box, err)
-        for click in prompts.clicks:
+                log.warning("%s: class %d: box %s ignored: %s", case.name, index + 1, prompts.box, err)
+    for n in range(max((len(p.clicks) for p in case.prompts), default=0)):
+        for index, prompts in enumerate(case.prompts):
+            if n >= len(prompts.clicks):
+                continue
+            click = prompts.clicks[n]
             try:
-                predictor.add_clicks(state, object_id, [list(click.point)], [click.label], mode=mode)
+                predictor.add_clicks(state, index + 1, [list(click.point)], [click.label], mode=mode)
             except ValueError as err:
-                log.warning("%s: class %d: click %s ignored: %s", case.name, object_id, click.point, err)
+                log.warning("%s: class %d: click %s ignored: %s", case.name, index + 1, click.point, err)
     return predictor.get_label_map(state, sorted(state.objects), "confidence").astype(np.uint8)
 
 

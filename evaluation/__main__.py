@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlap", choices=OVERLAP_RULES, default="confidence",
                    help="model methods' label map: the most confident object wins overlaps (the service's "
                         "default), or the most recently prompted one")
+    p.add_argument("--objects", choices=("exclusive", "independent"), default="exclusive",
+                   help="in-process model methods: the classes are one label map's, so one class's foreground "
+                        "click is a background click to the others (the service's default), or each class "
+                        "sees only its own prompts")
     p.add_argument("--cases", default=None, help="first N cases, or comma-separated case names")
     p.add_argument("--min-voxels", type=int, default=DEFAULT_MIN_VOXELS, help="smallest label scored as an object")
     p.add_argument("--spacing-order", choices=("zyx", "xyz"), default="zyx", help="spacing order of bare npz files")
@@ -90,7 +94,8 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
             predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame),
         )
         for n in model_names:
-            methods[n] = PredictorMethod(predictor, n, overlap=args.overlap)
+            methods[n] = PredictorMethod(predictor, n, overlap=args.overlap,
+                                         exclusive_objects=args.objects == "exclusive")
     if "random_walker" in names:
         methods["random_walker"] = RandomWalkerMethod()
     if "box_fill" in names:
@@ -133,6 +138,7 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "tau": args.tau if local_model else None,
         "zoom_in": args.zoom_in if local_model else None,
         "roi_frame": args.roi_frame if local_model else None,
+        "objects": args.objects if local_model else None,
         "box": args.box,
         "overlap": args.overlap if any(n in MODEL_METHODS for n in names) else None,
         "split": args.split,

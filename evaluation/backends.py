@@ -10,6 +10,9 @@ A ``Method`` opens one ``Session`` per case (the volume is encoded there) and th
 class, one box and then at most one click per round, reading the session's label map of all classes back
 after each round (the predictor's or the server's, with the service's overlap rule: by default the most
 confident object wins, with ``overlap="recent"`` the most recently prompted). Object ids are the label values.
+The classes of a case are one label map's, so in-process sessions are exclusive by default, as the server's
+(``SessionState.exclusive_objects``: a class's foreground click is a background click to the others);
+``exclusive_objects=False`` segments each class on its own prompts.
 The model methods differ only in how clicks are answered:
 
     backbone   the first prompt's prediction is kept: clicks are not answered (no correction)
@@ -80,12 +83,12 @@ class PredictorSession:
     """A session on an in-process ``Predictor`` (``mode`` None = backbone only)."""
 
     def __init__(self, predictor: Predictor, image: np.ndarray, spacing: tuple[float, float, float], mode: str | None,
-                 overlap: str = "confidence"):
+                 overlap: str = "confidence", exclusive_objects: bool = True):
         self._predictor = predictor
         self._mode = mode
         self._overlap = overlap
         self._order: list[int] = []  # objects by last prompt, the "recent" rule's paint order
-        self._state = predictor.init_state(image, spacing)
+        self._state = predictor.init_state(image, spacing, exclusive_objects=exclusive_objects)
         self._first = _FirstPromptOnly()
 
     def add_box(self, object_id: int, box: Box) -> None:
@@ -123,7 +126,8 @@ class PredictorSession:
 class PredictorMethod:
     """One model method (see ``MODEL_METHODS``) answered by a shared in-process ``Predictor``."""
 
-    def __init__(self, predictor: Predictor, name: str, *, overlap: str = "confidence"):
+    def __init__(self, predictor: Predictor, name: str, *, overlap: str = "confidence",
+                 exclusive_objects: bool = True):
         if name not in MODEL_METHODS:
             raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
         check_overlap_rule(overlap)
@@ -131,9 +135,10 @@ class PredictorMethod:
         self._predictor = predictor
         self._mode = MODEL_METHODS[name]
         self._overlap = overlap
+        self._exclusive_objects = exclusive_objects
 
     def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> PredictorSession:
-        return PredictorSession(self._predictor, image, spacing, self._mode, self._overlap)
+        return PredictorSession(self._predictor, image, spacing, self._mode, self._overlap, self._exclusive_objects)
 
 
 class ServerSession:

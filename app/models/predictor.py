@@ -22,6 +22,8 @@ Pipeline (SPEC section 1-2):
         Prompts without a box take the windows path.
     gru step: sample uncertain + error points (Algorithm 1) -> GRU corrector with the object's hidden state
         -> logit-domain update at the valid sampled points only.
+    exclusive objects (``SessionState.exclusive_objects``, the default): both click steps also take the other
+        objects' foreground clicks inside the object's ROI as background clicks (``exclusion_clicks``).
 """
 
 from __future__ import annotations
@@ -174,18 +176,22 @@ class Predictor:
     # --- session ----------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def init_state(self, volume: np.ndarray, spacing: Sequence[float], *, seed: int = 0) -> SessionState:
+    def init_state(self, volume: np.ndarray, spacing: Sequence[float], *, seed: int = 0,
+                   exclusive_objects: bool = True) -> SessionState:
         """Normalise the volume, move it to the device and encode the zoom-out view once.
 
         Args:
             volume: (D, H, W) real-valued array, any dtype.
             spacing: (sz, sy, sx) in mm.
             seed: base seed of the corrector's error sampling (same seed + same prompts = same result).
+            exclusive_objects: the objects are the labels of one label map (``SessionState``).
         """
         arr = geo.validate_volume(volume)
         sp = geo.validate_spacing(spacing)
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        if not isinstance(exclusive_objects, bool):
+            raise ValueError(f"exclusive_objects: expected a bool, got {exclusive_objects!r}")
         norm = normalize_intensity(arr)
         crop = foreground_bounds(norm)
         image = torch.from_numpy(norm).to(self.device)
@@ -203,6 +209,7 @@ class Predictor:
             image=image,
             zoom_out_embedding=embedding,
             seed=seed,
+            exclusive_objects=exclusive_objects,
         )
 
     def object_ids(self, state: SessionState) -> list[int]:
@@ -262,8 +269,7 @@ class Predictor:
                 on_change(changes[-1])
         if mode in ("decoder", "both"):
             timer = _Timer(self.device)
-            all_pts = np.array([[c.z, c.y, c.x] for c in obj.clicks], dtype=np.int64)
-            all_labs = np.array([c.label for c in obj.clicks], dtype=np.int64)
+            all_pts, all_labs = _click_arrays(obj.clicks + self.exclusion_clicks(state, obj))
             roi, logits = self._decode(state, obj, obj.box, all_pts, all_labs, timer, use_old=True)
             old_roi, old_logits = obj.roi, obj.logits
             obj.roi, obj.logits = roi, logits
@@ -379,6 +385,30 @@ class Predictor:
                 if o.roi is not None and o.logits is not None)
         return paint_by_confidence(rois, state.shape, dtype)
 
+    def exclusion_clicks(self, state: SessionState, obj: ObjectState) -> list[Click]:
+        """The other objects' foreground clicks that ``obj``'s click steps also take, as background clicks.
+
+        In an exclusive session (``SessionState.exclusive_objects``) a foreground click says "this voxel is
+        that object", hence not this one: a nested object's click tells its container to leave it out. Only
+        clicks inside ``obj``'s current ROI count (one far away would grow the ROI and coarsen the object's
+        resampled view for nothing), and none on a voxel ``obj`` has a click of its own (its own click wins).
+        They are read at each step, not stored: undoing another object's click changes this object at its
+        next step, and a replay of the prompt log in order rebuilds the same results.
+        """
+        if not state.exclusive_objects or obj.roi is None:
+            return []
+        z0, y0, x0, z1, y1, x1 = obj.roi
+        own = {(c.z, c.y, c.x) for c in obj.clicks}
+        out: dict[tuple[int, int, int], Click] = {}
+        for other in state.objects.values():
+            if other is obj:
+                continue
+            for c in other.clicks:
+                key = (c.z, c.y, c.x)
+                if c.label == 1 and key not in own and z0 <= c.z < z1 and y0 <= c.y < y1 and x0 <= c.x < x1:
+                    out.setdefault(key, Click(c.z, c.y, c.x, 0))
+        return list(out.values())
+
     # --- internals ----------------------------------------------------------------------------------------------
 
     def _object(self, state: SessionState, object_id: int) -> ObjectState:
@@ -407,8 +437,7 @@ class Predictor:
         assert self.corrector is not None  # checked by add_clicks
         cfg = self.config
         timer = _Timer(self.device)
-        clicks = np.array([[c.z, c.y, c.x] for c in obj.clicks], dtype=np.int64)
-        labels = np.array([c.label for c in obj.clicks], dtype=np.int64)
+        clicks, labels = _click_arrays(obj.clicks + self.exclusion_clicks(state, obj))
         old_roi, old_logits = obj.roi, obj.logits
         roi = geo.bounds_union(old_roi, geo.ball_bounds(clicks, cfg.radius, state.shape))
         assert roi is not None  # there is at least one click
@@ -596,6 +625,12 @@ class Predictor:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _click_arrays(clicks: Sequence[Click]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) int64 points (z, y, x) and (N,) int64 labels of ``clicks``."""
+    points = np.array([[c.z, c.y, c.x] for c in clicks], dtype=np.int64).reshape(-1, 3)
+    return points, np.array([c.label for c in clicks], dtype=np.int64)
 
 
 def _check_object_id(object_id: int) -> None:

@@ -134,6 +134,11 @@ class SessionState:
         window_cache: encoder outputs of zoom-in windows, keyed by the window's start (z, y, x) in the crop,
             and of resampled ROIs, keyed by ("roi", *bounds).
         seed: base seed for the corrector's error sampling (replays are bit-identical).
+        exclusive_objects: the objects are mutually exclusive, as the labels of one label map are: a voxel one
+            object's foreground click marks is background to the session's other objects, so each object's
+            click steps also see the other objects' foreground clicks inside its ROI as background clicks
+            (``Predictor.exclusion_clicks``). False: every object is segmented on its own prompts only
+            (objects that may overlap, e.g. an organ and a lesion inside it).
     """
 
     shape: tuple[int, int, int]
@@ -145,6 +150,7 @@ class SessionState:
     window_cache: dict[tuple[Any, ...], Embedding] = field(default_factory=dict)
     objects: dict[int, ObjectState] = field(default_factory=dict)
     seed: int = 0
+    exclusive_objects: bool = True
 
     @property
     def nbytes(self) -> int:

@@ -38,6 +38,11 @@ class SessionCreated(VolumeGeometry):
     config: str = Field(description="Name of the model configuration serving this session.")
     expires_in_s: float = Field(description="Idle seconds after which the session expires (410).")
     source_format: str | None = Field(default=None, description='Format the upload was read as, e.g. "nifti".')
+    exclusive_objects: bool = Field(
+        default=True,
+        description="The objects are one label map's labels: one object's foreground click is a background click "
+        "to the others (the server's exclusive_objects setting when the session was created).",
+    )
 
 
 class ObjectInfo(BaseModel):
@@ -65,3 +70,8 @@ class SessionInfo(VolumeGeometry):
     expires_in_s: float = Field(description="Seconds left before the session expires if left idle.")
     objects: list[ObjectInfo] = Field(default_factory=list)
     source_format: str | None = None
+    exclusive_objects: bool = Field(
+        default=True,
+        description="The objects are one label map's labels: one object's foreground click is a background click "
+        "to the others (the server's exclusive_objects setting when the session was created).",
+    )

@@ -108,6 +108,7 @@ class SessionLimits:
     stream_queue_frames: int = 1024
     max_subscribers: int = 16
     seed: int = 0
+    exclusive_objects: bool = True
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,8 @@ class SessionManager:
         try:
             try:
                 state = await self.executor.run(
-                    self.predictor.init_state, volume, geometry.spacing, seed=self.limits.seed
+                    self.predictor.init_state, volume, geometry.spacing, seed=self.limits.seed,
+                    exclusive_objects=self.limits.exclusive_objects,
                 )
             except ValueError as e:
                 raise InvalidVolume(f"file: {e}", field="file") from e
@@ -321,7 +323,8 @@ class SessionManager:
 
         def rebuild() -> tuple[SessionState, dict[int, int]]:
             try:
-                state = self.predictor.init_state(stored.array, stored.meta.spacing, seed=stored.meta.seed)
+                state = self.predictor.init_state(stored.array, stored.meta.spacing, seed=stored.meta.seed,
+                                                  exclusive_objects=stored.meta.exclusive_objects)
             except ValueError as e:
                 raise ReplayError(f"volume: the model refuses the stored volume: {e}") from e
             versions = replay_history(self.predictor, state, history,
@@ -865,7 +868,8 @@ class SessionManager:
         if self.persistence is None:
             return
         meta = VolumeMeta(spacing=record.spacing, origin=record.origin, direction=record.direction,
-                          seed=self.limits.seed, model=self.persistence.model)
+                          seed=self.limits.seed, model=self.persistence.model,
+                          exclusive_objects=self.limits.exclusive_objects)
         try:
             await asyncio.to_thread(self.persistence.storage.save_volume, record.session_id, volume, meta,
                                     exclusive=exclusive)

@@ -16,7 +16,8 @@ rebuilt logits, hidden states, undo stacks and versions equal the ones acknowled
     storage = SessionStorage(Path("/var/lib/segsvc"))
     storage.save_volume(sid, volume, VolumeMeta(spacing, origin, direction, seed=0, model="..."))
     stored = storage.load_volume(sid)
-    state = predictor.init_state(stored.array, stored.meta.spacing, seed=stored.meta.seed)
+    state = predictor.init_state(stored.array, stored.meta.spacing, seed=stored.meta.seed,
+                                 exclusive_objects=stored.meta.exclusive_objects)
     versions = replay_history(predictor, state, history, lambda sha: storage.load_mask(sid, sha, shape))
 """
 
@@ -74,6 +75,8 @@ class VolumeMeta:
         direction: 9 direction cosines, row-major.
         seed: the session's seed (``init_state(seed=...)``); the replay uses this one, not today's setting.
         model: ``model_fingerprint`` of the predictor that served the session.
+        exclusive_objects: ``init_state(exclusive_objects=...)`` of the session; files written before the
+            setting existed hold no value and were served with independent objects (False).
     """
 
     spacing: tuple[float, float, float]
@@ -81,6 +84,7 @@ class VolumeMeta:
     direction: tuple[float, ...]
     seed: int
     model: str
+    exclusive_objects: bool = True
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT_VERSION, **asdict(self)})
@@ -92,7 +96,8 @@ class VolumeMeta:
             raise ReplayError(f"volume: unknown storage format {d.get('format')!r}")
         return cls(spacing=tuple(float(v) for v in d["spacing"]),  # type: ignore[arg-type]
                    origin=tuple(float(v) for v in d["origin"]),  # type: ignore[arg-type]
-                   direction=tuple(float(v) for v in d["direction"]), seed=int(d["seed"]), model=str(d["model"]))
+                   direction=tuple(float(v) for v in d["direction"]), seed=int(d["seed"]), model=str(d["model"]),
+                   exclusive_objects=bool(d.get("exclusive_objects", False)))
 
 
 @dataclass(frozen=True)

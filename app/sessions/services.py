@@ -70,6 +70,7 @@ def limits_from(settings: Settings) -> SessionLimits:
         tombstones=settings.tombstones,
         stream_queue_frames=settings.stream_queue_frames,
         seed=settings.seed,
+        exclusive_objects=settings.exclusive_objects,
     )
 
 

@@ -8,11 +8,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
 
+from app.main import create_app
 from app.schemas.frames import apply_diff, decode_diff
-from tests.api.conftest import SHAPE, UPLOAD_LIMIT, create, npz_bytes
+from tests.api.conftest import SHAPE, UPLOAD_LIMIT, create, npz_bytes, test_settings, volume
 
 BOX = {"box": [6, 20, 20, 17, 43, 43]}
 
@@ -95,6 +97,17 @@ def test_put_mask_then_segmentation_label_map(client: TestClient) -> None:
         assert np.array_equal(_npz(r.content, "segs"), expected)
     r = client.get(f"/v1/sessions/{sid}/segmentation", params={"overlap": "newest"}, headers=auth)
     assert r.status_code == 422 and r.json()["error"]["field"] == "overlap", r.text
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_sessions_report_whether_their_objects_are_exclusive(service_predictor, exclusive: bool) -> None:  # noqa: ANN001
+    app = create_app(test_settings(exclusive_objects=exclusive), predictor=service_predictor)
+    with TestClient(app) as c:
+        r = c.post("/v1/sessions", files={"file": ("v.npz", npz_bytes(imgs=volume(), spacing=np.ones(3)))})
+        assert r.status_code == 201 and r.json()["exclusive_objects"] is exclusive
+        auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        info = c.get(f"/v1/sessions/{r.json()['session_id']}", headers=auth)
+        assert info.status_code == 200 and info.json()["exclusive_objects"] is exclusive
 
 
 def test_world_box_matches_the_voxel_box(client: TestClient) -> None:

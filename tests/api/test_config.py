@@ -36,6 +36,18 @@ def test_flags_override(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(**settings_overrides(parse_args([]))).port == 9999  # environment when no flag
 
 
+def test_object_exclusivity_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.sessions.services import limits_from
+
+    assert Settings().exclusive_objects is True
+    assert limits_from(Settings()).exclusive_objects is True
+    assert Settings(**settings_overrides(parse_args(["--independent-objects"]))).exclusive_objects is False
+    monkeypatch.setenv("SEGSVC_EXCLUSIVE_OBJECTS", "false")
+    assert limits_from(Settings()).exclusive_objects is False
+    with pytest.raises(ValidationError, match="exclusive_objects"):
+        Settings(exclusive_objects="sometimes")
+
+
 def test_random_weights_and_weights_are_exclusive() -> None:
     with pytest.raises(SystemExit):
         settings_overrides(parse_args(["--random-weights", "--weights", "x.pt"]))

@@ -27,7 +27,11 @@ DEEPEDIT = "/infer/segvol"
 
 @pytest.fixture(scope="module")
 def client(orthanc: Orthanc, service_predictor) -> Iterator[TestClient]:  # noqa: ANN001
-    settings = test_settings(monailabel_enabled=True, dicomweb_url=orthanc.dicomweb, max_sessions=8)
+    # Independent objects: these tests compare each label with a fresh one-object v1 session, while every label
+    # of one image shares a session; in an exclusive session the other labels' clicks would enter the result
+    # (what that does is tested in tests/models/test_exclusive_objects.py).
+    settings = test_settings(monailabel_enabled=True, dicomweb_url=orthanc.dicomweb, max_sessions=8,
+                             exclusive_objects=False)
     with TestClient(create_app(settings, predictor=service_predictor)) as c:
         yield c
 

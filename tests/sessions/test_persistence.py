@@ -7,6 +7,7 @@ The replay tests drive the real tiny predictor directly; the restore tests run t
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -72,6 +73,17 @@ def test_volume_and_mask_roundtrip_exactly(tmp_path: Path) -> None:
     storage.delete("abc_-1")
     assert not storage.has_volume("abc_-1") and storage.session_ids() == []
     storage.delete("abc_-1")  # nothing there: no error
+
+
+def test_volume_meta_keeps_the_object_exclusivity_and_reads_older_files_as_independent() -> None:
+    meta = VolumeMeta(spacing=SPACING, origin=GEOMETRY.origin, direction=GEOMETRY.direction, seed=7, model="m",
+                      exclusive_objects=False)
+    assert VolumeMeta.from_json(meta.to_json()) == meta
+    older = json.loads(meta.to_json())
+    del older["exclusive_objects"]  # written before the setting existed, when objects were independent
+    assert VolumeMeta.from_json(json.dumps(older)).exclusive_objects is False
+    assert VolumeMeta(spacing=SPACING, origin=GEOMETRY.origin, direction=GEOMETRY.direction, seed=7,
+                      model="m").exclusive_objects is True
 
 
 def test_damaged_or_foreign_files_are_replay_errors(tmp_path: Path) -> None:
@@ -242,6 +254,27 @@ async def test_a_new_manager_restores_sessions_exactly(managers, store: Metadata
 
     await second.close(restored)  # DELETE: record and files go
     assert not storage_dir.exists() and await store.get_session(session.session_id) is None
+
+
+@pytest.mark.anyio
+async def test_a_restore_keeps_the_sessions_object_exclusivity(managers, store: MetadataStore) -> None:  # noqa: ANN001
+    first = managers(store, exclusive_objects=False)  # served with independent objects
+    session, token = await first.create(_volume(), GEOMETRY)
+    assert session.state.exclusive_objects is False
+    await first.add_box(session, 1, BOX)
+    await first.add_box(session, 2, [8, 25, 25, 14, 38, 38])
+    await first.add_clicks(session, 2, [(11, 30, 30)], [1], mode="both")
+    await first.add_clicks(session, 1, [(7, 22, 22)], [1], mode="both")  # would see object 2's click if exclusive
+    before = await _snapshot(first, session)
+
+    second = managers(store)  # today's setting is exclusive; the stored session was not
+    summary = await restore_sessions(second)
+    assert summary.restored == [session.session_id] and not summary.failed
+    restored = second.authenticate(session.session_id, token)
+    assert restored.state.exclusive_objects is False
+    assert await _snapshot(second, restored) == before
+    fresh, _ = await second.create(_volume(), GEOMETRY)
+    assert fresh.state.exclusive_objects is True
 
 
 @pytest.mark.anyio

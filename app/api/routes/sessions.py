@@ -86,6 +86,7 @@ async def create_session(
         session_id=r.session_id, token=token, shape=r.shape, spacing=r.spacing, origin=r.origin,
         direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
         expires_in_s=manager.expires_in_s(session), source_format=r.source_format,
+        exclusive_objects=session.state.exclusive_objects,
     )
 
 
@@ -102,7 +103,7 @@ async def get_session_info(session: SessionDep, manager: ManagerDep) -> SessionI
         session_id=r.session_id, shape=r.shape, spacing=r.spacing, origin=r.origin,
         direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
         created_at=r.created_at, last_used_at=r.last_used_at, expires_in_s=manager.expires_in_s(session),
-        source_format=r.source_format,
+        source_format=r.source_format, exclusive_objects=session.state.exclusive_objects,
         objects=[ObjectInfo(object_id=oid, version=v, voxels=n, bbox=bbox, n_prompts=prompts.get(oid, 0))
                  for oid, v, n, bbox in summaries],
     )
