@@ -269,7 +269,7 @@ class Predictor:
                 on_change(changes[-1])
         if mode in ("decoder", "both"):
             timer = _Timer(self.device)
-            all_pts, all_labs = _click_arrays(obj.clicks + self.exclusion_clicks(state, obj))
+            all_pts, all_labs = _click_arrays(self.exclusion_clicks(state, obj) + obj.clicks)
             roi, logits = self._decode(state, obj, obj.box, all_pts, all_labs, timer, use_old=True)
             old_roi, old_logits = obj.roi, obj.logits
             obj.roi, obj.logits = roi, logits
@@ -393,7 +393,9 @@ class Predictor:
         clicks inside ``obj``'s current ROI count (one far away would grow the ROI and coarsen the object's
         resampled view for nothing), and none on a voxel ``obj`` has a click of its own (its own click wins).
         They are read at each step, not stored: undoing another object's click changes this object at its
-        next step, and a replay of the prompt log in order rebuilds the same results.
+        next step, and a replay of the prompt log in order rebuilds the same results. The steps put them
+        before the object's own clicks, so where their error-sampling balls overlap (the GRU step labels a
+        voxel by the latest click covering it) the object's own clicks win.
         """
         if not state.exclusive_objects or obj.roi is None:
             return []
@@ -437,7 +439,7 @@ class Predictor:
         assert self.corrector is not None  # checked by add_clicks
         cfg = self.config
         timer = _Timer(self.device)
-        clicks, labels = _click_arrays(obj.clicks + self.exclusion_clicks(state, obj))
+        clicks, labels = _click_arrays(self.exclusion_clicks(state, obj) + obj.clicks)
         old_roi, old_logits = obj.roi, obj.logits
         roi = geo.bounds_union(old_roi, geo.ball_bounds(clicks, cfg.radius, state.shape))
         assert roi is not None  # there is at least one click

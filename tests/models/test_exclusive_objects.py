@@ -64,7 +64,7 @@ def test_another_objects_foreground_click_is_a_background_click_here(predictor: 
 
     seen = _record_decoder_points(predictor, monkeypatch)
     predictor.add_clicks(state, 1, [[4, 17, 8]], [1], mode="decoder")
-    assert seen == [[(4, 17, 8, 1), (*INSIDE_BOTH, 0)]]  # its own click first, then the exclusion
+    assert seen == [[(*INSIDE_BOTH, 0), (4, 17, 8, 1)]]  # the exclusion first: the object's own clicks win
     assert [(c.z, c.y, c.x, c.label) for c in state.objects[1].clicks] == [(4, 17, 8, 1)]  # nothing stored
 
 
@@ -98,7 +98,7 @@ def test_the_gru_step_reads_the_exclusions_too(predictor: Predictor, monkeypatch
 
     monkeypatch.setattr(predictor_module, "build_corrector_input", spy)
     predictor.add_clicks(state, 1, [[4, 17, 8]], [1], mode="gru")
-    assert seen == [[(4, 17, 8, 1), (*INSIDE_BOTH, 0)]]
+    assert seen == [[(*INSIDE_BOTH, 0), (4, 17, 8, 1)]]
 
 
 def test_exclusive_results_are_deterministic_and_undoable(predictor: Predictor) -> None:
