@@ -46,7 +46,7 @@ class AsyncClient:
             raise TransportError(f"{request.method} {request.path}: {exc!r}") from exc
 
     async def create_session(self, volume: VolumeInput, *, spacing: Sequence[float] | None = None,
-                       modality: str | None = None) -> AsyncSession:
+                       modality: str | None = None, exclusive_objects: bool | None = None) -> AsyncSession:
         """Upload a volume and open a session on it.
 
         Args:
@@ -54,8 +54,12 @@ class AsyncClient:
                 zip (MHD+RAW or DICOM series) file.
             spacing: (sz, sy, sx) mm, numpy volumes only (default 1 mm).
             modality: "CT", "MR", ... (optional).
+            exclusive_objects: the objects are one label map's labels, so one object's foreground click is a
+                background click to the others (None = the server's setting; ``SessionInfo.exclusive_objects``
+                says which a session is).
         """
-        created = proto.parse_created(await self._send(proto.create_session(volume, spacing, modality)))
+        request = proto.create_session(volume, spacing, modality, exclusive_objects)
+        created = proto.parse_created(await self._send(request))
         return AsyncSession(self, created.session_id, created.token, created=created)
 
     def session(self, session_id: str, token: str) -> AsyncSession:

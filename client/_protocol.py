@@ -81,13 +81,19 @@ def _plain(value: Any) -> Any:
 
 
 def create_session(
-    volume: VolumeInput, spacing: Sequence[float] | None, modality: str | None
+    volume: VolumeInput, spacing: Sequence[float] | None, modality: str | None,
+    exclusive_objects: bool | None = None,
 ) -> Request:
     """``POST /v1/sessions``. A numpy (D, H, W) array is sent as npz (``imgs`` + ``spacing`` in (z, y, x),
     with ``spacing_order=zyx``); a path is sent as the file itself (its extension picks the reader)."""
     data: dict[str, str] = {}
     if modality is not None:
         data[paths.UPLOAD_MODALITY_FIELD] = modality
+    if exclusive_objects is not None:
+        if not isinstance(exclusive_objects, bool):
+            raise ValidationError(f"exclusive_objects: expected a bool or None, got {exclusive_objects!r}",
+                                  field="exclusive_objects")
+        data[paths.UPLOAD_EXCLUSIVE_OBJECTS_FIELD] = "true" if exclusive_objects else "false"
     if isinstance(volume, np.ndarray):
         if volume.ndim != 3:
             raise ValidationError(f"volume: expected a (D, H, W) array, got shape {volume.shape}", field="volume")

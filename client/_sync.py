@@ -48,7 +48,7 @@ class Client:
             raise TransportError(f"{request.method} {request.path}: {exc!r}") from exc
 
     def create_session(self, volume: VolumeInput, *, spacing: Sequence[float] | None = None,
-                       modality: str | None = None) -> Session:
+                       modality: str | None = None, exclusive_objects: bool | None = None) -> Session:
         """Upload a volume and open a session on it.
 
         Args:
@@ -56,8 +56,12 @@ class Client:
                 zip (MHD+RAW or DICOM series) file.
             spacing: (sz, sy, sx) mm, numpy volumes only (default 1 mm).
             modality: "CT", "MR", ... (optional).
+            exclusive_objects: the objects are one label map's labels, so one object's foreground click is a
+                background click to the others (None = the server's setting; ``SessionInfo.exclusive_objects``
+                says which a session is).
         """
-        created = proto.parse_created(self._send(proto.create_session(volume, spacing, modality)))
+        request = proto.create_session(volume, spacing, modality, exclusive_objects)
+        created = proto.parse_created(self._send(request))
         return Session(self, created.session_id, created.token, created=created)
 
     def session(self, session_id: str, token: str) -> Session:

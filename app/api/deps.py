@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import Depends, Header, Path
+from fastapi import Depends, Form, Header, Path
 from starlette.requests import HTTPConnection
 
 from app.config import Settings
@@ -69,6 +69,9 @@ async def get_session(
 
 SessionDep = Annotated[Session, Depends(get_session)]
 ObjectIdPath = Annotated[int, Path(ge=MIN_OBJECT_ID, le=MAX_OBJECT_ID, description="Object id (label value).")]
+ExclusiveObjectsForm = Annotated[bool | None, Form(
+    description="The objects are one label map's labels: one object's foreground click is a background click to "
+    "the others (default: the server's exclusive_objects setting; docs/service.md, 'Exclusive objects').")]
 
 
 _ROUTER_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")  # nginx's $request_id: 32 hex digits

@@ -239,8 +239,12 @@ class SessionManager:
         modality: str | None = None,
         source_format: str | None = None,
         session_id: str | None = None,
+        exclusive_objects: bool | None = None,
     ) -> tuple[Session, str]:
         """Encode a (D, H, W) volume into a new session; return it with its bearer token (shown once).
+
+        ``exclusive_objects``: whether the session's objects are one label map's labels
+        (``SessionState.exclusive_objects``); None = ``SessionLimits.exclusive_objects``.
 
         ``session_id``: an id chosen by the router in front of several replicas (so that the session is
         created on the replica that will serve it); None = a random one. A taken id is refused.
@@ -249,10 +253,12 @@ class SessionManager:
         self._check_room_for_session()
         self._creating += 1
         try:
+            if exclusive_objects is None:
+                exclusive_objects = self.limits.exclusive_objects
             try:
                 state = await self.executor.run(
                     self.predictor.init_state, volume, geometry.spacing, seed=self.limits.seed,
-                    exclusive_objects=self.limits.exclusive_objects,
+                    exclusive_objects=exclusive_objects,
                 )
             except ValueError as e:
                 raise InvalidVolume(f"file: {e}", field="file") from e
@@ -283,7 +289,7 @@ class SessionManager:
             if session_id is not None and await self.store.get_session(session_id) is not None:
                 raise InvalidInput(f"session_id: session id {session_id!r} is taken", field="session_id")
             # On disk before the store knows the session (a chosen id never overwrites another's folder).
-            await self._persist_volume(record, volume, exclusive=session_id is not None)
+            await self._persist_volume(record, volume, state.exclusive_objects, exclusive=session_id is not None)
             try:
                 await self.store.create_session(record)
                 if self.replica_id is not None:
@@ -864,12 +870,12 @@ class SessionManager:
             raise RuntimeError("restore: this manager has no storage (Settings.storage_dir)")
         return self.persistence
 
-    async def _persist_volume(self, record: SessionRecord, volume: np.ndarray, *, exclusive: bool = False) -> None:
+    async def _persist_volume(self, record: SessionRecord, volume: np.ndarray, exclusive_objects: bool, *,
+                              exclusive: bool = False) -> None:
         if self.persistence is None:
             return
         meta = VolumeMeta(spacing=record.spacing, origin=record.origin, direction=record.direction,
-                          seed=self.limits.seed, model=self.persistence.model,
-                          exclusive_objects=self.limits.exclusive_objects)
+                          seed=self.limits.seed, model=self.persistence.model, exclusive_objects=exclusive_objects)
         try:
             await asyncio.to_thread(self.persistence.storage.save_volume, record.session_id, volume, meta,
                                     exclusive=exclusive)

@@ -108,6 +108,15 @@ def test_sessions_report_whether_their_objects_are_exclusive(service_predictor, 
         auth = {"Authorization": f"Bearer {r.json()['token']}"}
         info = c.get(f"/v1/sessions/{r.json()['session_id']}", headers=auth)
         assert info.status_code == 200 and info.json()["exclusive_objects"] is exclusive
+        # A session may choose otherwise; a value that is not a bool names the field.
+        r = c.post("/v1/sessions", files={"file": ("v.npz", npz_bytes(imgs=volume(), spacing=np.ones(3)))},
+                   data={"exclusive_objects": "false" if exclusive else "true"})
+        assert r.status_code == 201 and r.json()["exclusive_objects"] is not exclusive
+        manager = c.app.state.services.manager  # type: ignore[attr-defined]
+        assert manager.get(r.json()["session_id"]).state.exclusive_objects is not exclusive
+        r = c.post("/v1/sessions", files={"file": ("v.npz", npz_bytes(imgs=volume(), spacing=np.ones(3)))},
+                   data={"exclusive_objects": "sometimes"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "exclusive_objects", r.text
 
 
 def test_world_box_matches_the_voxel_box(client: TestClient) -> None:

@@ -42,6 +42,9 @@ def test_numpy_volume_upload_and_prompts(api: FakeApi, client: Client) -> None:
     assert session.session_id == "s1" and session.shape == (6, 7, 8)
     form = api.uploads[0]
     assert form["spacing_order"] == b"zyx" and form["modality"] == b"CT"
+    assert "exclusive_objects" not in form  # the server's setting unless asked
+    client.create_session(volume, exclusive_objects=False)
+    assert api.uploads[1]["exclusive_objects"] == b"false"
     with np.load(io.BytesIO(form["file"])) as npz:
         np.testing.assert_array_equal(npz["imgs"], volume)
         np.testing.assert_allclose(npz["spacing"], (2.5, 0.8, 0.7))
@@ -94,6 +97,7 @@ def test_bad_arguments_fail_locally_with_the_field_named(api: FakeApi, client: C
         (lambda: session.set_mask(1, np.full((2, 2, 2), 3)), "mask"),
         (lambda: client.create_session(np.zeros((4, 5))), "volume"),
         (lambda: client.create_session(np.zeros((4, 5, 6)), spacing=(1, 0, 1)), "spacing"),
+        (lambda: client.create_session(np.zeros((4, 5, 6)), exclusive_objects="no"), "exclusive_objects"),  # type: ignore[arg-type]
     ]
     for call, field in cases:
         with pytest.raises(ValidationError) as info:

@@ -266,15 +266,19 @@ async def test_a_restore_keeps_the_sessions_object_exclusivity(managers, store: 
     await first.add_clicks(session, 2, [(11, 30, 30)], [1], mode="both")
     await first.add_clicks(session, 1, [(7, 22, 22)], [1], mode="both")  # would see object 2's click if exclusive
     before = await _snapshot(first, session)
+    chosen, chosen_token = await first.create(_volume(1), GEOMETRY, exclusive_objects=True)  # its own choice
 
-    second = managers(store)  # today's setting is exclusive; the stored session was not
+    second = managers(store, exclusive_objects=True)  # today's setting differs from the first session's
     summary = await restore_sessions(second)
-    assert summary.restored == [session.session_id] and not summary.failed
+    assert sorted(summary.restored) == sorted([session.session_id, chosen.session_id]) and not summary.failed
+    assert second.authenticate(chosen.session_id, chosen_token).state.exclusive_objects is True
     restored = second.authenticate(session.session_id, token)
     assert restored.state.exclusive_objects is False
     assert await _snapshot(second, restored) == before
     fresh, _ = await second.create(_volume(), GEOMETRY)
     assert fresh.state.exclusive_objects is True
+    own, _ = await second.create(_volume(), GEOMETRY, exclusive_objects=False)
+    assert own.state.exclusive_objects is False
 
 
 @pytest.mark.anyio

@@ -16,7 +16,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Form, Query
 
-from app.api.deps import ManagerDep, RouterSessionIdDep, SessionDep
+from app.api.deps import ExclusiveObjectsForm, ManagerDep, RouterSessionIdDep, SessionDep
 from app.api.dicomweb_deps import DicomwebDep, LimitsDep, dicomweb_errors, load_series
 from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_headers, dicom_seg
@@ -45,13 +45,15 @@ async def create_session_from_dicomweb(
     limits: LimitsDep,
     series_uid: Annotated[str, Form(max_length=64, description="SeriesInstanceUID on the DICOMweb server.")],
     modality: Annotated[str | None, Form(max_length=64, description="CT, MR, ... (default: the series').")] = None,
+    exclusive_objects: ExclusiveObjectsForm = None,
     session_id: RouterSessionIdDep = None,
 ) -> SessionCreated:
     manager.check_room_for_session()  # before the series is transferred
     loaded = await load_series(source, series_uid, limits, field="series_uid")
     geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
     session, token = await manager.create(loaded.array, geometry, modality=modality or loaded.modality,
-                                          source_format=loaded.source_format, session_id=session_id)
+                                          source_format=loaded.source_format, session_id=session_id,
+                                          exclusive_objects=exclusive_objects)
     session.dicom_headers = loaded.dicom_headers
     r = session.record
     return SessionCreated(

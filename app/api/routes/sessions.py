@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from app.api.deps import ManagerDep, RouterSessionIdDep, SessionDep, SettingsDep
+from app.api.deps import ExclusiveObjectsForm, ManagerDep, RouterSessionIdDep, SessionDep, SettingsDep
 from app.api.errors import error_responses
 from app.api.uploads import read_volume
 from app.errors import InvalidInput
@@ -70,6 +70,7 @@ async def create_session(
     file: Annotated[UploadFile, File(description="NIfTI, NRRD, MHA, MHD+RAW or DICOM series as .zip, "
                                                  "or a CVPR25 .npz (imgs, spacing).")],
     modality: Annotated[str | None, Form(max_length=64, description="CT, MR, PET, ... (optional).")] = None,
+    exclusive_objects: ExclusiveObjectsForm = None,
     spacing_order: Annotated[Literal["auto", "zyx", "xyz"], Form(
         description="Axis order of an .npz upload's spacing.")] = "auto",
     session_id: RouterSessionIdDep = None,
@@ -79,7 +80,8 @@ async def create_session(
     loaded = await read_volume(file, limits, spacing_order)
     geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
     session, token = await manager.create(loaded.array, geometry, modality=modality or loaded.modality,
-                                          source_format=loaded.source_format, session_id=session_id)
+                                          source_format=loaded.source_format, session_id=session_id,
+                                          exclusive_objects=exclusive_objects)
     session.dicom_headers = loaded.dicom_headers  # for DICOM SEG export (format=dcm)
     r = session.record
     return SessionCreated(
