@@ -51,9 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model methods' label map: the most confident object wins overlaps (the service's "
                         "default), or the most recently prompted one")
     p.add_argument("--objects", choices=("exclusive", "independent"), default="exclusive",
-                   help="in-process model methods: the classes are one label map's, so one class's foreground "
-                        "click is a background click to the others (the service's default), or each class "
-                        "sees only its own prompts")
+                   help="model methods: the classes are one label map's, so one class's foreground click is a "
+                        "background click to the others (the service's default), or each class sees only its "
+                        "own prompts")
     p.add_argument("--cases", default=None, help="first N cases, or comma-separated case names")
     p.add_argument("--min-voxels", type=int, default=DEFAULT_MIN_VOXELS, help="smallest label scored as an object")
     p.add_argument("--spacing-order", choices=("zyx", "xyz"), default="zyx", help="spacing order of bare npz files")
@@ -82,7 +82,8 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
         if not api.health():
             raise ValueError(f"server: no answer from {args.server}/healthz")
         for n in model_names:
-            methods[n] = ServerMethod(api, n, masks=args.server_masks, overlap=args.overlap)
+            methods[n] = ServerMethod(api, n, masks=args.server_masks, overlap=args.overlap,
+                                      exclusive_objects=args.objects == "exclusive")
     elif model_names:
         from app.models.build import build_predictor
         from app.models.predictor import PredictorConfig
@@ -138,7 +139,7 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "tau": args.tau if local_model else None,
         "zoom_in": args.zoom_in if local_model else None,
         "roi_frame": args.roi_frame if local_model else None,
-        "objects": args.objects if local_model else None,
+        "objects": args.objects if any(n in MODEL_METHODS for n in names) else None,
         "box": args.box,
         "overlap": args.overlap if any(n in MODEL_METHODS for n in names) else None,
         "split": args.split,

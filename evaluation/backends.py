@@ -10,8 +10,8 @@ A ``Method`` opens one ``Session`` per case (the volume is encoded there) and th
 class, one box and then at most one click per round, reading the session's label map of all classes back
 after each round (the predictor's or the server's, with the service's overlap rule: by default the most
 confident object wins, with ``overlap="recent"`` the most recently prompted). Object ids are the label values.
-The classes of a case are one label map's, so in-process sessions are exclusive by default, as the server's
-(``SessionState.exclusive_objects``: a class's foreground click is a background click to the others);
+The classes of a case are one label map's, so sessions are exclusive by default, in-process and on the
+server (``SessionState.exclusive_objects``: a class's foreground click is a background click to the others);
 ``exclusive_objects=False`` segments each class on its own prompts.
 The model methods differ only in how clicks are answered:
 
@@ -157,13 +157,15 @@ class ServerSession:
         masks: str = "stream",
         timeout: float = 120.0,
         overlap: str = "confidence",
+        exclusive_objects: bool = True,
     ):
         self._mode = mode
         self._timeout = timeout
         self._overlap = overlap
         self._first = _FirstPromptOnly()
         self._versions: dict[int, int] = {}
-        self._session: ClientSession = client.create_session(image, spacing=spacing)
+        self._session: ClientSession = client.create_session(image, spacing=spacing,
+                                                             exclusive_objects=exclusive_objects)
         try:
             self._stream = self._session.stream() if masks == "stream" else None
         except BaseException:
@@ -210,7 +212,8 @@ class ServerSession:
 class ServerMethod:
     """One model method (see ``MODEL_METHODS``) answered by a running server through the SDK."""
 
-    def __init__(self, client: Client, name: str, *, masks: str = "stream", overlap: str = "confidence"):
+    def __init__(self, client: Client, name: str, *, masks: str = "stream", overlap: str = "confidence",
+                 exclusive_objects: bool = True):
         if name not in MODEL_METHODS:
             raise ValueError(f"methods: unknown model method {name!r}; known: {sorted(MODEL_METHODS)}")
         if masks not in ("stream", "get"):
@@ -221,6 +224,8 @@ class ServerMethod:
         self._mode = MODEL_METHODS[name]
         self._masks = masks
         self._overlap = overlap
+        self._exclusive_objects = exclusive_objects
 
     def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> ServerSession:
-        return ServerSession(self._client, image, spacing, self._mode, self._masks, overlap=self._overlap)
+        return ServerSession(self._client, image, spacing, self._mode, self._masks, overlap=self._overlap,
+                             exclusive_objects=self._exclusive_objects)

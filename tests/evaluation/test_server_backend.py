@@ -74,14 +74,18 @@ def _case() -> EvalCase:
     return EvalCase("synthetic", "MR", image, gt, (2.0, 1.0, 1.0), [1, 2], {c: box_from_mask(gt == c) for c in (1, 2)})
 
 
-@pytest.mark.parametrize(("masks", "overlap"), [("stream", "confidence"), ("get", "confidence"), ("get", "recent")])
-def test_server_and_in_process_give_the_same_scores(server_url: str, masks: str, overlap: str) -> None:
+@pytest.mark.parametrize(("masks", "overlap", "exclusive"),
+                         [("stream", "confidence", True), ("get", "confidence", True), ("get", "recent", True),
+                          ("get", "confidence", False)])
+def test_server_and_in_process_give_the_same_scores(server_url: str, masks: str, overlap: str,
+                                                    exclusive: bool) -> None:
     case = _case()
     predictor = build_predictor("segvol-test", weights=None, device="cpu")
     with Client(server_url) as api:
         for name in MODEL_METHODS:
-            local = run_case(PredictorMethod(predictor, name, overlap=overlap), case)
-            remote = run_case(ServerMethod(api, name, masks=masks, overlap=overlap), case)
+            local = run_case(PredictorMethod(predictor, name, overlap=overlap, exclusive_objects=exclusive), case)
+            remote = run_case(ServerMethod(api, name, masks=masks, overlap=overlap, exclusive_objects=exclusive),
+                              case)
             assert remote.class_dsc == local.class_dsc, name
             assert remote.dsc == local.dsc, name
             assert remote.nsd == local.nsd, name
