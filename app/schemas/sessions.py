@@ -29,6 +29,12 @@ class VolumeGeometry(BaseModel):
     )
 
 
+_EXCLUSIVE_OBJECTS = (
+    "The objects are one label map's labels: one object's foreground click is a background click to the others "
+    "(chosen at creation; default: the server's exclusive_objects setting)."
+)
+
+
 class SessionCreated(VolumeGeometry):
     """Reply of ``POST /v1/sessions`` (201). ``token`` is shown once: send it as ``Authorization: Bearer``."""
 
@@ -38,11 +44,7 @@ class SessionCreated(VolumeGeometry):
     config: str = Field(description="Name of the model configuration serving this session.")
     expires_in_s: float = Field(description="Idle seconds after which the session expires (410).")
     source_format: str | None = Field(default=None, description='Format the upload was read as, e.g. "nifti".')
-    exclusive_objects: bool = Field(
-        default=True,
-        description="The objects are one label map's labels: one object's foreground click is a background click "
-        "to the others (the server's exclusive_objects setting when the session was created).",
-    )
+    exclusive_objects: bool = Field(default=True, description=_EXCLUSIVE_OBJECTS)
 
 
 class ObjectInfo(BaseModel):
@@ -70,8 +72,4 @@ class SessionInfo(VolumeGeometry):
     expires_in_s: float = Field(description="Seconds left before the session expires if left idle.")
     objects: list[ObjectInfo] = Field(default_factory=list)
     source_format: str | None = None
-    exclusive_objects: bool = Field(
-        default=True,
-        description="The objects are one label map's labels: one object's foreground click is a background click "
-        "to the others (the server's exclusive_objects setting when the session was created).",
-    )
+    exclusive_objects: bool = Field(default=True, description=_EXCLUSIVE_OBJECTS)
