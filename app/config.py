@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="A session's objects are the labels of one label map: one object's foreground click is a "
         "background click to the others (SessionState.exclusive_objects). False: objects may overlap.",
     )
+    click_propagation_reach: float = Field(
+        15.0, ge=0, allow_inf_nan=False,
+        description="Geodesic click propagation on boxed objects: a click also labels the voxels of similar "
+        "intensity around it, up to this many ROI-frame voxels away (app.models.propagation); 0 = off, a "
+        "click acts only through the model.",
+    )
 
     # Capacity and limits.
     max_sessions: int = Field(8, ge=1, description="Live sessions held by this process at most.")

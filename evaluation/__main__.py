@@ -3,7 +3,7 @@
     python -m evaluation --data ../shared/data --split dev --out runs/dev \
         [--server URL] [--methods backbone,gru,decoder,both,random_walker,box_fill] \
         [--config compact] [--weights PATH|default|none] [--box 2d|3d] [--cases N|name,name] [--tau 0.1]
-        [--zoom-in auto|windows|resample] [--roi-frame D,H,W]
+        [--zoom-in auto|windows|resample] [--roi-frame D,H,W] [--propagation-reach 15] [--propagation-tolerance 0.05]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.models.label_map import OVERLAP_RULES
+from app.models.propagation import PropagationConfig
 from evaluation.backends import MODEL_METHODS, Method, PredictorMethod
 from evaluation.baselines import BoxFillMethod, RandomWalkerMethod
 from evaluation.cases import DEFAULT_MIN_VOXELS, find_cases
@@ -46,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--zoom-in", choices=("auto", "windows", "resample"), default="auto",
                    help="in-process zoom-in path; auto: what the weights were trained for")
     p.add_argument("--roi-frame", default=None, help="with resample: the ROI frame 'D,H,W' (default: weights')")
+    p.add_argument("--propagation-reach", type=float, default=PropagationConfig.reach,
+                   help="geodesic click propagation reach in ROI frame voxels (0: off; app.models.propagation)")
+    p.add_argument("--propagation-tolerance", type=float, default=PropagationConfig.tolerance,
+                   help="geodesic click propagation intensity tolerance (image in [0, 1])")
     p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
     p.add_argument("--overlap", choices=OVERLAP_RULES, default="confidence",
                    help="model methods' label map: the most confident object wins overlaps (the service's "
@@ -92,7 +97,9 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
         roi_frame = _roi_frame(args.roi_frame)
         predictor = build_predictor(
             args.config, weights=weights, device=args.device,
-            predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame),
+            predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame,
+                                             propagation_reach=args.propagation_reach,
+                                             propagation_tolerance=args.propagation_tolerance),
         )
         for n in model_names:
             methods[n] = PredictorMethod(predictor, n, overlap=args.overlap,
@@ -139,6 +146,8 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "tau": args.tau if local_model else None,
         "zoom_in": args.zoom_in if local_model else None,
         "roi_frame": args.roi_frame if local_model else None,
+        "propagation_reach": args.propagation_reach if local_model else None,
+        "propagation_tolerance": args.propagation_tolerance if local_model else None,
         "objects": args.objects if any(n in MODEL_METHODS for n in names) else None,
         "box": args.box,
         "overlap": args.overlap if any(n in MODEL_METHODS for n in names) else None,

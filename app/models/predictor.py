@@ -49,6 +49,7 @@ from app.models.label_map import (
     paint_in_order,
 )
 from app.models.preprocess import foreground_bounds, normalize_intensity, resample_to_frame
+from app.models.propagation import PropagationConfig, frame_sampling, propagate_clicks
 from app.models.sampling import SamplingConfig, build_corrector_input
 from app.models.state import (
     REFINE_MODES,
@@ -94,6 +95,8 @@ class PredictorConfig:
             were trained for, else "windows"; resolved by ``build_predictor``).
         roi_frame: the frame the ROI is resampled to (None = the weights' metadata, else the backbone frame).
         roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
+        propagation_reach, propagation_tolerance, propagation_gain: geodesic click propagation on the
+            resampled ROI path (``app.models.propagation``); reach 0 turns it off.
     """
 
     tau: float = 0.1
@@ -108,6 +111,9 @@ class PredictorConfig:
     zoom_in: str = "auto"
     roi_frame: tuple[int, int, int] | None = None
     roi_margin: float = 0.3
+    propagation_reach: float = PropagationConfig.reach
+    propagation_tolerance: float = PropagationConfig.tolerance
+    propagation_gain: float = PropagationConfig.gain
 
     def __post_init__(self) -> None:
         if self.zoom_in not in ZOOM_IN_MODES:
@@ -119,6 +125,10 @@ class PredictorConfig:
         if self.roi_box_margin is not None and self.roi_box_margin < 0:
             raise ValueError(f"roi_box_margin: must be >= 0 or None, got {self.roi_box_margin}")
         SamplingConfig(tau=self.tau, k=self.k, radius=self.radius)  # validates tau, k, radius
+        try:
+            self.propagation  # noqa: B018  (validates the propagation fields)
+        except ValueError as exc:
+            raise ValueError(f"propagation_{exc}") from None
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap: must be in [0, 1), got {self.overlap}")
         if self.undo_depth < 1:
@@ -127,6 +137,11 @@ class PredictorConfig:
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(tau=self.tau, k=self.k, radius=self.radius)
+
+    @property
+    def propagation(self) -> PropagationConfig:
+        return PropagationConfig(reach=self.propagation_reach, tolerance=self.propagation_tolerance,
+                                 gain=self.propagation_gain)
 
 
 class _Timer:
@@ -547,9 +562,20 @@ class Predictor:
         mask = None
         if self.backbone.supports_mask_prompt and use_old and obj.logits is not None:
             mask = resample_to_frame(self._logits_over(obj, roi), rf)[None, None]
-        frame_logits = self.roi_backbone.decode(emb, boxes, pts, labs, mask)
-        logits = resample_to_frame(frame_logits[0, 0], geo.bounds_shape(roi))
+        frame_logits = self.roi_backbone.decode(emb, boxes, pts, labs, mask)[0, 0]
         timer.lap("zoom_in")
+        propagation = self.config.propagation
+        if propagation.enabled and len(points):
+            # The frame image is resampled again (a few ms) only when a click's reach is not cached yet.
+            def pixels() -> torch.Tensor:
+                return resample_to_frame(state.image[0, 0][geo.slices_of(roi)], rf)
+
+            sampling = frame_sampling(geo.bounds_shape(roi), rf, state.spacing)
+            frame_logits = propagate_clicks(frame_logits, pixels, geo.points_to_frame(points, roi, rf), labels,
+                                            sampling, propagation, state.geodesic_cache, ("geo", *roi))
+            timer.lap("propagate")
+        logits = resample_to_frame(frame_logits, geo.bounds_shape(roi))
+        timer.lap("resample_back")
         return roi, logits.contiguous()
 
     def _zoom_out(self, state: SessionState, box: geo.InclusiveBox | None, points: np.ndarray,

@@ -133,6 +133,9 @@ class SessionState:
         zoom_out_embedding: the encoder output for the whole crop resized to the model frame.
         window_cache: encoder outputs of zoom-in windows, keyed by the window's start (z, y, x) in the crop,
             and of resampled ROIs, keyed by ("roi", *bounds).
+        geodesic_cache: each click's geodesic reach in a resampled ROI view (``propagation.ClickDistances``,
+            host memory), keyed by ("geo", *ROI bounds, z, y, x frame voxel): a pure function of the view
+            and the click, so it never goes stale.
         seed: base seed for the corrector's error sampling (replays are bit-identical).
         exclusive_objects: the objects are mutually exclusive, as the labels of one label map are: a voxel one
             object's foreground click marks is background to the session's other objects, so each object's
@@ -148,16 +151,18 @@ class SessionState:
     image: torch.Tensor
     zoom_out_embedding: Embedding
     window_cache: dict[tuple[Any, ...], Embedding] = field(default_factory=dict)
+    geodesic_cache: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     objects: dict[int, ObjectState] = field(default_factory=dict)
     seed: int = 0
     exclusive_objects: bool = True
 
     @property
     def nbytes(self) -> int:
-        """Bytes held on the device by this session (image, embeddings, objects)."""
+        """Bytes held by this session (image, embeddings, objects on the device; the geodesic cache on the host)."""
         n = self.image.element_size() * self.image.nelement()
         n += _embedding_nbytes(self.zoom_out_embedding)
         n += sum(_embedding_nbytes(e) for e in self.window_cache.values())
+        n += sum(c.nbytes + d.nbytes for c, d in self.geodesic_cache.values())
         n += sum(o.nbytes for o in self.objects.values())
         return n
 

@@ -83,7 +83,10 @@ def load_predictor(settings: Settings) -> Predictor:
     if settings.weights is None:
         log.warning("model %s runs with RANDOM weights (allow_random_weights=True): for tests and timing only",
                     settings.model_config_name)
-    return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device)
+    from app.models.predictor import PredictorConfig
+
+    return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device,
+                           predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach))
 
 
 def warm_up(predictor: Predictor) -> None:

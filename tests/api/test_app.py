@@ -28,6 +28,7 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model"] == "segvol-test" and ready["store"] == "in_process"
+    assert ready["click_propagation_reach"] == 15.0
     sid, auth = create(client)
     assert client.post(f"/v1/sessions/{sid}/objects/1/box", json=BOX, headers=auth).status_code == 200
     assert client.post(f"/v1/sessions/{sid}/objects/1/clicks", json={"points": [[10, 30, 30]], "labels": [1]},

@@ -56,3 +56,16 @@ def test_random_weights_and_weights_are_exclusive() -> None:
 def test_max_age_not_below_idle_timeout() -> None:
     with pytest.raises(ValidationError, match="max_session_age_s"):
         Settings(idle_timeout_s=100, max_session_age_s=10)
+
+
+def test_click_propagation_setting_reaches_the_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.models.propagation import PropagationConfig
+    from app.sessions.services import load_predictor
+
+    assert Settings().click_propagation_reach == PropagationConfig().reach  # one default for both
+    assert Settings(**settings_overrides(parse_args(["--click-propagation-reach", "0"]))).click_propagation_reach == 0
+    monkeypatch.setenv("SEGSVC_CLICK_PROPAGATION_REACH", "7.5")
+    s = Settings(model_config_name="segvol-test", weights=None, allow_random_weights=True)
+    assert load_predictor(s).config.propagation_reach == 7.5
+    with pytest.raises(ValidationError, match="click_propagation_reach"):
+        Settings(click_propagation_reach=-1)

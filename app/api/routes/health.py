@@ -28,6 +28,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         "status": "ready" if ready else "not_ready",
         "model": services.predictor.config_name,
         "device": str(services.predictor.device),
+        "click_propagation_reach": services.predictor.config.propagation_reach,
         "store": services.store_kind,
         "store_reachable": store_ok,
         "sessions": len(services.manager),
