@@ -43,7 +43,7 @@ from skimage.graph import MCP_Geometric
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    """Parameters of the click propagation (chosen on the train split: ``docs/results.md``).
+    """Parameters of the click propagation (checked on the train split: ``docs/results.md``).
 
     Attributes:
         reach: geodesic reach of a click, in frame voxels of the finest axis; 0 turns propagation off.
