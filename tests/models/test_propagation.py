@@ -33,7 +33,7 @@ def test_a_foreground_click_fills_its_own_region_and_stops_at_the_intensity_edge
     # Within the reach the click's label wins, with a confidence that fades: 11 voxels away, 6 * (1 - 11/12).
     assert out[4, 16, 31] == pytest.approx(0.5)
     assert out[4, 16, 20] == pytest.approx(6.0)  # the click itself gets the full gain
-    assert (out[4, 16, 16:] > 0).all() and (out[0, 0, 16:] < 0).all()  # a corner 18+ voxels away: out of reach
+    assert (out[4, 16, 16:] > 0).all() and (out[0, 0, 16:] < 0).all()  # the y = 0 edge, 16+ voxels away: out of reach
 
 
 def test_a_background_click_removes_the_clicked_structure_not_its_neighbour() -> None:
