@@ -18,6 +18,8 @@ import torch
 from monai.metrics import compute_surface_dice
 from scipy.integrate import trapezoid
 
+from evaluation.click_contract import size_group
+
 NSD_TOLERANCE_MM = 2.0
 NSD_MIN_DSC = 0.2
 SECONDS_PER_CLASS = 90.0
@@ -123,6 +125,10 @@ class CaseResult:
         n_clicks: clicks actually placed per round (rounds 1..6; round 1 is the box round, always 0).
         class_dsc, class_nsd: per round (1..6) the per-class values in ``classes`` order (empty when not
             recorded); their means are ``dsc`` and ``nsd``.
+        class_voxels: ground-truth voxels per class (empty when not recorded); sets the object's size group.
+        class_obeyed, class_fixed: per click round (2..6) and class, the click contract's "obeyed" (1.0/0.0)
+            and "region fixed" share (``evaluation.click_contract``); None where the class got no click.
+            They describe what the clicks did, so the runtime rule does not zero them.
     """
 
     case_name: str
@@ -135,6 +141,9 @@ class CaseResult:
     n_clicks: list[int]
     class_dsc: list[list[float]] = field(default_factory=list)
     class_nsd: list[list[float]] = field(default_factory=list)
+    class_voxels: list[int] = field(default_factory=list)
+    class_obeyed: list[list[float | None]] = field(default_factory=list)
+    class_fixed: list[list[float | None]] = field(default_factory=list)
 
     @property
     def num_class(self) -> int:
@@ -181,20 +190,29 @@ class CaseResult:
         return row
 
     def object_rows(self) -> list[dict[str, object]]:
-        """One row per class: case, method, modality, label, DSC_1..6 and NSD_1..6 (runtime rule applied)."""
+        """One row per class: case, method, modality, label, size, DSC_1..6 and NSD_1..6 (runtime rule
+        applied), then the click contract per click round (empty where the class got no click)."""
         zero = self.over_budget
         rows = []
         for k, label in enumerate(self.classes):
+            voxels = self.class_voxels[k] if self.class_voxels else None
             row: dict[str, object] = {"CaseName": self.case_name, "method": self.method, "modality": self.modality,
-                                      "label": label}
+                                      "label": label, "voxels": voxels,
+                                      "size_group": size_group(voxels) if voxels is not None else None}
             row.update({f"DSC_{i + 1}": 0.0 if zero else r[k] for i, r in enumerate(self.class_dsc)})
             row.update({f"NSD_{i + 1}": 0.0 if zero else r[k] for i, r in enumerate(self.class_nsd)})
+            row.update({f"obeyed_{i + 2}": r[k] for i, r in enumerate(self.class_obeyed)})
+            row.update({f"fixed_{i + 2}": r[k] for i, r in enumerate(self.class_fixed)})
             rows.append(row)
         return rows
 
 
 OBJECT_CSV_COLUMNS: list[str] = (
-    ["CaseName", "method", "modality", "label"] + [f"DSC_{i}" for i in range(1, 7)] + [f"NSD_{i}" for i in range(1, 7)]
+    ["CaseName", "method", "modality", "label", "voxels", "size_group"]
+    + [f"DSC_{i}" for i in range(1, 7)]
+    + [f"NSD_{i}" for i in range(1, 7)]
+    + [f"obeyed_{i}" for i in range(2, 7)]
+    + [f"fixed_{i}" for i in range(2, 7)]
 )
 """Columns of ``objects.csv``: one row per case, method and label (ours; the official CSV is per case)."""
 

@@ -8,6 +8,9 @@ so composing the classes (resolving overlaps) is the method's job: the model met
 classes in ascending order (``paint_in_order``). Only the method's work is timed: opening the session
 (encoding the volume) counts towards the first round that prompts, click simulation and scoring do not;
 reading the label map back counts, as writing ``segs`` does in the challenge.
+
+Each click is also scored against the click contract (``evaluation.click_contract``): whether the clicked voxel
+got the click's label and which share of the clicked error region is right afterwards.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tqdm import tqdm
 
 from evaluation.backends import Method
 from evaluation.cases import BoxMode, CaseRef, EvalCase, load_case
+from evaluation.click_contract import click_outcome
 from evaluation.click_rule import next_click
 from evaluation.metrics import N_ROUNDS, NSD_TOLERANCE_MM, CaseResult, class_round_scores
 
@@ -38,6 +42,8 @@ def run_case(
     class_nsd: list[list[float]] = []
     times: list[float] = []
     n_clicks: list[int] = []
+    class_obeyed: list[list[float | None]] = []  # per click round, per class (None: no click)
+    class_fixed: list[list[float | None]] = []
 
     started = clock()
     session = method.open(case.image, case.spacing)
@@ -60,6 +66,7 @@ def run_case(
 
         for _ in range(N_ROUNDS - 1):
             clicks = {c: next_click(prediction == c, gt == c) for c in case.classes}
+            previous = prediction
             started = clock()
             for c, click in clicks.items():
                 if click is not None:
@@ -69,6 +76,12 @@ def run_case(
             pending = 0.0
             n_clicks.append(sum(click is not None for click in clicks.values()))
             _score(case, prediction, tolerance_mm, class_dsc, class_nsd)
+            outcomes = [
+                None if click is None else click_outcome(previous == c, prediction == c, gt == c, click)
+                for c, click in clicks.items()
+            ]
+            class_obeyed.append([None if o is None else o.obeyed for o in outcomes])
+            class_fixed.append([None if o is None else o.region_fixed for o in outcomes])
     finally:
         session.close()
 
@@ -83,6 +96,9 @@ def run_case(
         n_clicks=n_clicks,
         class_dsc=class_dsc,
         class_nsd=class_nsd,
+        class_voxels=[int(np.count_nonzero(gt == c)) for c in case.classes],
+        class_obeyed=class_obeyed,
+        class_fixed=class_fixed,
     )
 
 

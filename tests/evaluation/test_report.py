@@ -81,3 +81,30 @@ def test_write_reports(tmp_path: Path) -> None:
         ("a", "both", "1"), ("b", "both", "1"), ("c", "both", "1"), ("a", "box_fill", "1")]
     assert float(objects[1]["DSC_6"]) == pytest.approx(0.6) and float(objects[1]["NSD_6"]) == pytest.approx(0.3)
     assert float(objects[2]["DSC_1"]) == 0.0  # over budget: scored 0, as in cases.csv
+
+
+def test_objects_are_grouped_by_size_and_modality_with_the_click_contract(tmp_path: Path) -> None:
+    small = _result("s", "both", "MR", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    small.class_voxels = [400]
+    small.class_obeyed = [[1.0], [1.0], [0.0], [1.0], [None]]  # no click in the last round
+    small.class_fixed = [[0.5], [0.25], [0.0], [1.0], [None]]
+    large = _result("l", "both", "CT", [0.8] * 6)
+    large.class_voxels = [50_000]
+    large.class_obeyed = [[1.0]] * 5
+    large.class_fixed = [[1.0]] * 5
+    out = summarize_run([small, large])["objects"]["both"]
+    assert out["all"]["n_objects"] == 2 and out["all"]["n_clicks"] == 9
+    assert out["all"]["clicks_obeyed"] == pytest.approx(8 / 9)
+    assert out["all"]["region_fixed"] == pytest.approx((0.5 + 0.25 + 0.0 + 1.0 + 5.0) / 9)
+    assert out["all"]["obeyed_per_round"] == pytest.approx([1.0, 1.0, 0.5, 1.0, 1.0])
+    assert list(out["by_size"]) == ["<1k", ">20k"]
+    assert out["by_size"]["<1k"]["dsc_final"] == pytest.approx(0.6)
+    assert out["by_size"]["<1k"]["region_fixed"] == pytest.approx(1.75 / 4)
+    assert out["by_modality"]["CT"]["clicks_obeyed"] == 1.0
+    write_reports([small, large], tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert "| both | size <1k | 1 | 0.1000 | 0.6000 | 4 | 75.0 % | 43.8 % |" in md
+    assert (tmp_path / "click_contract.png").stat().st_size > 1000
+    with open(tmp_path / "objects.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["size_group"] == "<1k" and rows[0]["obeyed_4"] == "0.0" and rows[0]["fixed_6"] == ""

@@ -109,3 +109,39 @@ def test_evaluate_runs_every_method_and_skips_cases_without_objects() -> None:
     )
     assert [(r.case_name, r.method) for r in results] == [("synthetic", "box_fill"), ("synthetic", "random_walker")]
     assert seen == results
+
+
+class _OracleSession(_RecordingSession):
+    """Answers each click by making the clicked error component of its object right (the contract's ideal)."""
+
+    def __init__(self, shape: tuple[int, ...], log: list[tuple[int, Click]], gt: np.ndarray):
+        super().__init__(shape, log)
+        self._gt = gt
+
+    def add_click(self, object_id: int, click: Click) -> None:
+        from evaluation.click_contract import clicked_error_region
+
+        mask = self._masks[object_id]
+        truth = self._gt == object_id
+        region = clicked_error_region(mask, truth, click.point)
+        mask[region] = truth[region]
+
+
+def test_click_contract_per_round_is_recorded() -> None:
+    case = _case()
+    ignoring = run_case(_RecordingMethod(), case)
+    # The ball's box over-segments; the recording session ignores clicks: never obeyed, nothing fixed.
+    assert len(ignoring.class_obeyed) == 5 and ignoring.class_voxels == [int((case.ground_truth == c).sum())
+                                                                         for c in case.classes]
+    assert all(r[0] is None for r in ignoring.class_obeyed)  # the cuboid's box is perfect: no click
+    assert [r[1] for r in ignoring.class_obeyed] == [0.0] * 5
+    assert [r[1] for r in ignoring.class_fixed] == [0.0] * 5
+
+    class _Oracle(_RecordingMethod):
+        def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> _OracleSession:
+            return _OracleSession(image.shape, self.clicks, case.ground_truth)
+
+    oracle = run_case(_Oracle(), case)
+    clicked = [(o[1], f[1]) for o, f in zip(oracle.class_obeyed, oracle.class_fixed, strict=True) if o[1] is not None]
+    assert clicked and all(o == 1.0 and f == 1.0 for o, f in clicked)
+    assert oracle.class_dsc[-1][1] > ignoring.class_dsc[-1][1]
