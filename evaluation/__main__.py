@@ -4,6 +4,7 @@
         [--server URL] [--methods backbone,gru,decoder,both,random_walker,box_fill] \
         [--config compact] [--weights PATH|default|none] [--box 2d|3d] [--cases N|name,name] [--tau 0.1]
         [--zoom-in auto|windows|resample] [--roi-frame D,H,W] [--propagation-reach 15] [--propagation-tolerance 0.05]
+        [--region-reach 0] [--region-tolerance 0.1] [--region-gain 2]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.models.click_regions import RegionConfig
 from app.models.label_map import OVERLAP_RULES
 from app.models.propagation import PropagationConfig
 from evaluation.backends import MODEL_METHODS, Method, PredictorMethod
@@ -51,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="geodesic click propagation reach in ROI frame voxels (0: off; app.models.propagation)")
     p.add_argument("--propagation-tolerance", type=float, default=PropagationConfig.tolerance,
                    help="geodesic click propagation intensity tolerance (image in [0, 1])")
+    p.add_argument("--region-reach", type=float, default=RegionConfig.reach,
+                   help="click regions' reach in ROI frame voxels (0: off; app.models.click_regions)")
+    p.add_argument("--region-tolerance", type=float, default=RegionConfig.tolerance,
+                   help="click regions' intensity tolerance (image in [0, 1])")
+    p.add_argument("--region-gain", type=float, default=RegionConfig.gain, help="click regions' logit")
     p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
     p.add_argument("--overlap", choices=OVERLAP_RULES, default="confidence",
                    help="model methods' label map: the most confident object wins overlaps (the service's "
@@ -99,7 +106,9 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
             args.config, weights=weights, device=args.device,
             predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame,
                                              propagation_reach=args.propagation_reach,
-                                             propagation_tolerance=args.propagation_tolerance),
+                                             propagation_tolerance=args.propagation_tolerance,
+                                             region_reach=args.region_reach, region_tolerance=args.region_tolerance,
+                                             region_gain=args.region_gain),
         )
         for n in model_names:
             methods[n] = PredictorMethod(predictor, n, overlap=args.overlap,
@@ -148,6 +157,9 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "roi_frame": args.roi_frame if local_model else None,
         "propagation_reach": args.propagation_reach if local_model else None,
         "propagation_tolerance": args.propagation_tolerance if local_model else None,
+        "region_reach": args.region_reach if local_model else None,
+        "region_tolerance": args.region_tolerance if local_model else None,
+        "region_gain": args.region_gain if local_model else None,
         "objects": args.objects if any(n in MODEL_METHODS for n in names) else None,
         "box": args.box,
         "overlap": args.overlap if any(n in MODEL_METHODS for n in names) else None,

@@ -191,7 +191,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary.get("objects"):
         lines += ["", "Objects (means over case labels) and the click contract:", "",
-                  "| method | objects | objects | DSC_1 (box) | DSC_Final | clicks | clicks obeyed | region fixed |",
+                  "| method | group | objects | DSC_1 (box) | DSC_Final | clicks | clicks obeyed | region fixed |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
         for name, per in summary["objects"].items():
             rows = [("all", per["all"])]

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from app.models import geometry as geo
 from app.models.backbone import Backbone
+from app.models.click_regions import RegionConfig, apply_click_regions
 from app.models.corrector import GRUCorrector, apply_correction
 from app.models.label_map import (
     OverlapRule,
@@ -97,6 +98,8 @@ class PredictorConfig:
         roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
         propagation_reach, propagation_tolerance, propagation_gain: geodesic click propagation on the
             resampled ROI path (``app.models.propagation``); reach 0 turns it off.
+        region_reach, region_tolerance, region_gain: click regions on the resampled ROI path (a click flips
+            the coherent error region it points at, ``app.models.click_regions``); reach 0 turns them off.
     """
 
     tau: float = 0.1
@@ -114,6 +117,9 @@ class PredictorConfig:
     propagation_reach: float = PropagationConfig.reach
     propagation_tolerance: float = PropagationConfig.tolerance
     propagation_gain: float = PropagationConfig.gain
+    region_reach: float = RegionConfig.reach
+    region_tolerance: float = RegionConfig.tolerance
+    region_gain: float = RegionConfig.gain
 
     def __post_init__(self) -> None:
         if self.zoom_in not in ZOOM_IN_MODES:
@@ -129,6 +135,10 @@ class PredictorConfig:
             self.propagation  # noqa: B018  (validates the propagation fields)
         except ValueError as exc:
             raise ValueError(f"propagation_{exc}") from None
+        try:
+            self.region  # noqa: B018  (validates the region fields)
+        except ValueError as exc:
+            raise ValueError(f"region_{exc}") from None
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap: must be in [0, 1), got {self.overlap}")
         if self.undo_depth < 1:
@@ -142,6 +152,10 @@ class PredictorConfig:
     def propagation(self) -> PropagationConfig:
         return PropagationConfig(reach=self.propagation_reach, tolerance=self.propagation_tolerance,
                                  gain=self.propagation_gain)
+
+    @property
+    def region(self) -> RegionConfig:
+        return RegionConfig(reach=self.region_reach, tolerance=self.region_tolerance, gain=self.region_gain)
 
 
 class _Timer:
@@ -559,21 +573,31 @@ class Predictor:
         if len(points):
             pts = torch.as_tensor(geo.points_to_frame(points, roi, rf), dtype=torch.float32, device=self.device)[None]
             labs = torch.as_tensor(labels, dtype=torch.long, device=self.device)[None]
-        mask = None
-        if self.backbone.supports_mask_prompt and use_old and obj.logits is not None:
-            mask = resample_to_frame(self._logits_over(obj, roi), rf)[None, None]
+        previous = None  # the object's logits before this step, on the frame
+        if use_old and obj.logits is not None:
+            previous = resample_to_frame(self._logits_over(obj, roi), rf)
+        mask = previous[None, None] if self.backbone.supports_mask_prompt and previous is not None else None
         frame_logits = self.roi_backbone.decode(emb, boxes, pts, labs, mask)[0, 0]
         timer.lap("zoom_in")
-        propagation = self.config.propagation
-        if propagation.enabled and len(points):
-            # The frame image is resampled again (a few ms) only when a click's reach is not cached yet.
-            def pixels() -> torch.Tensor:
-                return resample_to_frame(state.image[0, 0][geo.slices_of(roi)], rf)
+        propagation, regions = self.config.propagation, self.config.region
+        frame_image: torch.Tensor | None = None
 
-            sampling = frame_sampling(geo.bounds_shape(roi), rf, state.spacing)
+        # The frame image is resampled again (a few ms) only when a click needs it.
+        def pixels() -> torch.Tensor:
+            nonlocal frame_image
+            if frame_image is None:
+                frame_image = resample_to_frame(state.image[0, 0][geo.slices_of(roi)], rf)
+            return frame_image
+
+        sampling = frame_sampling(geo.bounds_shape(roi), rf, state.spacing)
+        if propagation.enabled and len(points):
             frame_logits = propagate_clicks(frame_logits, pixels, geo.points_to_frame(points, roi, rf), labels,
                                             sampling, propagation, state.geodesic_cache, ("geo", *roi))
             timer.lap("propagate")
+        if regions.enabled and len(points) and previous is not None:
+            frame_logits = apply_click_regions(frame_logits, previous, pixels(), geo.points_to_frame(points, roi, rf),
+                                               labels, sampling, regions)
+            timer.lap("regions")
         logits = resample_to_frame(frame_logits, geo.bounds_shape(roi))
         timer.lap("resample_back")
         return roi, logits.contiguous()
