@@ -121,13 +121,15 @@ def apply_click_regions(
     out = logits.detach().float().cpu().numpy().copy()
     for centre, lab in zip(centres, labels, strict=True):
         is_fg = int(lab) == 1
+        if foreground[centre] == is_fg:  # the previous mask obeys this click already: its region is one voxel
+            continue
         window, region = click_region(img, ~foreground if is_fg else foreground, centre, sampling, config)
         contradicted = any(
             int(other) != int(lab) and all(w.start <= c < w.stop for c, w in zip(oc, window, strict=True))
             and region[tuple(c - w.start for c, w in zip(oc, window, strict=True))]
             for oc, other in zip(centres, labels, strict=True)
         )
-        if contradicted or region.sum() <= 1:  # contradicts a click, or a click the mask already obeys
+        if contradicted:
             continue
         crop = out[window]
         crop[region] = np.maximum(crop[region], config.gain) if is_fg else np.minimum(crop[region], -config.gain)
