@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "objects are one label map's, one object's foreground click is background to the others")
     p.add_argument("--click-propagation-reach", dest="click_propagation_reach", type=float,
                    help="geodesic click propagation reach in ROI frame voxels (0: off; default 15)")
+    p.add_argument("--click-region-reach", dest="click_region_reach", type=float,
+                   help="click regions' reach in ROI frame voxels (0: off; app.models.click_regions)")
     p.add_argument("--dicomweb-url", help="DICOMweb root (QIDO/WADO/STOW) to read series from and store SEGs to")
     p.add_argument("--monailabel", dest="monailabel_enabled", action="store_true", default=None,
                    help="serve the MONAI Label compatibility routes (OHIF, 3D Slicer)")
@@ -72,7 +74,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
-            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach")
+            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach",
+            "click_region_reach")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:
