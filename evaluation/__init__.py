@@ -2,7 +2,8 @@
 
 Modules: ``cases`` (loading, boxes), ``click_rule`` (the simulated user), ``metrics`` (DSC, NSD, AUC, runtime
 rule), ``backends`` (in-process predictor, server), ``baselines`` (box fill, random walker), ``runner`` (the
-protocol), ``report`` (cases.csv, summary.json, summary.md, dsc_per_round.png).
+protocol), ``click_contract`` (clicks obeyed, region fixed, object size groups), ``report`` (cases.csv,
+objects.csv, summary.json, summary.md, dsc_per_round.png, click_contract.png).
 
     refs = find_cases("../shared/data", split="dev")
     results = evaluate([PredictorMethod(predictor, "both"), RandomWalkerMethod()], refs)
