@@ -4,7 +4,7 @@
         [--server URL] [--methods backbone,gru,decoder,both,random_walker,box_fill] \
         [--config compact] [--weights PATH|default|none] [--box 2d|3d] [--cases N|name,name] [--tau 0.1]
         [--zoom-in auto|windows|resample] [--roi-frame D,H,W] [--propagation-reach 15] [--propagation-tolerance 0.05]
-        [--region-reach 0] [--region-tolerance 0.1] [--region-gain 2]
+        [--region-reach 0] [--region-foreground-reach 0] [--region-tolerance 0.1] [--region-gain 2]
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--propagation-tolerance", type=float, default=PropagationConfig.tolerance,
                    help="geodesic click propagation intensity tolerance (image in [0, 1])")
     p.add_argument("--region-reach", type=float, default=RegionConfig.reach,
-                   help="click regions' reach in ROI frame voxels (0: off; app.models.click_regions)")
+                   help="background click regions' reach in ROI frame voxels (0: off; app.models.click_regions)")
+    p.add_argument("--region-foreground-reach", type=float, default=RegionConfig.foreground_reach,
+                   help="foreground click regions' reach in ROI frame voxels (0: off)")
     p.add_argument("--region-tolerance", type=float, default=RegionConfig.tolerance,
                    help="click regions' intensity tolerance (image in [0, 1])")
     p.add_argument("--region-gain", type=float, default=RegionConfig.gain, help="click regions' logit")
@@ -107,7 +109,9 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
             predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame,
                                              propagation_reach=args.propagation_reach,
                                              propagation_tolerance=args.propagation_tolerance,
-                                             region_reach=args.region_reach, region_tolerance=args.region_tolerance,
+                                             region_reach=args.region_reach,
+                                             region_foreground_reach=args.region_foreground_reach,
+                                             region_tolerance=args.region_tolerance,
                                              region_gain=args.region_gain),
         )
         for n in model_names:
@@ -158,6 +162,7 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "propagation_reach": args.propagation_reach if local_model else None,
         "propagation_tolerance": args.propagation_tolerance if local_model else None,
         "region_reach": args.region_reach if local_model else None,
+        "region_foreground_reach": args.region_foreground_reach if local_model else None,
         "region_tolerance": args.region_tolerance if local_model else None,
         "region_gain": args.region_gain if local_model else None,
         "objects": args.objects if any(n in MODEL_METHODS for n in names) else None,

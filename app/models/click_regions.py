@@ -11,7 +11,7 @@ propagation:
     for each click c with label L at frame voxel p (oldest first):
         side    = previous foreground if L is background, previous background if L is foreground
         similar = voxels whose intensity is within ``tolerance`` of the click's 3x3x3 mean
-        region  = the 26-connected component of (side & similar & within ``reach`` of p) that holds p
+        region  = the 26-connected component of (side & similar & within the reach of p) that holds p
         if region holds no click of the opposite label (it would contradict one):
             foreground: logit = max(logit, gain) on region     background: logit = min(logit, -gain)
 
@@ -39,19 +39,25 @@ class RegionConfig:
     """Parameters of the click regions (chosen on the train split: ``docs/results.md``).
 
     Attributes:
-        reach: largest distance from the click a region extends to, in frame voxels of the finest axis
-            (physical units via the frame's sampling); 0 turns click regions off.
+        reach: largest distance from a background click its region extends to, in frame voxels of the
+            finest axis (physical units via the frame's sampling); 0 turns background regions off.
+        foreground_reach: the same for foreground clicks. Their side, the previous background, is not
+            bounded by the mask, so where structures of one intensity touch a foreground region runs into the
+            neighbour (measured on the train split: ``docs/results.md``).
         tolerance: largest intensity difference (image normalised to [0, 1]) from the click's mean.
         gain: logit magnitude written on the region.
     """
 
     reach: float = 0.0
+    foreground_reach: float = 0.0
     tolerance: float = 0.1
     gain: float = 2.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.reach) and self.reach >= 0):
             raise ValueError(f"reach: must be a finite number >= 0, got {self.reach}")
+        if not (math.isfinite(self.foreground_reach) and self.foreground_reach >= 0):
+            raise ValueError(f"foreground_reach: must be a finite number >= 0, got {self.foreground_reach}")
         if not (math.isfinite(self.tolerance) and self.tolerance > 0):
             raise ValueError(f"tolerance: must be a finite number > 0, got {self.tolerance}")
         if not (math.isfinite(self.gain) and self.gain > 0):
@@ -59,15 +65,19 @@ class RegionConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.reach > 0
+        return self.reach > 0 or self.foreground_reach > 0
+
+    def reach_of(self, label: int) -> float:
+        """The reach of a click of ``label`` (1 foreground, 0 background)."""
+        return self.foreground_reach if int(label) == 1 else self.reach
 
 
 def click_region(image: np.ndarray, side: np.ndarray, centre: Sequence[int], sampling: Sequence[float],
-                 config: RegionConfig) -> tuple[tuple[slice, ...], np.ndarray]:
+                 reach: float, tolerance: float) -> tuple[tuple[slice, ...], np.ndarray]:
     """The region of one click (module docstring) as (crop slices of the frame, boolean mask of the crop)."""
     shape = image.shape
-    lo = [max(c - math.ceil(config.reach / s), 0) for c, s in zip(centre, sampling, strict=True)]
-    hi = [min(c + math.ceil(config.reach / s) + 1, n) for c, s, n in zip(centre, sampling, shape, strict=True)]
+    lo = [max(c - math.ceil(reach / s), 0) for c, s in zip(centre, sampling, strict=True)]
+    hi = [min(c + math.ceil(reach / s) + 1, n) for c, s, n in zip(centre, sampling, shape, strict=True)]
     window = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     sub = image[window]
     local = tuple(c - a for c, a in zip(centre, lo, strict=True))
@@ -77,7 +87,7 @@ def click_region(image: np.ndarray, side: np.ndarray, centre: Sequence[int], sam
         ((np.arange(a, b) - c) * s).reshape([-1 if k == axis else 1 for k in range(3)]) ** 2
         for axis, (a, b, c, s) in enumerate(zip(lo, hi, centre, sampling, strict=True))
     )
-    candidate = side[window] & (np.abs(sub - seed_value) <= config.tolerance) & (dist2 < config.reach**2)
+    candidate = side[window] & (np.abs(sub - seed_value) <= tolerance) & (dist2 < reach**2)
     candidate[local] = True  # the clicked voxel is the region's seed whatever the previous mask said there
     labels = cc3d.connected_components(candidate.astype(np.uint8), connectivity=26)
     return window, labels == labels[local]
@@ -121,9 +131,11 @@ def apply_click_regions(
     out = logits.detach().float().cpu().numpy().copy()
     for centre, lab in zip(centres, labels, strict=True):
         is_fg = int(lab) == 1
-        if foreground[centre] == is_fg:  # the previous mask obeys this click already: its region is one voxel
+        reach = config.reach_of(int(lab))
+        if reach <= 0 or foreground[centre] == is_fg:  # the previous mask obeys this click already: its region is one voxel
             continue
-        window, region = click_region(img, ~foreground if is_fg else foreground, centre, sampling, config)
+        window, region = click_region(img, ~foreground if is_fg else foreground, centre, sampling, reach,
+                                      config.tolerance)
         contradicted = any(
             int(other) != int(lab) and all(w.start <= c < w.stop for c, w in zip(oc, window, strict=True))
             and region[tuple(c - w.start for c, w in zip(oc, window, strict=True))]

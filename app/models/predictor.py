@@ -98,8 +98,10 @@ class PredictorConfig:
         roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
         propagation_reach, propagation_tolerance, propagation_gain: geodesic click propagation on the
             resampled ROI path (``app.models.propagation``); reach 0 turns it off.
-        region_reach, region_tolerance, region_gain: click regions on the resampled ROI path (a click flips
-            the coherent error region it points at, ``app.models.click_regions``); reach 0 turns them off.
+        region_reach, region_foreground_reach, region_tolerance, region_gain: click regions on the resampled
+            ROI path (a click flips the coherent error region it points at, ``app.models.click_regions``):
+            the reach of background and of foreground clicks' regions (0 turns them off), the intensity
+            tolerance and the logit written.
     """
 
     tau: float = 0.1
@@ -118,6 +120,7 @@ class PredictorConfig:
     propagation_tolerance: float = PropagationConfig.tolerance
     propagation_gain: float = PropagationConfig.gain
     region_reach: float = RegionConfig.reach
+    region_foreground_reach: float = RegionConfig.foreground_reach
     region_tolerance: float = RegionConfig.tolerance
     region_gain: float = RegionConfig.gain
 
@@ -155,7 +158,8 @@ class PredictorConfig:
 
     @property
     def region(self) -> RegionConfig:
-        return RegionConfig(reach=self.region_reach, tolerance=self.region_tolerance, gain=self.region_gain)
+        return RegionConfig(reach=self.region_reach, foreground_reach=self.region_foreground_reach,
+                            tolerance=self.region_tolerance, gain=self.region_gain)
 
 
 class _Timer:

@@ -10,7 +10,7 @@ from scipy.ndimage import binary_dilation
 
 from app.models.click_regions import RegionConfig, apply_click_regions
 
-CONFIG = RegionConfig(reach=30.0, tolerance=0.1, gain=2.0)
+CONFIG = RegionConfig(reach=30.0, foreground_reach=30.0, tolerance=0.1, gain=2.0)
 SAMPLING = (1.0, 1.0, 1.0)
 
 
@@ -58,12 +58,27 @@ def test_reach_bounds_the_region_and_zero_turns_it_off() -> None:
     zz, yy, xx = torch.nonzero(removed, as_tuple=True)
     assert removed.any() and int(((zz - 8) ** 2 + (yy - 22) ** 2 + (xx - 10) ** 2).max()) < 9
     off = apply_click_regions(previous, previous, image, np.array([[8.0, 22.0, 10.0]]), np.array([0]),
-                              SAMPLING, RegionConfig(reach=0.0))
+                              SAMPLING, RegionConfig(reach=0.0, foreground_reach=30.0))
     assert torch.equal(off, previous)
 
 
+def test_foreground_and_background_clicks_have_their_own_reach() -> None:
+    image, truth_logits = _scene()
+    previous = truth_logits.clone()
+    previous[:, 4:16, 10:16] = -5.0  # the object's right part missed
+    background_only = RegionConfig(reach=30.0, foreground_reach=0.0)
+    fg = apply_click_regions(previous, previous, image, np.array([[8.0, 10.0, 13.0]]), np.array([1]),
+                             SAMPLING, background_only)
+    assert torch.equal(fg, previous)
+    both = torch.where(image > 0.2, 5.0, -5.0)
+    bg = apply_click_regions(both, both, image, np.array([[8.0, 22.0, 10.0]]), np.array([0]), SAMPLING,
+                             background_only)
+    assert torch.equal(bg > 0, truth_logits > 0)
+
+
 def test_bad_parameters_and_shapes_name_the_field() -> None:
-    for field, kwargs in (("reach", {"reach": -1.0}), ("tolerance", {"tolerance": 0.0}), ("gain", {"gain": np.nan})):
+    for field, kwargs in (("reach", {"reach": -1.0}), ("foreground_reach", {"foreground_reach": np.inf}),
+                          ("tolerance", {"tolerance": 0.0}), ("gain", {"gain": np.nan})):
         with pytest.raises(ValueError, match=f"^{field}"):
             RegionConfig(**kwargs)
     image, logits = _scene()
