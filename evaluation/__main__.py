@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import platform
 import shlex
 import subprocess
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--region-tolerance", type=float, default=RegionConfig.tolerance,
                    help="click regions' intensity tolerance (image in [0, 1])")
     p.add_argument("--region-gain", type=float, default=RegionConfig.gain, help="click regions' logit")
+    p.add_argument("--region-confident", type=float, default=RegionConfig.confident,
+                   help="click regions leave voxels the model gives the other label with |logit| above this")
     p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
     p.add_argument("--overlap", choices=OVERLAP_RULES, default="confidence",
                    help="model methods' label map: the most confident object wins overlaps (the service's "
@@ -112,7 +115,8 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
                                              region_reach=args.region_reach,
                                              region_foreground_reach=args.region_foreground_reach,
                                              region_tolerance=args.region_tolerance,
-                                             region_gain=args.region_gain),
+                                             region_gain=args.region_gain,
+                                             region_confident=args.region_confident),
         )
         for n in model_names:
             methods[n] = PredictorMethod(predictor, n, overlap=args.overlap,
@@ -165,6 +169,7 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "region_foreground_reach": args.region_foreground_reach if local_model else None,
         "region_tolerance": args.region_tolerance if local_model else None,
         "region_gain": args.region_gain if local_model else None,
+        "region_confident": args.region_confident if local_model and math.isfinite(args.region_confident) else None,
         "objects": args.objects if any(n in MODEL_METHODS for n in names) else None,
         "box": args.box,
         "overlap": args.overlap if any(n in MODEL_METHODS for n in names) else None,

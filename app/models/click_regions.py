@@ -46,12 +46,16 @@ class RegionConfig:
             neighbour (measured on the train split: ``docs/results.md``).
         tolerance: largest intensity difference (image normalised to [0, 1]) from the click's mean.
         gain: logit magnitude written on the region.
+        confident: a region leaves the voxels whose logit (the decoder's, after the propagation) gives the
+            other label with more than this magnitude: where the model is sure, it knows the shape better
+            than an intensity threshold does. Infinity: a region overwrites everything it covers.
     """
 
     reach: float = 0.0
     foreground_reach: float = 0.0
     tolerance: float = 0.1
     gain: float = 2.0
+    confident: float = math.inf
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.reach) and self.reach >= 0):
@@ -62,6 +66,8 @@ class RegionConfig:
             raise ValueError(f"tolerance: must be a finite number > 0, got {self.tolerance}")
         if not (math.isfinite(self.gain) and self.gain > 0):
             raise ValueError(f"gain: must be a finite number > 0, got {self.gain}")
+        if not self.confident > 0:
+            raise ValueError(f"confident: must be > 0 (infinity allowed), got {self.confident}")
 
     @property
     def enabled(self) -> bool:
@@ -144,5 +150,8 @@ def apply_click_regions(
         if contradicted:
             continue
         crop = out[window]
+        # Logits are read here before any region of this step wrote them only for the first click; a later
+        # click's region sees earlier regions' values, which are at most ``gain`` in magnitude.
+        region &= (crop > -config.confident) if is_fg else (crop < config.confident)
         crop[region] = np.maximum(crop[region], config.gain) if is_fg else np.minimum(crop[region], -config.gain)
     return torch.from_numpy(out).to(device=logits.device, dtype=logits.dtype)

@@ -101,7 +101,7 @@ class PredictorConfig:
         region_reach, region_foreground_reach, region_tolerance, region_gain: click regions on the resampled
             ROI path (a click flips the coherent error region it points at, ``app.models.click_regions``):
             the reach of background and of foreground clicks' regions (0 turns them off), the intensity
-            tolerance and the logit written.
+            tolerance, the logit written and the decoder confidence a region leaves alone.
     """
 
     tau: float = 0.1
@@ -123,6 +123,7 @@ class PredictorConfig:
     region_foreground_reach: float = RegionConfig.foreground_reach
     region_tolerance: float = RegionConfig.tolerance
     region_gain: float = RegionConfig.gain
+    region_confident: float = RegionConfig.confident
 
     def __post_init__(self) -> None:
         if self.zoom_in not in ZOOM_IN_MODES:
@@ -159,7 +160,8 @@ class PredictorConfig:
     @property
     def region(self) -> RegionConfig:
         return RegionConfig(reach=self.region_reach, foreground_reach=self.region_foreground_reach,
-                            tolerance=self.region_tolerance, gain=self.region_gain)
+                            tolerance=self.region_tolerance, gain=self.region_gain,
+                            confident=self.region_confident)
 
 
 class _Timer:
