@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--click-propagation-reach", dest="click_propagation_reach", type=float,
                    help="geodesic click propagation reach in ROI frame voxels (0: off; default 15)")
     p.add_argument("--click-region-reach", dest="click_region_reach", type=float,
-                   help="click regions' reach in ROI frame voxels (0: off; app.models.click_regions)")
+                   help="click regions' reach in ROI frame voxels (0: off; default 30)")
     p.add_argument("--dicomweb-url", help="DICOMweb root (QIDO/WADO/STOW) to read series from and store SEGs to")
     p.add_argument("--monailabel", dest="monailabel_enabled", action="store_true", default=None,
                    help="serve the MONAI Label compatibility routes (OHIF, 3D Slicer)")

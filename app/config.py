@@ -80,10 +80,11 @@ class Settings(BaseSettings):
         "click acts only through the model.",
     )
     click_region_reach: float = Field(
-        0.0, ge=0, allow_inf_nan=False,
+        30.0, ge=0, allow_inf_nan=False,
         description="Click regions on boxed objects: a click also flips the connected region of similar "
         "intensity on the wrong side of the object's previous mask that it points at (a false-positive blob, "
-        "a missed part), up to this many ROI-frame voxels away (app.models.click_regions); 0 = off.",
+        "a missed part), up to this many ROI-frame voxels away, for foreground and background clicks alike "
+        "(app.models.click_regions); 0 = off.",
     )
 
     # Capacity and limits.

@@ -51,11 +51,11 @@ class RegionConfig:
             than an intensity threshold does. Infinity: a region overwrites everything it covers.
     """
 
-    reach: float = 0.0
-    foreground_reach: float = 0.0
+    reach: float = 30.0
+    foreground_reach: float = 30.0
     tolerance: float = 0.1
     gain: float = 2.0
-    confident: float = math.inf
+    confident: float = 3.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.reach) and self.reach >= 0):

@@ -75,10 +75,11 @@ def test_click_region_setting_reaches_the_predictor(monkeypatch: pytest.MonkeyPa
     from app.models.click_regions import RegionConfig
     from app.sessions.services import load_predictor
 
-    assert Settings().click_region_reach == RegionConfig().reach  # one default for both
+    assert Settings().click_region_reach == RegionConfig().reach == RegionConfig().foreground_reach  # one default
     assert Settings(**settings_overrides(parse_args(["--click-region-reach", "0"]))).click_region_reach == 0
     monkeypatch.setenv("SEGSVC_CLICK_REGION_REACH", "12.5")
     s = Settings(model_config_name="segvol-test", weights=None, allow_random_weights=True)
-    assert load_predictor(s).config.region_reach == 12.5
+    config = load_predictor(s).config
+    assert config.region_reach == config.region_foreground_reach == 12.5
     with pytest.raises(ValidationError, match="click_region_reach"):
         Settings(click_region_reach=-1)

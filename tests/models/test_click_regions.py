@@ -3,6 +3,8 @@ missed part along its boundaries, and neither crosses the previous mask's side o
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from scipy.ndimage import binary_dilation
 
 from app.models.click_regions import RegionConfig, apply_click_regions
 
-CONFIG = RegionConfig(reach=30.0, foreground_reach=30.0, tolerance=0.1, gain=2.0)
+CONFIG = RegionConfig(reach=30.0, foreground_reach=30.0, tolerance=0.1, gain=2.0, confident=math.inf)
 SAMPLING = (1.0, 1.0, 1.0)
 
 
@@ -53,7 +55,7 @@ def test_reach_bounds_the_region_and_zero_turns_it_off() -> None:
     image, _ = _scene()
     previous = torch.where(image > 0.2, 5.0, -5.0)
     short = apply_click_regions(previous, previous, image, np.array([[8.0, 22.0, 10.0]]), np.array([0]),
-                                SAMPLING, RegionConfig(reach=3.0))
+                                SAMPLING, RegionConfig(reach=3.0, confident=math.inf))
     removed = (previous > 0) & (short <= 0)
     zz, yy, xx = torch.nonzero(removed, as_tuple=True)
     assert removed.any() and int(((zz - 8) ** 2 + (yy - 22) ** 2 + (xx - 10) ** 2).max()) < 9
@@ -66,7 +68,7 @@ def test_foreground_and_background_clicks_have_their_own_reach() -> None:
     image, truth_logits = _scene()
     previous = truth_logits.clone()
     previous[:, 4:16, 10:16] = -5.0  # the object's right part missed
-    background_only = RegionConfig(reach=30.0, foreground_reach=0.0)
+    background_only = RegionConfig(reach=30.0, foreground_reach=0.0, confident=math.inf)
     fg = apply_click_regions(previous, previous, image, np.array([[8.0, 10.0, 13.0]]), np.array([1]),
                              SAMPLING, background_only)
     assert torch.equal(fg, previous)
@@ -76,9 +78,24 @@ def test_foreground_and_background_clicks_have_their_own_reach() -> None:
     assert torch.equal(bg > 0, truth_logits > 0)
 
 
+def test_a_region_leaves_the_voxels_the_model_is_confident_of() -> None:
+    image, truth_logits = _scene()
+    previous = torch.where(image > 0.2, 5.0, -5.0)  # the blob is a false positive
+    blob = (image > 0.2) & (image < 0.5)
+    sure = torch.zeros_like(blob)
+    sure[:, 16:20] = True
+    logits = previous.clone()
+    logits[blob] = 1.0  # the step's model hesitates over the blob, but is sure of its first rows
+    logits[blob & sure] = 4.0
+    out = apply_click_regions(logits, previous, image, np.array([[8.0, 22.0, 10.0]]), np.array([0]), SAMPLING,
+                              RegionConfig(reach=30.0, confident=3.0))
+    assert (out[blob & sure] == 4.0).all() and (out[blob & ~sure] == -2.0).all()
+
+
 def test_bad_parameters_and_shapes_name_the_field() -> None:
     for field, kwargs in (("reach", {"reach": -1.0}), ("foreground_reach", {"foreground_reach": np.inf}),
-                          ("tolerance", {"tolerance": 0.0}), ("gain", {"gain": np.nan})):
+                          ("tolerance", {"tolerance": 0.0}), ("gain", {"gain": np.nan}),
+                          ("confident", {"confident": 0.0})):
         with pytest.raises(ValueError, match=f"^{field}"):
             RegionConfig(**kwargs)
     image, logits = _scene()
@@ -102,7 +119,9 @@ def _masks_around_a_background_click(region_reach: float) -> tuple[np.ndarray, n
     from app.models.build import build_predictor
     from app.models.predictor import PredictorConfig
 
-    cfg = PredictorConfig(propagation_reach=0.0, region_reach=region_reach)
+    # confident=inf: the whole region is written, so the test sees where it acts, not the model's confidence.
+    cfg = PredictorConfig(propagation_reach=0.0, region_reach=region_reach, region_foreground_reach=0.0,
+                          region_confident=math.inf)
     p = build_predictor("compact", predictor_config=cfg)
     st = p.init_state(_volume(), (1.0, 1.0, 1.0))
     p.add_box(st, 1, [6, 12, 12, 17, 35, 35])
