@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["object"], min_length=1,
         description="Label names the MONAI Label model offers (one object per label and image).",
     )
+    monailabel_datastore: Path | None = Field(
+        None, description="Directory of the MONAI Label datastore (images uploaded with PUT /datastore/, saved "
+        "labels); None = <storage_dir>/monailabel.datastore when storage_dir is set, else no datastore (its "
+        "routes answer 404).",
+    )
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod
@@ -167,6 +172,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"api_key_hashes[{i}]: not a sha256 hex digest of 64 hex characters "
                                  "(python -m app hash-key prints one)")
         return normalised
+
+    @property
+    def monailabel_datastore_dir(self) -> Path | None:
+        """Where the MONAI Label datastore lives: ``monailabel_datastore``, else
+        ``storage_dir/monailabel.datastore``."""
+        if self.monailabel_datastore is not None:
+            return self.monailabel_datastore
+        # The dot keeps the name outside the session folder names, which the startup restore sweeps.
+        return self.storage_dir / "monailabel.datastore" if self.storage_dir is not None else None
 
     @property
     def rate_limit_capacity(self) -> int:

@@ -40,6 +40,13 @@ class DatastoreInfo(BaseModel):
     train: int = 0
 
 
+ACTIVE_LEARNING_STRATEGIES = {
+    "first": "the unlabelled datastore image uploaded first",
+    "random": "a random unlabelled datastore image",
+}
+"""``info.strategies``: how ``POST /activelearning/{strategy}`` picks the next image (Slicer's Next Sample)."""
+
+
 class AppInfo(BaseModel):
     """``GET /info/``."""
 
@@ -82,8 +89,29 @@ class StoredSeg(BaseModel):
     sop_instance_uid: str
 
 
+class DatastoreLabelSaved(BaseModel):
+    """``PUT /datastore/label`` of a datastore image: MONAI Label's ``{image, label}`` (the label id is the
+    image id, as upstream)."""
+
+    image: str
+    label: str
+
+
 class LabelSaved(StoredSeg):
-    """``PUT /datastore/label``: MONAI Label's ``{image, label}`` plus the stored SEG's UIDs."""
+    """``PUT /datastore/label`` of a DICOMweb series: MONAI Label's ``{image, label}`` plus the stored SEG's UIDs."""
 
     image: str
     label: str = Field(description="The stored SEG's SOP Instance UID.")
+
+
+class ImageAdded(BaseModel):
+    """``PUT /datastore/?image=...``."""
+
+    image: str
+
+
+class TrainStatus(BaseModel):
+    """``GET /train/``: this server does not train (``info.trainers`` is empty)."""
+
+    status: Literal["NOT_AVAILABLE"] = "NOT_AVAILABLE"
+    detail: str = "training is not offered by this server: info.trainers is empty"

@@ -61,7 +61,9 @@ def test_without_dicomweb_an_image_id_needs_an_uploaded_session(service_predicto
                    data={"params": json.dumps({"foreground": [[1, 1, 1]]})})
         assert r.status_code == 422 and "dicomweb_url" in r.json()["error"]["message"]
         r = c.put("/datastore/label", params={"image": "1.2.3"}, files={"label": ("label.bin", b"\0")})
-        assert r.status_code == 404 and "dicomweb_url" in r.json()["error"]["message"]
+        error = r.json()["error"]  # neither in a datastore (there is none) nor on a DICOMweb server
+        assert r.status_code == 422 and error["field"] == "image" and "dicomweb_url" in error["message"]
+        assert c.get("/datastore/").status_code == 404  # no storage_dir: no datastore
         r = c.post("/v1/sessions/dicomweb", data={"series_uid": "1.2.3"})
         assert r.status_code == 404
 

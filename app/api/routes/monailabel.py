@@ -29,7 +29,6 @@ import time
 import zipfile
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -37,20 +36,19 @@ from urllib3.filepost import encode_multipart_formdata
 
 import app as app_package
 from app.api.deps import ManagerDep, SettingsDep
-from app.api.dicomweb_deps import BridgeDep, DicomwebDep, LimitsDep, dicomweb_errors
+from app.api.dicomweb_deps import BridgeDep, LimitsDep, OptionalDatastoreDep, dicomweb_errors
 from app.api.errors import error_responses
-from app.api.routes.sessions import dicom_seg
 from app.errors import InvalidInput
-from app.io.label_files import decode_label_upload, encode_label_image
+from app.io.label_files import encode_label_image
 from app.io.volumes import LoadedVolume, VolumeLimits, load_volume
 from app.schemas import paths
 from app.schemas.monailabel import (
+    ACTIVE_LEARNING_STRATEGIES,
     DEEPEDIT_MODEL,
     DEEPGROW_MODEL,
     AppInfo,
     DatastoreInfo,
     InferOutput,
-    LabelSaved,
     ModelInfo,
     SessionCreatedML,
     SessionInfoML,
@@ -68,7 +66,7 @@ _ERRORS = error_responses(
 
 
 @router.get(paths.MONAILABEL_INFO, summary="MONAI Label app info", responses=_ERRORS)
-async def info(bridge: BridgeDep, settings: SettingsDep) -> AppInfo:
+async def info(bridge: BridgeDep, settings: SettingsDep, datastore: OptionalDatastoreDep) -> AppInfo:
     labels = {"background": 0, **{name: label_value(name, bridge.labels) for name in bridge.labels}}
     description = (f"Interactive 3D segmentation ({settings.model_config_name}): clicks refine one object per "
                    "label and image; repeated clicks are applied incrementally.")
@@ -76,8 +74,12 @@ async def info(bridge: BridgeDep, settings: SettingsDep) -> AppInfo:
         DEEPEDIT_MODEL: ModelInfo(type="deepedit", labels=labels, description=description),
         DEEPGROW_MODEL: ModelInfo(type="deepgrow", labels=labels, description=description),
     }
+    # Slicer's "Next Sample" offers the strategies listed here, so they exist only with a datastore.
+    strategies = {name: {"description": text} for name, text in ACTIVE_LEARNING_STRATEGIES.items()
+                  } if datastore is not None else {}
+    stats = DatastoreInfo(**datastore.status()) if datastore is not None else DatastoreInfo(total=len(bridge))
     return AppInfo(name="segvol-interactive", description=description, version=app_package.__version__,
-                   labels=list(labels), models=models, datastore=DatastoreInfo(total=len(bridge)))
+                   labels=list(labels), models=models, strategies=strategies, datastore=stats)
 
 
 @router.post(paths.MONAILABEL_INFER, summary="Run the interactive model on an image with clicks",
@@ -97,7 +99,7 @@ async def infer(
         raise HTTPException(404, f"model: no model {model[:64]!r}; models: {[DEEPEDIT_MODEL, DEEPGROW_MODEL]}")
     if label is not None:
         raise InvalidInput("label: label volumes (scribbles) are not supported by this model", field="label")
-    options = _parse_params(params)
+    options = parse_params(params)
     if session_id:
         entry = bridge.uploaded(session_id)
     elif file is not None:
@@ -141,46 +143,10 @@ async def delete_session(session_id: str, bridge: BridgeDep, manager: ManagerDep
     return info
 
 
-@router.put(paths.MONAILABEL_DATASTORE_LABEL, summary="Save a label: stored as DICOM SEG on the DICOMweb server (STOW-RS)",
-            responses=_ERRORS)
-async def save_label(
-    bridge: BridgeDep,
-    limits: LimitsDep,
-    source: DicomwebDep,
-    image: Annotated[str, Query(max_length=256, description="SeriesInstanceUID the label belongs to.")],
-    label: Annotated[UploadFile, File(description="label.bin (raw uint8, x fastest), .nrrd or .nii.gz")],
-    params: Annotated[str, Form(max_length=1 << 20)] = "{}",
-    tag: Annotated[str, Query(max_length=64, description="MONAI Label's label tag (ignored).")] = "",
-) -> LabelSaved:
-    options = _parse_params(params)
-    entry = await bridge.image(image)
-    data = await label.read()
-    try:
-        labelmap = await asyncio.to_thread(decode_label_upload, data, label.filename or "label.bin", entry.meta,
-                                           limits)
-    except ValueError as e:
-        raise InvalidInput(str(e), field="label") from None
-    present = [int(v) for v in np.unique(labelmap) if v != 0]
-    if not present:
-        raise InvalidInput("label: the label is empty; nothing to store", field="label")
-    names = bridge.labelmap_names(present)
-    for item in options.get("label_info") or []:  # Slicer: [{"name": ..., "idx": ...}]
-        if isinstance(item, dict) and isinstance(item.get("idx"), int) and isinstance(item.get("name"), str):
-            names[item["idx"]] = item["name"][:64]
-    headers = entry.session.dicom_headers
-    if headers is None:
-        raise InvalidInput(f"image: {image[:80]!r} was not read from DICOM", field="image")
-    seg = await dicom_seg(labelmap, headers, {v: names[v] for v in present})
-    with dicomweb_errors("image"):
-        stored = await asyncio.to_thread(source.store, seg)
-    return LabelSaved(image=image, label=stored.sop_instance_uid, study_instance_uid=stored.study_instance_uid,
-                      series_instance_uid=stored.series_instance_uid, sop_instance_uid=stored.sop_instance_uid)
-
-
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _parse_params(params: str) -> dict[str, Any]:
+def parse_params(params: str) -> dict[str, Any]:
     try:
         value = json.loads(params or "{}")
     except json.JSONDecodeError as e:
