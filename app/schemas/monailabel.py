@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-INFER_OUTPUTS = ("image", "json", "all")
-InferOutput = Literal["image", "json", "all"]
+INFER_OUTPUTS = ("image", "json", "all", "dicom_seg")
+InferOutput = Literal["image", "json", "all", "dicom_seg"]
 
 DEEPEDIT_MODEL = "segvol"
 """The interactive model as MONAI Label type "deepedit" (OHIF point prompts send clicks per label)."""

@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -101,6 +102,11 @@ class ImageEntry:
     tracks: dict[str, Track] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
+    source_file: Path | None = None  # the uploaded file (PUT /session/), served by GET /session/{id}?image=true
+    expiry_s: float | None = None  # PUT /session/?expiry=: idle seconds before the bridge ends it
+
+    def expired(self, now: float) -> bool:
+        return self.expiry_s is not None and now - self.last_used > self.expiry_s
 
     def next_object_id(self) -> int:
         return max((t.object_id for t in self.tracks.values()), default=0) + 1
@@ -200,6 +206,7 @@ class MonaiLabelBridge:
         self._load_image = load_image
         self._stored = stored
         self._entries: dict[str, ImageEntry] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # sessions ended for their expiry, being closed
         self._opening: dict[str, asyncio.Lock] = {}
 
     # --- images ---------------------------------------------------------------------------------------------
@@ -255,11 +262,17 @@ class MonaiLabelBridge:
         return entry
 
     async def remove(self, entry: ImageEntry) -> None:
-        self._entries.pop(entry.key, None)
+        self._forget(entry)
         try:
             await self.manager.close(entry.session)
         except ServiceError:
             pass  # already ended
+
+    def _forget(self, entry: ImageEntry) -> None:
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        if entry.source_file is not None:
+            entry.source_file.unlink(missing_ok=True)
 
     def _live(self, key: str) -> ImageEntry | None:
         entry = self._entries.get(key)
@@ -268,9 +281,15 @@ class MonaiLabelBridge:
         try:
             self.manager.get(entry.session.session_id)
         except ServiceError:  # expired or closed: forget it
-            del self._entries[key]
+            self._forget(entry)
             return None
-        entry.last_used = time.monotonic()
+        now = time.monotonic()
+        if entry.expired(now):  # the client's own expiry (PUT /session/?expiry=): end it now
+            task = asyncio.get_running_loop().create_task(self.remove(entry))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return None
+        entry.last_used = now
         return entry
 
     async def ensure_room(self) -> None:
