@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     )
     monailabel_enabled: bool = Field(
         False, description="Serve the MONAI Label compatibility routes (/info/, /infer/{model}, /session/, "
-        "/datastore/label) for OHIF's MONAI Label panel and 3D Slicer's MONAILabel module; off = they answer 404.",
+        "/datastore/, /activelearning/, /train/) for OHIF's MONAI Label panel and 3D Slicer's MONAILabel module; "
+        "off = they answer 404.",
     )
     monailabel_open: bool = Field(
         False, description="With API keys configured, let the MONAI Label routes through without X-API-Key "

@@ -1,13 +1,14 @@
 """MONAI Label compatibility: the routes OHIF's MONAI Label panel and 3D Slicer's MONAILabel module call.
 
     GET    /info/                   app info: one interactive model, as "deepedit" and as "deepgrow"
-    POST   /infer/{model}           ?image=<SeriesInstanceUID>|&session_id=<id>&output=image|json|all
+    POST   /infer/{model}           ?image=<datastore id | SeriesInstanceUID>|&session_id=<id>
+                                    &output=image|json|all|dicom_seg
                                     form: params (JSON: foreground/background or clicks per label), file?
-    PUT    /session/                form: files (one image file, or the files of one DICOM series)
-    GET    /session/{id}            session info (404 when unknown or expired; ?image=true is not served)
+    PUT    /session/                ?expiry=<s>, form: files (one image file, or the files of one DICOM series)
+    GET    /session/{id}            session info (404 when unknown or expired); ?image=true: the uploaded file
     DELETE /session/{id}
-    PUT    /datastore/label         ?image=<SeriesInstanceUID>, form: label (.bin/.nrrd/.nii.gz), params
-                                    -> the label as a DICOM SEG stored on the DICOMweb server (STOW-RS)
+
+The datastore, active learning and training routes are in ``app.api.routes.monailabel_datastore``.
 
 The shapes follow MONAI Label's server (``monailabel/endpoints``): ``output=all`` (the default, as the
 Slicer client sends none) is ``multipart/form-data`` with a ``params`` part (application/json, no filename)
