@@ -56,6 +56,8 @@ CLICK_BOX_MARGIN_MM = 10.0
 """Half-width added around the foreground clicks to make a label's box (a lesion-sized neighbourhood)."""
 CLICK_BOX_MIN_VOXELS = 2
 MAX_LABEL_CHARS = 64
+UNNAMED_TRACK_PREFIX = "unnamed@"
+"""Track key prefix of deepgrow calls without a label, then the first foreground click's (z, y, x)."""
 MAX_CLICKS = 64  # per list, as the v1 clicks route allows per request
 
 Point = tuple[int, int, int]
@@ -78,6 +80,7 @@ class ClickRequest:
     label: str
     foreground: tuple[Point, ...]
     background: tuple[Point, ...]
+    named: bool = True  # False: a deepgrow call without "label" (OHIF's), see MonaiLabelBridge._unnamed
 
 
 @dataclass
@@ -159,7 +162,7 @@ def parse_click_params(params: Mapping[str, Any], labels: Sequence[str], shape: 
     if "foreground" in params:
         fg = _points(params, "foreground", shape)
         bg = _points(params, "background", shape)
-        return [ClickRequest(label or labels[0], fg, bg)], "deepgrow"
+        return [ClickRequest(label or labels[0], fg, bg, named=label is not None)], "deepgrow"
     bg = _points(params, "background", shape)
     requests = [ClickRequest(name, _points(params, name, shape), bg) for name in labels
                 if name != "background" and name in params]
@@ -339,14 +342,34 @@ class MonaiLabelBridge:
         requests, style = parse_click_params(params, self.labels, entry.meta.shape)
         async with entry.lock:
             self.manager.mark_used(entry.session)
+            if style == "deepgrow" and not requests[0].named:
+                requests = self._unnamed(requests[0])
             results = [r for req in requests if (r := await self._apply(entry, req)) is not None]
             if style == "deepgrow":
-                values = {requests[0].label: 1}
+                track = requests[0].label if requests else None
+                values = {track: 1} if track is not None else {}
+                # An unnamed call's result is named after the first label, as the viewer files it itself.
+                shown = track if track is not None and not track.startswith(UNNAMED_TRACK_PREFIX) else self.labels[0]
+                names = {"background": 0, shown: 1}
             else:
                 values = {name: label_value(name, self.labels) for name in self.labels if name != "background"}
+                names = {"background": 0, **values}
             labelmap, centroids = await self._paint(entry, values)
-        names = {"background": 0, **values}
         return InferResult(labelmap, names, centroids, entry.meta, entry.session.session_id, results)
+
+    @staticmethod
+    def _unnamed(req: ClickRequest) -> list[ClickRequest]:
+        """The track of a deepgrow call that names no label (OHIF's deepgrow sends none, whichever of its
+        labels is selected). Filing every such call under the first label made each label switch in the
+        viewer replay that one object with the other label's clicks, losing the first label's work. Each
+        label of the viewer starts with a foreground click of its own and keeps it first, so the first
+        foreground click identifies the label: the same first click continues its object (incrementally, or
+        replayed when a later click changed), another first click starts another object. Without a
+        foreground click nothing is segmented, and no object is touched."""
+        if not req.foreground:
+            return []
+        z, y, x = req.foreground[0]
+        return [ClickRequest(f"{UNNAMED_TRACK_PREFIX}{z},{y},{x}", req.foreground, req.background)]
 
     async def _clicks_absent(self, entry: ImageEntry, req: ClickRequest) -> TrackResult | None:
         """A label with no foreground click. Background clicks alone outline nothing, so the label is empty:

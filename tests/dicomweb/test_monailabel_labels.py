@@ -121,3 +121,19 @@ def test_a_fractional_click_is_422_not_rounded(client: tuple[TestClient, str]) -
     assert r.status_code == 422 and error["field"] == "params.foreground" and "whole voxel" in error["message"]
     reply = infer(c, sid, "segvol_deepgrow", {"label": "liver", "foreground": [[15, 10, 4]]})
     assert tracks(reply)["liver"][0] == "created"  # the refused call left nothing behind
+
+
+def test_deepgrow_without_a_label_keeps_each_viewer_labels_object(client: tuple[TestClient, str]) -> None:
+    """OHIF's deepgrow sends no label: switching labels in the viewer sends another label's clicks. Each first
+    foreground click keeps its own object, so a switch neither replays nor overwrites the other's work."""
+    c, sid = client
+    liver, lesion = [[15, 10, 4]], [[22, 14, 6]]
+    first = tracks(infer(c, sid, "segvol_deepgrow", {"foreground": liver, "background": []}))
+    other = infer(c, sid, "segvol_deepgrow", {"foreground": lesion, "background": []})
+    assert list(tracks(other).values())[0][0] == "created"  # a new object, not a replay of the first
+    assert other["label_names"] == {"background": 0, "liver": 1}  # no label sent: the first label's name
+    back = tracks(infer(c, sid, "segvol_deepgrow", {"foreground": [*liver, [16, 11, 4]], "background": []}))
+    (key, (action, version)), = back.items()
+    assert key in first and action == "incremental" and version == first[key][1] + 1
+    empty = infer(c, sid, "segvol_deepgrow", {"foreground": [], "background": [[1, 1, 1]]})
+    assert empty["segsvc"]["tracks"] == []  # nothing outlined, no object touched

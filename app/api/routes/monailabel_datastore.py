@@ -73,8 +73,8 @@ def _refused(error: DatastoreError) -> InvalidInput:
     return InvalidInput(message, field=message.split(":", 1)[0])
 
 
-@router.put(paths.MONAILABEL_DATASTORE, summary="Upload an image to the datastore (Slicer's upload_image)",
-            responses=_ERRORS, include_in_schema=False)
+@router.put(paths.MONAILABEL_DATASTORE, summary="Upload an image to the datastore (Slicer's upload_image; "
+            "MONAI Label's older path of PUT /datastore/image)", responses=_ERRORS)
 @router.put(paths.MONAILABEL_DATASTORE_IMAGE, summary="Upload an image to the datastore", responses=_ERRORS)
 async def add_image(
     datastore: DatastoreDep,
