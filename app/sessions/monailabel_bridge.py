@@ -35,6 +35,7 @@ closed to make room (once); a DICOMweb image whose session expired is simply loa
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -210,6 +211,7 @@ class MonaiLabelBridge:
         self._stored = stored
         self._entries: dict[str, ImageEntry] = {}
         self._closing: set[asyncio.Task[None]] = set()  # sessions ended for their expiry, being closed
+        self._files: tempfile.TemporaryDirectory[str] | None = None  # uploads kept for ?image=true; removed at exit
         self._opening: dict[str, asyncio.Lock] = {}
 
     # --- images ---------------------------------------------------------------------------------------------
@@ -252,6 +254,13 @@ class MonaiLabelBridge:
         with ``/infer`` (``key``: its content digest, so that a repeated file finds its entry)."""
         return await self._open(key or f"upload:{uuid.uuid4()}", name, loaded)
 
+    def file_for(self, name: str) -> Path:
+        """A fresh path for keeping an uploaded file (the caller writes it and sets ``entry.source_file``);
+        the file goes with its entry, the folder with the process."""
+        if self._files is None:
+            self._files = tempfile.TemporaryDirectory(prefix="segsvc-monailabel-")
+        return Path(self._files.name) / f"{uuid.uuid4().hex}-{Path(name).name or 'image'}"
+
     def keyed(self, key: str) -> ImageEntry | None:
         """The live entry of ``key``, if any."""
         return self._live(key)
@@ -276,6 +285,14 @@ class MonaiLabelBridge:
             del self._entries[entry.key]
         if entry.source_file is not None:
             entry.source_file.unlink(missing_ok=True)
+
+    def _prune(self) -> None:
+        """Forget the entries whose sessions ended unseen (the reaper's idle expiry), with their kept files."""
+        for entry in list(self._entries.values()):
+            try:
+                self.manager.get(entry.session.session_id)
+            except ServiceError:
+                self._forget(entry)
 
     def _live(self, key: str) -> ImageEntry | None:
         entry = self._entries.get(key)
@@ -305,6 +322,7 @@ class MonaiLabelBridge:
                 raise
 
     async def _open(self, key: str, name: str, loaded: LoadedVolume) -> ImageEntry:
+        self._prune()
         geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
         await self.ensure_room()
         try:

@@ -26,12 +26,9 @@ import asyncio
 import hashlib
 import io
 import json
-import tempfile
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -148,7 +145,9 @@ async def create_session(
     loaded, name, data = await _read_files(files, limits)
     entry = await bridge.upload(loaded, name)
     entry.expiry_s = float(expiry) if expiry else None
-    entry.source_file = await asyncio.to_thread(_keep_upload, data, name)
+    path = bridge.file_for(name)
+    await asyncio.to_thread(path.write_bytes, data)
+    entry.source_file = path
     return SessionCreatedML(session_id=_upload_id(entry), session_info=_session_info(entry, manager))
 
 
@@ -260,14 +259,6 @@ def _session_info(entry: ImageEntry, manager: SessionManager) -> SessionInfoML:
                          create_ts=int(entry.created_at), last_access_ts=int(now - idle_s),
                          expiry=max(0, int(expires_in)))
 
-
-def _keep_upload(data: bytes, name: str) -> Path:
-    """The uploaded file, kept for ``GET /session/{id}?image=true`` until the bridge forgets the session."""
-    folder = Path(tempfile.gettempdir()) / "segsvc-monailabel-sessions"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}-{Path(name).name or 'image'}"
-    path.write_bytes(data)
-    return path
 
 
 async def _entry_for_file(bridge: MonaiLabelBridge, file: UploadFile, limits: VolumeLimits) -> ImageEntry:
