@@ -366,13 +366,15 @@ class MonaiLabelBridge:
             if style == "deepgrow":
                 track = requests[0].label if requests else None
                 values = {track: 1} if track is not None else {}
-                # An unnamed call's result is named after the first label, as the viewer files it itself.
-                shown = track if track is not None and not track.startswith(UNNAMED_TRACK_PREFIX) else self.labels[0]
+                labelmap, centroids = await self._paint(entry, values)
+                # An unnamed call's result is named after the first label (the viewer files it itself).
+                shown = requests[0].label if requests and requests[0].named else self.labels[0]
                 names = {"background": 0, shown: 1}
+                centroids = {shown: centroids[track]} if track in centroids else {}
             else:
                 values = {name: label_value(name, self.labels) for name in self.labels if name != "background"}
+                labelmap, centroids = await self._paint(entry, values)
                 names = {"background": 0, **values}
-            labelmap, centroids = await self._paint(entry, values)
         return InferResult(labelmap, names, centroids, entry.meta, entry.session.session_id, results)
 
     @staticmethod
@@ -387,7 +389,7 @@ class MonaiLabelBridge:
         if not req.foreground:
             return []
         z, y, x = req.foreground[0]
-        return [ClickRequest(f"{UNNAMED_TRACK_PREFIX}{z},{y},{x}", req.foreground, req.background)]
+        return [ClickRequest(f"{UNNAMED_TRACK_PREFIX}{z},{y},{x}", req.foreground, req.background, named=False)]
 
     async def _clicks_absent(self, entry: ImageEntry, req: ClickRequest) -> TrackResult | None:
         """A label with no foreground click. Background clicks alone outline nothing, so the label is empty:

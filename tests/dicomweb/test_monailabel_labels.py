@@ -132,6 +132,7 @@ def test_deepgrow_without_a_label_keeps_each_viewer_labels_object(client: tuple[
     other = infer(c, sid, "segvol_deepgrow", {"foreground": lesion, "background": []})
     assert list(tracks(other).values())[0][0] == "created"  # a new object, not a replay of the first
     assert other["label_names"] == {"background": 0, "liver": 1}  # no label sent: the first label's name
+    assert set(other["centroids"]) <= {"liver"}
     back = tracks(infer(c, sid, "segvol_deepgrow", {"foreground": [*liver, [16, 11, 4]], "background": []}))
     (key, (action, version)), = back.items()
     assert key in first and action == "incremental" and version == first[key][1] + 1
