@@ -118,8 +118,13 @@ def test_cli_in_process_writes_the_reports(tmp_path: Path) -> None:
     assert list(summary["methods"]) == ["backbone", "both", "box_fill"]
     assert summary["run"]["config"] == "segvol-test" and summary["run"]["box"] == "3d"
     assert summary["by_modality"]["both"]["MR"]["n_cases"] == 1
-    assert (out / "summary.md").read_text().count("| both |") == 2
+    # Rows: the method table, the modality table, and the objects table's all, two size groups and MR.
+    assert (out / "summary.md").read_text().count("| both |") == 2 + 4
     assert (out / "dsc_per_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "click_contract.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Box fill ignores every click: none is obeyed and no error region gets fixed.
+    box_fill = summary["objects"]["box_fill"]["all"]
+    assert box_fill["n_clicks"] == 10 and box_fill["clicks_obeyed"] == 0.0 and box_fill["region_fixed"] == 0.0
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
