@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
     install_error_handlers(app)
     # Middleware, innermost first: the body limit, the rate limit (needs the caller the key check names),
     # the API key check, CORS (so that preflights pass and browsers can read 401/429 replies), metrics.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES)
+    app.add_middleware(BodySizeLimit, upload_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES,
+                       other_bytes=settings.max_request_body_bytes)
     if settings.rate_limit_per_s is not None:
         app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_capacity)
         app.add_middleware(RateLimit, buckets=app.state.rate_limiter)

@@ -870,9 +870,11 @@ def _copy_bounded(src: IO[bytes], out: IO[bytes], budget: int, filename: str,
 
 def _itk_reason(exc: RuntimeError) -> str:
     """The last meaningful line of an ITK exception, without source paths or the server's file paths."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Reason:")]
     text = lines[-1] if lines else "unreadable"
     text = re.sub(r"^.*?(ITK ERROR|sitk::ERROR):\s*", "", text)
     text = re.sub(r"\w+ImageIO\(0x[0-9a-f]+\):\s*", "", text)
     text = re.sub(r"(?<![\w.])/[^\s'\"]+", "the file", text)  # uploads live in temporary folders
+    # ITK appends the C library's errno text, "Reason: Success" when there was none: noise to a reader.
+    text = re.sub(r"\s*\(?Reason: [^)]*\)?\s*$", "", text).strip(" .:") or "unreadable"
     return text[:200]
