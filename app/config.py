@@ -110,10 +110,11 @@ class Settings(BaseSettings):
     resync_burst: int = Field(4, ge=1, description="Resync requests a session may make at once above the rate.")
 
     # Reverse proxy (docs/security.md).
-    forwarded_allow_ips: list[str] = Field(
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto "
-        "are trusted to name the client; empty = none: the client is the TCP peer, whatever headers it sends.",
+        "are trusted to name the client; empty = none: the client is the TCP peer, whatever headers it sends. "
+        "Environment: comma-separated.",
     )
 
     # Expiry clocks (seconds, monotonic).
@@ -175,7 +176,7 @@ class Settings(BaseSettings):
         description="Label names the MONAI Label model offers (one object per label and image).",
     )
 
-    @field_validator("api_key_hashes", mode="before")
+    @field_validator("api_key_hashes", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_hashes(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment: a JSON list or "h1,h2"
