@@ -59,6 +59,9 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Resync snapshots run on the model thread every session shares: a per-session budget keeps one client's
+    # resync loop from starving the others (app.api.routes.stream).
+    app.state.resync_limiter = TokenBuckets(settings.resync_per_s, settings.resync_burst)
     app.include_router(api_router)
     install_error_handlers(app)
     # Middleware, innermost first: the body limit, the rate limit (needs the caller the key check names),

@@ -8,6 +8,9 @@ server has API keys, ``X-API-Key`` or ``?api_key=<key>`` is checked first (``app
 Server -> client: a JSON ``hello`` (object versions at subscription), then one binary frame per model step
 (``app.schemas.frames``; docs/wire-format.md), JSON ``removed`` / ``pong`` / ``error`` messages.
 Client -> client: JSON ``resync`` (answered with snapshot frames, in order with the diffs) and ``ping``.
+A snapshot is built on the model thread that every session shares, so resyncs are rate-limited per session
+(``resync_per_s``, ``resync_burst``; across all of the session's streams): one past the budget is answered
+with an ``error`` message (code ``rate_limited``, field ``resync``) and builds nothing.
 Client messages also reset the session's idle clock. Frames of a session go out in the order its steps
 ran; a client more than ``stream_queue_frames`` messages behind is closed with 4503 and should reconnect.
 """
@@ -23,6 +26,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from app.api.deps import ManagerDep, ServicesDep, bearer_token, find_session
 from app.api.errors import mapping_for
+from app.api.rate_limit import TokenBuckets
 from app.errors import ObjectNotFound, ServiceError, SessionExpired, SessionNotFound
 from app.schemas import paths
 from app.schemas.diffs import CLIENT_MESSAGE_ADAPTER, PingMessage, PongMessage, StreamError, StreamHello
@@ -110,7 +114,7 @@ async def _receive_loop(websocket: WebSocket, manager: SessionManager, session: 
                                     f"message: {first.get('msg', 'invalid message')}", "message")
                 bad += 1
             else:
-                reply = await _handle(manager, session, subscriber, parsed)
+                reply = await _handle(websocket, manager, session, subscriber, parsed)
                 if reply is None:
                     continue
         if bad > _MAX_BAD_MESSAGES:
@@ -119,7 +123,8 @@ async def _receive_loop(websocket: WebSocket, manager: SessionManager, session: 
         subscriber.push(reply)
 
 
-async def _handle(manager: SessionManager, session: Session, subscriber: Subscriber, msg: object) -> str | None:
+async def _handle(websocket: WebSocket, manager: SessionManager, session: Session, subscriber: Subscriber,
+                  msg: object) -> str | None:
     """Answer one valid client message; None when the answer already went to the outbox."""
     try:
         manager.get(session.session_id)  # ended sessions answer nothing more (the Close is queued)
@@ -128,6 +133,11 @@ async def _handle(manager: SessionManager, session: Session, subscriber: Subscri
     manager.mark_used(session)
     if isinstance(msg, PingMessage):
         return PongMessage().model_dump_json()
+    limiter: TokenBuckets = websocket.app.state.resync_limiter
+    wait_s = limiter.take(session.session_id)
+    if wait_s > 0:
+        return _error_text(ErrorCode.RATE_LIMITED.value, f"resync: over {limiter.rate_per_s:g} resyncs/s for this "
+                           f"session; retry after {wait_s:.1f} s (frames keep arriving meanwhile)", "resync")
     object_id = getattr(msg, "object_id", None)
     try:
         await manager.snapshot(session, subscriber, object_id)
