@@ -179,3 +179,22 @@ def test_dockerignore_keeps_runs_and_git_out_but_the_weights_in() -> None:
                 if ln.strip() and not ln.startswith("#")]
     assert ".git" in patterns and "runs/" in patterns
     assert not any("weights" in p or p.startswith("app") or p in ("*.pt", "**/*.pt") for p in patterns)
+
+
+def test_replicas_trust_x_forwarded_for_from_the_nginx_router_only() -> None:
+    """The replicas trust X-Forwarded-For from nginx's fixed address (not the whole network, which the
+    published port 8000 also reaches), and nginx sets the header to the peer it sees, never extending a
+    client's own header."""
+    import ipaddress
+
+    import yaml
+
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    router_ip = compose["services"]["nginx"]["networks"]["default"]["ipv4_address"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(router_ip) in ipaddress.ip_network(subnet)
+    for name in ("app", "app2"):
+        assert compose["services"][name]["environment"]["SEGSVC_FORWARDED_ALLOW_IPS"] == router_ip, name
+    nginx = (REPO / "deploy" / "nginx" / "segsvc.conf").read_text()
+    headers = re.findall(r"proxy_set_header\s+X-Forwarded-For\s+(\S+);", nginx)
+    assert headers and set(headers) == {"$remote_addr"}, headers
