@@ -511,7 +511,7 @@ def test_a_mask_upload_of_the_wrong_shape_is_refused_from_its_header(server: Ser
                       files={"file": ("mask.nii.gz", _nifti_bomb())})
         assert r.status_code == 422, r.text
         error = r.json()["error"]
-        assert error["field"] == "file" and "does not match the volume's" in error["message"], error
+        assert error["field"] == "mask" and "does not match the volume's" in error["message"], error
         assert _peak_rss_bytes(server) < PEAK_MEMORY_LIMIT_BYTES, f"server peak RSS {_peak_rss_bytes(server)}"
     finally:
         httpx.delete(f"{server.url}/v1/sessions/{sid}", headers=headers)
