@@ -111,3 +111,14 @@ def test_spacing_must_be_positive_and_finite(bad: float) -> None:
     check_spacing("v", (0.5, 0.5, 3.0), "pixdim")
     with pytest.raises(ValueError, match=r"file: spacing \(pixdim in 'v'\) must be 3 positive finite values"):
         check_spacing("v", (bad, 1.0, 1.0), "pixdim")
+
+
+def test_itk_reasons_keep_the_meaningful_line_without_paths_or_errno_noise() -> None:
+    from app.io.volumes import _itk_reason
+
+    exc = RuntimeError("Exception thrown in SimpleITK ImageFileReader_Execute: /src/itk/Meta.cxx:123:\n"
+                       "ITK ERROR: MetaImageIO(0x55d0): File cannot be read: /tmp/upload-x/v.mha for reading.\n"
+                       "Reason: Success")
+    assert _itk_reason(exc) == "File cannot be read: the file for reading"
+    assert _itk_reason(RuntimeError("ITK ERROR: NrrdImageIO(0x1): Could not open file (Reason: Success)")) == \
+        "Could not open file"
