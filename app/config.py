@@ -105,9 +105,9 @@ class Settings(BaseSettings):
     )
     resync_per_s: float = Field(
         2.0, gt=0, description="WebSocket resync requests answered per second per session (snapshots cost "
-        "model-thread time every session shares); past it, an error message asks the client to wait.",
+        "model-thread time every session shares); past it, a connection's resyncs are coalesced into one.",
     )
-    resync_burst: int = Field(4, ge=1, description="Resync requests a session may make at once above the rate.")
+    resync_burst: int = Field(4, ge=1, description="Resync snapshots a session may get at once above the rate.")
 
     # Reverse proxy (docs/security.md).
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
