@@ -11,8 +11,11 @@ before anything is inflated, then bytes counted while extracting), and header
 fields that point at other files (NRRD ``data file``, MetaImage ``ElementDataFile``) must stay inside the
 upload. Truncated files are refused: ITK zero-fills a short NIfTI (plain or gzip) and reports a short MetaImage
 with a misleading reason, so both are measured against what their header declares before ITK reads the
-voxels (NRRD's reader already reports a short read). Problems raise ``ValueError`` starting with "file: "
-(``VolumeTooLargeError`` for size limits).
+voxels (NRRD's reader already reports a short read). Compressed voxel data (``.nii.gz``, compressed
+MetaImage, gzip NRRD) is checked against ``max_volume_bytes`` and ``max_inflate_ratio`` from its header before
+anything is inflated, then inflated once into a plain file (``app.io.inflate``); spacing and direction are
+checked as the header states them (``app.io.header_geometry``), since ITK silently repairs some bad values.
+Problems raise ``ValueError`` starting with "file: " (``VolumeTooLargeError`` for size limits).
 
 CVPR 2025 challenge ``.npz`` (keys ``imgs`` (D, H, W) and ``spacing``): the challenge's own files store
 spacing in (x, y, z) order, the project's ``case.npz`` files in (z, y, x). With ``spacing_order="auto"``
@@ -411,6 +414,8 @@ def _check_nifti_complete(path: Path, filename: str, limits: VolumeLimits) -> No
             if n_voxels > limits.max_voxels:
                 return
             declared = int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+            if compressed and declared > limits.max_volume_bytes + int(header.get_data_offset()):
+                return  # past the byte limit: never inflated, the header check reports it
             have = len(head) if compressed else path.stat().st_size
             while compressed and have <= declared + _TRAILING_SLACK_BYTES and (chunk := stream.read(1 << 20)):
                 have += len(chunk)
