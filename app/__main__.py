@@ -74,6 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--forwarded-allow-ip", dest="forwarded_allow_ips", action="append", metavar="ADDRESS",
                    help="a reverse proxy's address or network whose X-Forwarded-For is trusted (repeatable; "
                         "default: none, the client is the TCP peer)")
+    p.add_argument("--monailabel-datastore", help="directory of the MONAI Label datastore (uploaded images, saved "
+                   "labels; default: <storage-dir>/monailabel.datastore)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
 
@@ -82,7 +84,7 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
-            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach",
+            "dicomweb_url", "monailabel_enabled", "monailabel_open", "monailabel_datastore", "click_propagation_reach",
             "max_volume_bytes", "max_request_body_bytes", "forwarded_allow_ips")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)

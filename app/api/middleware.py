@@ -48,6 +48,8 @@ UPLOAD_ROUTES: tuple[tuple[str, str], ...] = (
     ("PUT", paths.OBJECT_MASK),
     ("POST", paths.MONAILABEL_INFER),
     ("PUT", paths.MONAILABEL_SESSIONS),
+    ("PUT", paths.MONAILABEL_DATASTORE),
+    ("PUT", paths.MONAILABEL_DATASTORE_IMAGE),
     ("PUT", paths.MONAILABEL_DATASTORE_LABEL),
 )
 """(method, route template) pairs that take a file upload; every other body (JSON prompts, small forms) gets
