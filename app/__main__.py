@@ -7,6 +7,7 @@
     python -m app --config segvol-test --random-weights       # tests / timing only: untrained model
     python -m app --api-key-hash "$(python -m app hash-key < key.txt)" --rate-limit 5   # API key + limit
     python -m app hash-key < key.txt                          # print the sha256 of a key read from stdin
+    python -m app --nninteractive                             # + nnInteractive's protocol at /nninteractive
 
 Flags override the environment (``SEGSVC_*``, ``REDIS_URL``), which overrides the defaults. Run one such
 process per device; put several behind a router that pins each session id to its process.
@@ -64,6 +65,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="serve the MONAI Label compatibility routes (OHIF, 3D Slicer)")
     p.add_argument("--monailabel-open", dest="monailabel_open", action="store_true", default=None,
                    help="with API keys, let the MONAI Label routes through without a key (trusted network only)")
+    p.add_argument("--nninteractive", dest="nninteractive_enabled", action="store_true", default=None,
+                   help="serve nnInteractive's remote protocol at /nninteractive (nninteractive-client 2.6)")
+    p.add_argument("--nninteractive-liveness-timeout", dest="nninteractive_liveness_timeout_s", type=float,
+                   help="seconds without any request (heartbeats included) before a lease is released")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
 
@@ -72,7 +77,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
-            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach")
+            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach",
+            "nninteractive_enabled", "nninteractive_liveness_timeout_s")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:

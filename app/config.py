@@ -148,6 +148,16 @@ class Settings(BaseSettings):
         description="Label names the MONAI Label model offers (one object per label and image).",
     )
 
+    # nnInteractive's remote protocol (docs/nninteractive.md).
+    nninteractive_enabled: bool = Field(
+        False, description="Serve nnInteractive's remote protocol at /nninteractive (the torch-free "
+        "nninteractive-client and the viewer plugins built on it); off = those paths answer 404.",
+    )
+    nninteractive_liveness_timeout_s: float = Field(
+        60.0, gt=0, description="An nnInteractive lease whose client sent nothing (not even a heartbeat) this long "
+        "is released with its session; its idle clock is idle_timeout_s.",
+    )
+
     @field_validator("api_key_hashes", mode="before")
     @classmethod
     def _split_hashes(cls, value: Any) -> Any:
