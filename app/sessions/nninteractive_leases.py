@@ -84,6 +84,7 @@ class Lease:
     last_seen: float
     last_action: float
     session: Session | None = None
+    target_shape: tuple[int, ...] | None = None
     target_dtype: str | None = None
     do_autozoom: bool = True
     queued: list[Interaction] = field(default_factory=list)
@@ -147,15 +148,14 @@ class LeaseRegistry:
         self._leases[lease.token] = lease
         return lease
 
-    def get(self, token: str | None) -> Lease:
-        """The live lease of ``token`` (its liveness clock reset); ``LeaseGone`` otherwise."""
+    async def get(self, token: str | None) -> Lease:
+        """The live lease of ``token`` (its liveness clock reset); ``LeaseGone`` otherwise (an overdue lease the
+        sweep has not reached yet is released here)."""
         lease = self._leases.get(token or "")
         if lease is None:
             raise LeaseGone("lease: unknown, released or expired lease token; claim a new one", field="lease")
         if self._overdue(lease):
-            self._leases.pop(lease.token, None)
-            if lease.session is not None:
-                asyncio.get_running_loop().create_task(self._close_session(lease.session))
+            await self._drop(lease)
             raise LeaseGone("lease: the lease expired; claim a new one", field="lease")
         lease.last_seen = self._clock()
         return lease
@@ -203,7 +203,7 @@ class LeaseRegistry:
             raise InvalidInput("image: has non-finite values (NaN or inf)", field="image")
         geometry = Geometry(spacing=_spacing(spacing))
         old = lease.session
-        lease.session, lease.queued, lease.undo_counts, lease.target_dtype = None, [], [], None
+        lease.session, lease.queued, lease.undo_counts = None, [], []
         if old is not None:
             await self._close_session(old)
         session, _token = await self.manager.create(volume, geometry, source_format="nninteractive")
@@ -212,13 +212,17 @@ class LeaseRegistry:
         return tuple(int(s) for s in image.shape)
 
     def set_target_buffer(self, lease: Lease, shape: Sequence[int], dtype: str) -> None:
-        session = self.session_of(lease)
-        if [int(s) for s in shape] != list(session.shape):
-            raise InvalidInput(f"shape: the target buffer must have the image's spatial shape {list(session.shape)},"
-                               f" got {list(shape)}", field="shape")
+        """Declare the buffer (before or after the image: its shape is checked against the image's spatial
+        shape here when there is one, else at the first interaction)."""
+        target = tuple(int(s) for s in shape)
+        if len(target) != 3 or min(target) < 1:
+            raise InvalidInput(f"shape: expected the image's 3 spatial sizes, got {list(shape)}", field="shape")
+        if lease.session is not None and target != lease.session.shape:
+            raise InvalidInput(f"shape: the target buffer must have the image's spatial shape "
+                               f"{list(lease.session.shape)}, got {list(shape)}", field="shape")
         if dtype not in TARGET_DTYPES:
             raise InvalidInput(f"dtype: expected one of {list(TARGET_DTYPES)}, got {dtype!r}", field="dtype")
-        lease.target_dtype = dtype
+        lease.target_shape, lease.target_dtype = target, dtype
         self.acted(lease)
 
     def session_of(self, lease: Lease) -> Session:
@@ -234,9 +238,9 @@ class LeaseRegistry:
     async def interact(self, lease: Lease, interaction: Interaction | None, run_prediction: bool) -> Prediction:
         """Queue ``interaction`` (None: ``/predict``); run the queue when ``run_prediction``."""
         session = self.session_of(lease)
-        if lease.target_dtype is None:
-            raise InvalidInput("target_buffer: no target buffer yet; call set_target_buffer first",
-                               field="target_buffer")
+        if lease.target_dtype is None or lease.target_shape != session.shape:
+            raise InvalidInput(f"target_buffer: no target buffer of the image's shape {list(session.shape)} yet; "
+                               "call set_target_buffer", field="target_buffer")
         if interaction is not None:
             lease.queued.append(interaction)
         self.acted(lease)

@@ -64,8 +64,14 @@ def test_claim_capabilities_and_image(nni_server: Server) -> None:
         assert s.supported_interactions == {"scribble": True, "lasso": True, "points": True, "bbox2d": True,
                                             "bbox3d": True}
         assert s.supports_undo and s.liveness_timeout_seconds > 0 and s.ping()
+        s.set_target_buffer(np.zeros(SHAPE, np.uint16))  # before the image is fine, as in nnInteractive
         s.set_image(_image(), {"spacing": [2.0, 1.0, 1.0]})
         assert s.original_image_shape == (1, *SHAPE)
+        assert s.add_bbox_interaction([[8, 16], [20, 40], [20, 40]], True) is not None
+        assert s.target_buffer.dtype == np.uint16 and s.target_buffer.any()
+        with pytest.raises(httpx.HTTPStatusError) as info:  # two channels: our model reads one
+            s.set_image(np.zeros((2, *SHAPE), np.float32))
+        assert info.value.response.json()["error"]["field"] == "image"
 
 
 def test_every_interaction_writes_the_server_mask_into_the_buffer(session) -> None:  # noqa: ANN001

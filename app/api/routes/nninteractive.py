@@ -39,9 +39,9 @@ def get_registry(conn: HTTPConnection) -> LeaseRegistry:
 RegistryDep = Annotated[LeaseRegistry, Depends(get_registry)]
 
 
-def get_lease(registry: RegistryDep,
-              token: Annotated[str | None, Header(alias=proto.LEASE_HEADER)] = None) -> Lease:
-    return registry.get(token)
+async def get_lease(registry: RegistryDep,
+                    token: Annotated[str | None, Header(alias=proto.LEASE_HEADER)] = None) -> Lease:
+    return await registry.get(token)
 
 
 LeaseDep = Annotated[Lease, Depends(get_lease)]
