@@ -8,8 +8,8 @@ A region is a set of voxels of the (D, H, W) volume, held as ascending unique fl
 The predictor feeds a region to the model the way it feeds clicks (a few voxels sampled from it become clicks
 with the region's label) and then constrains the result (every voxel of the region ends with that label).
 Histories record a region as runs ``[[start, length], ...]`` of consecutive flat indices: a filled lasso is one
-run per row, so even a large region stays small in the prompt log. numpy only (shared by the service, the
-evaluation and the nnInteractive adapter).
+run per row, so even a large region stays small in the prompt log. numpy and scipy (shared by the service, the
+evaluation and the nnInteractive adapter; scipy for the click sampling's depth).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 Shape3 = tuple[int, int, int]
 Bounds = tuple[int, int, int, int, int, int]
@@ -128,11 +129,17 @@ def bounds(flat: np.ndarray, shape: Shape3) -> Bounds:
 def sample_clicks(flat: np.ndarray, shape: Shape3, n: int = REGION_CLICKS) -> np.ndarray:
     """Up to ``n`` voxels of the region as (K, 3) clicks (z, y, x), deterministic.
 
-    The first is the region voxel nearest to the region's centroid (inside a lasso, the middle of what was
-    drawn), the others are picked by farthest-point sampling so that they spread over the whole region (a long
-    scribble is read along its length, not at one end).
+    Only the region's core is sampled: the voxels at least half the region's largest depth (distance to its
+    outside) inside it. A click reads as "this spot is the object", and clicks on the outline of a lasso sit
+    where the object ends, which leads the decoder past it; a thin scribble is all core. The first click is
+    the core voxel nearest to the core's centroid (inside a lasso, the middle of what was drawn), the others
+    are picked by farthest-point sampling so that they spread over the core (a long scribble is read along
+    its length, not at one end).
     """
     zyx = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
+    if len(zyx) <= n:
+        return zyx
+    zyx = zyx[_core(zyx)]
     if len(zyx) <= n:
         return zyx
     centre = zyx.mean(axis=0)
@@ -143,6 +150,21 @@ def sample_clicks(flat: np.ndarray, shape: Shape3, n: int = REGION_CLICKS) -> np
         picked.append(nxt)
         dist = np.minimum(dist, ((zyx - zyx[nxt]) ** 2).sum(axis=1))
     return zyx[picked]
+
+
+def _core(zyx: np.ndarray) -> np.ndarray:
+    """Which of the region voxels ``zyx`` lie at least half the region's largest depth inside it (measured in
+    the axes the region spans: a lasso's depth is in its slice's plane)."""
+    lo = zyx.min(axis=0)
+    spans = [a for a in range(3) if zyx[:, a].max() > lo[a]]
+    if len(spans) < 2:  # a straight stroke: its depth would run along it, it is all core
+        return np.ones(len(zyx), dtype=bool)
+    rel = zyx[:, spans] - lo[spans] + 1
+    grid = np.zeros(tuple(rel.max(axis=0) + 2), dtype=bool)  # one voxel of outside on every side
+    local = tuple(rel.T)
+    grid[local] = True
+    depth = distance_transform_edt(grid)[local]
+    return depth >= max(1.0, 0.5 * float(depth.max()))
 
 
 def box_around(flat: np.ndarray, shape: Shape3, spacing: Sequence[float], margin: float = 0.5

@@ -113,3 +113,11 @@ def test_region_modes_and_labels_are_checked(predictor: Predictor, state: Sessio
     with pytest.raises(ValueError, match="label"):
         predictor.add_region(state, 1, flat, 2)
     assert 1 not in state.objects
+
+
+def test_lasso_clicks_come_from_its_core_not_its_outline() -> None:
+    disc = regions.fill_lasso(0, 5, [[30 + 12 * np.sin(t), 23 + 12 * np.cos(t)]
+                                     for t in np.linspace(0, 2 * np.pi, 40, endpoint=False)], SHAPE)
+    clicks = regions.sample_clicks(disc, SHAPE)
+    radius = np.hypot(clicks[:, 1] - 30, clicks[:, 2] - 23)
+    assert len(clicks) == 5 and (radius <= 6.5).all()  # within the inner half of the 12-voxel radius
