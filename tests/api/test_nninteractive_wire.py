@@ -67,3 +67,13 @@ def test_flag_and_routes_only_when_enabled() -> None:
     on = create_app(Settings(**base, nninteractive_enabled=True))
     paths = set(on.openapi()["paths"])
     assert {"/nninteractive/claim", "/nninteractive/add_lasso_interaction", "/nninteractive/undo"} <= paths
+
+
+def test_rate_limit_covers_the_work_not_the_keepalive() -> None:
+    from app.api.rate_limit import is_limited
+
+    for path in ("claim", "set_image", "add_bbox_interaction", "add_lasso_interaction", "undo", "predict"):
+        assert is_limited("POST", f"/nninteractive/{path}"), path
+    for path in ("heartbeat", "release"):  # the client's heartbeat thread and its close are never throttled
+        assert not is_limited("POST", f"/nninteractive/{path}"), path
+    assert is_limited("POST", "/v1/sessions/s1/objects/2/scribble") and is_limited("POST", "/v1/sessions/s1/objects/2/lasso")
