@@ -69,6 +69,14 @@ class LassoRequest(BaseModel):
     label: Literal[0, 1] = _LABEL
     mode: RegionMode = _MODE
 
+    @field_validator("axis", "index", mode="before")
+    @classmethod
+    def _check_int(cls, value: Any, info: Any) -> int:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):
+            raise ValueError(f"{info.field_name}: expected an integer, got {value!r}")
+        return int(value)
+
     @field_validator("contour", mode="before")
     @classmethod
     def _check_contour(cls, value: Any) -> list[list[float]]:
