@@ -61,7 +61,8 @@ def fill_lasso(axis: int, index: int, contour: np.ndarray | Sequence[Sequence[fl
     to nothing). Raises ``ValueError`` when the fill is empty.
     """
     verts = np.asarray(contour, dtype=np.float64).reshape(-1, 2)
-    plane = tuple(s for a, s in enumerate(shape) if a != axis)
+    rest = [s for a, s in enumerate(shape) if a != axis]
+    plane = (rest[0], rest[1])
     rows, cols = np.mgrid[0:plane[0], 0:plane[1]]
     inside = _even_odd(verts, rows.astype(np.float64), cols.astype(np.float64)) | _on_outline(verts, plane)
     if not inside.any():

@@ -99,7 +99,7 @@ def pack(arr: np.ndarray, clevel: int = 3) -> bytes:
     name = a.dtype.name.encode("ascii")
     parts = [struct.pack(f"<4sBBBB{len(name)}s", MAGIC, VERSION, _ZSTD_ID, a.ndim, len(name), name),
              struct.pack(f"<{a.ndim}q", *a.shape)]
-    raw = memoryview(a.reshape(-1).view(np.uint8))
+    raw = a.reshape(-1).view(np.uint8).data  # a memoryview over the array's bytes, no copy
     chunks = [raw[i:i + CHUNK_BYTES] for i in range(0, raw.nbytes, CHUNK_BYTES)]
     parts.append(struct.pack("<I", len(chunks)))
     for chunk in chunks:

@@ -18,9 +18,9 @@ MAX_SCRIBBLE_VOXELS = 1 << 16
 """Voxels one scribble request may list (a JSON list of triples: a larger region is better sent as a lasso)."""
 MAX_LASSO_VERTICES = 4096
 
-_LABEL = Field(description="1 = the region is the object (foreground), 0 = it is not (background).")
-_MODE = Field(default="both", description='"decoder": the mask decoder reads the region\'s clicks; "both": the '
-              "corrector's step first (streamed), then the decoder. The region constraint rides on the decoder step.")
+_LABEL = "1 = the region is the object (foreground), 0 = it is not (background)."
+_MODE = ('"decoder": the mask decoder reads the region\'s clicks; "both": the corrector\'s step first (streamed), '
+         "then the decoder. The region constraint rides on the decoder step.")
 
 
 def _label(value: Any) -> int:
@@ -37,8 +37,8 @@ class ScribbleRequest(BaseModel):
         json_schema_extra={"minItems": 1, "maxItems": MAX_SCRIBBLE_VOXELS,
                            "items": {"type": "array", "items": {"type": "integer"}, "minItems": 3, "maxItems": 3}},
     )
-    label: Literal[0, 1] = _LABEL
-    mode: RegionMode = _MODE
+    label: Literal[0, 1] = Field(description=_LABEL)
+    mode: RegionMode = Field(default="both", description=_MODE)
 
     @field_validator("voxels", mode="before")
     @classmethod
@@ -66,8 +66,8 @@ class LassoRequest(BaseModel):
         json_schema_extra={"minItems": 3, "maxItems": MAX_LASSO_VERTICES,
                            "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}},
     )
-    label: Literal[0, 1] = _LABEL
-    mode: RegionMode = _MODE
+    label: Literal[0, 1] = Field(description=_LABEL)
+    mode: RegionMode = Field(default="both", description=_MODE)
 
     @field_validator("axis", "index", mode="before")
     @classmethod

@@ -33,7 +33,7 @@ router = APIRouter(prefix=proto.NNINTERACTIVE_PREFIX, tags=["nninteractive"])
 
 
 def get_registry(conn: HTTPConnection) -> LeaseRegistry:
-    return conn.app.state.nninteractive  # type: ignore[no-any-return]
+    return conn.app.state.nninteractive
 
 
 RegistryDep = Annotated[LeaseRegistry, Depends(get_registry)]
