@@ -7,6 +7,7 @@
     python -m app --config segvol-test --random-weights       # tests / timing only: untrained model
     python -m app --api-key-hash "$(python -m app hash-key < key.txt)" --rate-limit 5   # API key + limit
     python -m app hash-key < key.txt                          # print the sha256 of a key read from stdin
+    python -m app --nninteractive                             # + nnInteractive's protocol at /nninteractive
 
 Flags override the environment (``SEGSVC_*``, ``REDIS_URL``), which overrides the defaults. Run one such
 process per device; put several behind a router that pins each session id to its process.
@@ -76,6 +77,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "default: none, the client is the TCP peer)")
     p.add_argument("--monailabel-datastore", help="directory of the MONAI Label datastore (uploaded images, saved "
                    "labels; default: <storage-dir>/monailabel.datastore)")
+    p.add_argument("--nninteractive", dest="nninteractive_enabled", action="store_true", default=None,
+                   help="serve nnInteractive's remote protocol at /nninteractive (nninteractive-client 2.6)")
+    p.add_argument("--nninteractive-liveness-timeout", dest="nninteractive_liveness_timeout_s", type=float,
+                   help="seconds without any request (heartbeats included) before a lease is released")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
 
@@ -85,7 +90,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
             "dicomweb_url", "monailabel_enabled", "monailabel_open", "monailabel_datastore", "click_propagation_reach",
-            "max_volume_bytes", "max_request_body_bytes", "forwarded_allow_ips")
+            "max_volume_bytes", "max_request_body_bytes", "forwarded_allow_ips",
+            "nninteractive_enabled", "nninteractive_liveness_timeout_s")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:

@@ -182,6 +182,16 @@ class Settings(BaseSettings):
         "routes answer 404).",
     )
 
+    # nnInteractive's remote protocol (docs/nninteractive.md).
+    nninteractive_enabled: bool = Field(
+        False, description="Serve nnInteractive's remote protocol at /nninteractive (the torch-free "
+        "nninteractive-client and the viewer plugins built on it); off = those paths answer 404.",
+    )
+    nninteractive_liveness_timeout_s: float = Field(
+        60.0, gt=0, description="An nnInteractive lease whose client sent nothing (not even a heartbeat) this long "
+        "is released with its session; its idle clock is idle_timeout_s.",
+    )
+
     @field_validator("api_key_hashes", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_hashes(cls, value: Any) -> Any:

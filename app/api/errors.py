@@ -45,6 +45,7 @@ from app.errors import (
     InvalidApiKey,
     InvalidInput,
     InvalidVolume,
+    LeaseGone,
     NothingToUndo,
     ObjectNotFound,
     PayloadTooLarge,
@@ -84,6 +85,7 @@ ERROR_TABLE: dict[type[ServiceError], ErrorMapping] = {
     ObjectNotFound: ErrorMapping(ErrorCode.OBJECT_NOT_FOUND, StreamCloseCode.NOT_FOUND),
     NothingToUndo: ErrorMapping(ErrorCode.NOTHING_TO_UNDO, StreamCloseCode.BAD_MESSAGE),
     SessionExpired: ErrorMapping(ErrorCode.SESSION_EXPIRED, StreamCloseCode.SESSION_EXPIRED),
+    LeaseGone: ErrorMapping(ErrorCode.SESSION_EXPIRED, StreamCloseCode.SESSION_EXPIRED),  # nnInteractive: 410
     RateLimited: ErrorMapping(ErrorCode.RATE_LIMITED, StreamCloseCode.RATE_LIMITED),
     CapacityExceeded: ErrorMapping(ErrorCode.SERVER_BUSY, StreamCloseCode.SERVER_BUSY),
     StoreUnavailable: ErrorMapping(ErrorCode.STORE_UNAVAILABLE, StreamCloseCode.INTERNAL_ERROR),

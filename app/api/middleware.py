@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import BodyTooLarge, body_too_large_message
 from app.api.routes_match import template_regex
+from app.schemas import nninteractive as nnia_proto
 from app.schemas import paths
 from app.schemas.errors import ErrorCode, error_body
 from app.sessions.metrics import ServiceMetrics
@@ -51,6 +52,10 @@ UPLOAD_ROUTES: tuple[tuple[str, str], ...] = (
     ("PUT", paths.MONAILABEL_DATASTORE),
     ("PUT", paths.MONAILABEL_DATASTORE_IMAGE),
     ("PUT", paths.MONAILABEL_DATASTORE_LABEL),
+    # nnInteractive's binary calls carry a whole image or a volume-sized mask (NNIA arrays).
+    *(("POST", nnia_proto.NNINTERACTIVE_PREFIX + path) for path in (
+        nnia_proto.PATH_SET_IMAGE, nnia_proto.PATH_ADD_SCRIBBLE, nnia_proto.PATH_ADD_LASSO,
+        nnia_proto.PATH_ADD_INITIAL_SEG)),
 )
 """(method, route template) pairs that take a file upload; every other body (JSON prompts, small forms) gets
 the much smaller ``max_request_body_bytes``."""

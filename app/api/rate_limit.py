@@ -25,18 +25,25 @@ from app.api.api_keys import CALLER_SCOPE_KEY
 from app.api.errors import error_response
 from app.api.routes_match import template_regex
 from app.errors import RateLimited
-from app.schemas import paths
+from app.schemas import nninteractive, paths
 
 LIMITED_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", paths.SESSIONS),
     ("POST", paths.OBJECT_BOX),
     ("POST", paths.OBJECT_CLICKS),
+    ("POST", paths.OBJECT_SCRIBBLE),
+    ("POST", paths.OBJECT_LASSO),
     ("POST", paths.OBJECT_UNDO),
     ("POST", paths.OBJECT_RESET),
     ("PUT", paths.OBJECT_MASK),
     ("POST", paths.SESSIONS_FROM_DICOMWEB),
     ("POST", paths.MONAILABEL_INFER),
     ("PUT", paths.MONAILABEL_SESSIONS),
+    *(("POST", nninteractive.NNINTERACTIVE_PREFIX + p) for p in (
+        nninteractive.PATH_CLAIM, nninteractive.PATH_SET_IMAGE, nninteractive.PATH_ADD_BBOX,
+        nninteractive.PATH_ADD_POINT, nninteractive.PATH_ADD_SCRIBBLE, nninteractive.PATH_ADD_LASSO,
+        nninteractive.PATH_ADD_INITIAL_SEG, nninteractive.PATH_PREDICT, nninteractive.PATH_UNDO,
+        nninteractive.PATH_RESET_INTERACTIONS)),
 )
 """(method, route template) pairs the limit applies to; everything else (reads, deletes, streams) is free."""
 

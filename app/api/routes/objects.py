@@ -1,4 +1,4 @@
-"""Objects of a session: box, clicks, undo, reset, start from a mask, download the mask, remove.
+"""Objects of a session: box, clicks, scribble, lasso, undo, reset, start from a mask, download the mask, remove.
 
 Every mask-changing route replies with ``PromptReply``: the object's new version, the net count and bbox of
 changed voxels, and each model step with its timings; the changed voxels themselves go out on the
@@ -22,8 +22,9 @@ from app.api.uploads import read_mask
 from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply
+from app.schemas.regions import LassoRequest, ScribbleRequest
 from app.sessions.manager import PromptOutcome, Session
-from app.sessions.validation import world_box_to_voxel, world_to_voxel
+from app.sessions.validation import lasso_region, scribble_region, world_box_to_voxel, world_to_voxel
 
 router = APIRouter(tags=["objects"])
 
@@ -76,6 +77,22 @@ async def add_clicks(session: SessionDep, manager: ManagerDep, object_id: Object
     else:
         points = body.voxel_points()
     return prompt_reply(await manager.add_clicks(session, object_id, points, body.labels, mode=body.mode))
+
+
+@router.post(paths.OBJECT_SCRIBBLE, summary="Refine an object with a scribble (painted voxels with a label)",
+             responses=_PROMPT_ERRORS)
+async def add_scribble(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ScribbleRequest
+                       ) -> PromptReply:
+    region = scribble_region(body.voxels, session.shape)
+    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode))
+
+
+@router.post(paths.OBJECT_LASSO, summary="Refine an object with a lasso (a filled contour on one slice)",
+             responses=_PROMPT_ERRORS)
+async def add_lasso(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: LassoRequest
+                    ) -> PromptReply:
+    region = await asyncio.to_thread(lasso_region, body.axis, body.index, body.contour, session.shape)
+    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode))
 
 
 @router.post(paths.OBJECT_UNDO, summary="Undo the object's last prompt",
