@@ -85,15 +85,8 @@ done
 mkdir "$work/user" && cd "$work/user"
 echo "readme install check: + $sample_cmd"
 bash -c "$sample_cmd" >"$work/sample.log" 2>&1 || fail "the README sample-volume command" "$work/sample.log"
-python3 - "$base_url" >"$work/snippet.log" 2>&1 <<'PY' || fail "the README SDK snippet" "$work/snippet.log"
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path.cwd().parent / "clone" / "tests"))
-from readme_snippets import README, sdk_snippet_for
-
-exec(compile(sdk_snippet_for(README.read_text(encoding="utf-8"), sys.argv[1]), "README.md (SDK snippet)", "exec"))
-PY
+python3 "$work/clone/tests/readme_snippets.py" sdk "$base_url" >snippet.py || fail "reading the SDK snippet from README.md"
+python3 snippet.py >"$work/snippet.log" 2>&1 || fail "the README SDK snippet" "$work/snippet.log"
 python3 - >>"$work/snippet.log" 2>&1 <<'PY' || fail "the mask the snippet downloaded" "$work/snippet.log"
 import numpy as np
 import SimpleITK as sitk

@@ -3,7 +3,7 @@
 Used by ``tests/e2e/test_readme.py`` and by ``.ci/readme_install_check.sh``, which runs this file in a fresh
 virtual environment (standard library only):
 
-    python3 tests/readme_snippets.py install|serve|sample|sdk
+    python3 tests/readme_snippets.py install|serve|sample|sdk [BASE_URL]
 """
 
 from __future__ import annotations
@@ -65,17 +65,18 @@ def sdk_snippet_for(text: str, base_url: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Print one part: ``install``, ``serve``, ``sample`` or ``sdk [BASE_URL]`` (the snippet pointed there)."""
     text = README.read_text(encoding="utf-8")
     parts = {
         "install": lambda: install_and_serve(text)[0],
         "serve": lambda: install_and_serve(text)[1],
         "sample": lambda: sample_command(text),
-        "sdk": lambda: sdk_snippet(text),
+        "sdk": lambda: sdk_snippet_for(text, argv[1]) if len(argv) == 2 else sdk_snippet(text),
     }
-    if len(argv) != 1 or argv[0] not in parts:
-        print(f"usage: python3 {Path(__file__).name} {'|'.join(parts)}", file=sys.stderr)
+    if not argv or argv[0] not in parts or len(argv) > (2 if argv[0] == "sdk" else 1):
+        print(f"usage: python3 {Path(__file__).name} install|serve|sample|sdk [BASE_URL]", file=sys.stderr)
         return 2
-    print(parts[argv[0]]())
+    print(parts[argv[0]](), end="")
     return 0
 
 
