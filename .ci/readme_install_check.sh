@@ -7,6 +7,9 @@
 # and the README cannot drift apart.
 #
 #   .ci/readme_install_check.sh            # from anywhere in the repository; exit status 0 = it all worked
+#
+# It checks the committed tree (a clone), so commit before running it by hand. README_CHECK_READY_TIMEOUT_S
+# (default 300) bounds the server's start-up. On a failure it names the step and prints the end of its log.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 ready_timeout_s="${README_CHECK_READY_TIMEOUT_S:-300}"

@@ -27,7 +27,7 @@ Exceptions: every error the SDK raises derives from ``SegError``, which carries 
     ├── ServerBusyError           503      at capacity; ``retry_after`` seconds
     ├── ServerError               other 5xx
     ├── UnexpectedReplyError      2xx      a reply the SDK cannot read (a proxy in between, another version)
-    ├── TransportError            -        no reply: connection refused/reset, timeout
+    ├── TransportError            -        no usable reply: connection refused/reset, timeout, undecodable
     ├── StreamError               -        the diff stream closed (``close_code``) or failed
     └── VersionTimeoutError       -        ``wait_for_version`` timed out (also a TimeoutError)
 

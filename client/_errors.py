@@ -80,7 +80,8 @@ class ServerError(SegError):
 
 
 class TransportError(SegError):
-    """No HTTP reply: connection refused or reset, timeout."""
+    """No usable HTTP reply: connection refused or reset, timeout, a body that cannot be decoded, a redirect
+    loop."""
 
 
 class UnexpectedReplyError(SegError):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import client
-from client import Client, SegError, UnexpectedReplyError, ValidationError
+from client import Client, SegError, TransportError, UnexpectedReplyError, ValidationError
 
 CLIENT_DIR = Path(client.__file__).parent
 _TREE_LINE = re.compile(r"^(?P<indent>[ │]*)(?:[├└]── )?(?P<name>[A-Z]\w*Error)\b")
@@ -133,3 +133,12 @@ def test_an_unreadable_success_reply_is_an_unexpected_reply_error(content: bytes
     with Client("http://segserver.test", transport=transport) as c, pytest.raises(UnexpectedReplyError) as info:
         c.session("s1", "t").info()
     assert info.value.status == 200 and "SessionInfo" in info.value.message
+
+
+def test_an_undecodable_reply_is_a_transport_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+
+    with Client("http://segserver.test", transport=httpx.MockTransport(handler)) as c:
+        with pytest.raises(TransportError, match="GET /v1/sessions/s1"):
+            c.session("s1", "t").info()
