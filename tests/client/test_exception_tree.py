@@ -61,15 +61,15 @@ def test_the_documented_tree_is_the_exported_classes_with_their_bases() -> None:
 def _raises() -> list[tuple[str, ast.Raise]]:
     found = []
     for path in sorted(CLIENT_DIR.glob("*.py")):
-        found += [(f"{path.name}:{node.lineno}", node) for node in ast.walk(ast.parse(path.read_text()))
-                  if isinstance(node, ast.Raise)]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [(f"{path.name}:{node.lineno}", node) for node in ast.walk(tree) if isinstance(node, ast.Raise)]
     return found
 
 
 def _factory_annotations() -> dict[str, str]:
     out = {}
     for path in sorted(CLIENT_DIR.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.FunctionDef) and node.name in _ERROR_FACTORIES and node.returns is not None:
                 out[node.name] = ast.unparse(node.returns)
     return out
@@ -101,7 +101,7 @@ def test_every_raise_in_the_sdk_raises_a_documented_error() -> None:
 
 
 def test_self_error_holds_a_seg_error() -> None:
-    source = (CLIENT_DIR / "_stream.py").read_text()
+    source = (CLIENT_DIR / "_stream.py").read_text(encoding="utf-8")
     assert re.search(r"^\s+_error: SegError \| None$", source, re.MULTILINE)
 
 

@@ -33,7 +33,8 @@ def _name(requirement: str) -> str:
 
 def _base_install() -> set[str]:
     """The distributions ``pip install -e .`` brings: the base dependencies and what they require, no extras."""
-    todo = [_name(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    todo = [_name(d) for d in pyproject["project"]["dependencies"]]
     seen: set[str] = set()
     while todo:
         name = todo.pop()
