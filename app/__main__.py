@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="serve the MONAI Label compatibility routes (OHIF, 3D Slicer)")
     p.add_argument("--monailabel-open", dest="monailabel_open", action="store_true", default=None,
                    help="with API keys, let the MONAI Label routes through without a key (trusted network only)")
+    p.add_argument("--monailabel-datastore", help="directory of the MONAI Label datastore (uploaded images, saved "
+                   "labels; default: <storage-dir>/monailabel.datastore)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
 
@@ -73,7 +75,7 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
-            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach")
+            "dicomweb_url", "monailabel_enabled", "monailabel_open", "monailabel_datastore", "click_propagation_reach")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:

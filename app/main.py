@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=[paths.AUTHORIZATION_HEADER, API_KEY_HEADER, "Content-Type"],
-            expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions"],
+            # Content-Disposition: the file name of downloads (MONAI Label results, labels, session images).
+            expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions",
+                            "Content-Disposition"],
         )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -135,6 +135,21 @@ def _pip_installs(shell: str) -> list[list[str]]:
     return [c for c in commands if "pip" in c and "install" in c]
 
 
+def _ci_pip_installs() -> list[list[str]]:
+    lines = [ln for ln in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+             if not ln.lstrip().startswith("#")]
+    return _pip_installs("\n".join(lines))
+
+
+def test_ci_installs_the_project_once_and_pins_its_extra_test_tools() -> None:
+    # Test-only tools CI adds without their requirements (MONAI Label's client class, pyproject.toml's dev
+    # extra says why) are not part of the image; each is pinned.
+    tools = [cmd for cmd in _ci_pip_installs() if "--no-deps" in cmd]
+    assert all(any("==" in word for word in cmd) for cmd in tools), f"unpinned test tools: {tools}"
+    ci = [cmd for cmd in _ci_pip_installs() if "--no-deps" not in cmd]
+    assert len(ci) == 1, f".ci/run should install the project once, found {ci}"
+
+
 def test_dockerfile_installs_the_project_with_the_readme_command() -> None:
     """The image installs the project exactly as a new user does (``.ci/readme_install_check.sh`` proves on
     every CI run that this command, in a fresh virtual environment, serves)."""
