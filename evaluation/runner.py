@@ -9,14 +9,15 @@ classes in ascending order (``paint_in_order``). Only the method's work is timed
 (encoding the volume) counts towards the first round that prompts, click simulation and scoring do not;
 reading the label map back counts, as writing ``segs`` does in the challenge.
 
-Each click is also scored against the click contract (``evaluation.click_contract``): whether the clicked voxel
-got the click's label and which share of the clicked error region is right afterwards.
+Each click (``prompts="click"``) is also scored against the click contract (``evaluation.click_contract``):
+whether the clicked voxel got the click's label and which share of the clicked error region is right afterwards.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +27,7 @@ from evaluation.cases import BoxMode, CaseRef, EvalCase, load_case
 from evaluation.click_contract import click_outcome
 from evaluation.click_rule import next_click
 from evaluation.metrics import N_ROUNDS, NSD_TOLERANCE_MM, CaseResult, class_round_scores
+from evaluation.region_rule import next_region
 
 
 def run_case(
@@ -34,8 +36,12 @@ def run_case(
     *,
     tolerance_mm: float = NSD_TOLERANCE_MM,
     clock: Callable[[], float] = time.perf_counter,
+    prompts: str = "click",
 ) -> CaseResult:
-    """Run the six rounds of one case with one method and score each round."""
+    """Run the six rounds of one case with one method and score each round.
+
+    ``prompts``: the corrections of rounds 2..6, "click" (the challenge's) or "scribble" / "lasso"
+    (``evaluation.region_rule``, drawn where the challenge would click)."""
     gt = case.ground_truth
     prediction = np.zeros(gt.shape, dtype=gt.dtype)
     class_dsc: list[list[float]] = []  # per round, per class
@@ -65,19 +71,28 @@ def run_case(
             _score(case, prediction, tolerance_mm, class_dsc, class_nsd)
 
         for _ in range(N_ROUNDS - 1):
-            clicks = {c: next_click(prediction == c, gt == c) for c in case.classes}
+            if prompts == "click":
+                clicks: dict[int, Any] = {c: next_click(prediction == c, gt == c) for c in case.classes}
+            else:
+                clicks = {c: next_region(prediction == c, gt == c, prompts) for c in case.classes}  # type: ignore[arg-type]
             previous = prediction
             started = clock()
             for c, click in clicks.items():
-                if click is not None:
+                if click is None:
+                    continue
+                if prompts == "click":
                     session.add_click(c, click)
+                else:
+                    session.add_region(c, click.flat, click.label)  # type: ignore[attr-defined]
             prediction = session.label_map(case.classes, gt.shape, gt.dtype)
             times.append(pending + clock() - started)
             pending = 0.0
             n_clicks.append(sum(click is not None for click in clicks.values()))
             _score(case, prediction, tolerance_mm, class_dsc, class_nsd)
+            # The contract is defined for clicks (a voxel); scribbles and lassos are not scored against it.
             outcomes = [
-                None if click is None else click_outcome(previous == c, prediction == c, gt == c, click)
+                None if click is None or prompts != "click" else click_outcome(previous == c, prediction == c,
+                                                                                gt == c, click)
                 for c, click in clicks.items()
             ]
             class_obeyed.append([None if o is None else o.obeyed for o in outcomes])
@@ -118,6 +133,7 @@ def evaluate(
     tolerance_mm: float = NSD_TOLERANCE_MM,
     progress: bool = True,
     on_result: Callable[[CaseResult], None] | None = None,
+    prompts: str = "click",
 ) -> list[CaseResult]:
     """Run every method on every case (cases loaded one at a time), with a progress bar.
 
@@ -133,7 +149,7 @@ def evaluate(
                 continue
             for method in methods:
                 bar.set_description(f"{case.name} / {method.name}")
-                result = run_case(method, case, tolerance_mm=tolerance_mm)
+                result = run_case(method, case, tolerance_mm=tolerance_mm, prompts=prompts)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)

@@ -49,7 +49,7 @@ def dicomweb_errors(field: str = "image") -> Iterator[None]:
 
 def volume_limits(conn: HTTPConnection) -> VolumeLimits:
     settings = get_services(conn).settings
-    return VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    return settings.volume_limits
 
 
 def dicomweb_source(conn: HTTPConnection) -> DicomwebSource | None:

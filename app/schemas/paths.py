@@ -29,6 +29,8 @@ OBJECT_CLICKS = OBJECT + "/clicks"
 OBJECT_UNDO = OBJECT + "/undo"
 OBJECT_RESET = OBJECT + "/reset"
 OBJECT_MASK = OBJECT + "/mask"
+OBJECT_SCRIBBLE = OBJECT + "/scribble"
+OBJECT_LASSO = OBJECT + "/lasso"
 
 # MONAI Label compatibility (outside /v1: OHIF's and Slicer's clients build these from the server URL).
 MONAILABEL_INFO = "/info/"

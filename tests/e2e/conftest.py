@@ -39,15 +39,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
-    """Start ``python -m app --config segvol-test --random-weights`` and wait until /readyz answers 200."""
+TEST_MODEL_FLAGS = ("--config", "segvol-test", "--random-weights")
+
+
+def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None,
+                 model_flags: tuple[str, ...] = TEST_MODEL_FLAGS) -> Server:
+    """Start ``python -m app`` (by default ``--config segvol-test --random-weights``; ``model_flags=()`` serves
+    the shipped default model) and wait until /readyz answers 200."""
     port = _free_port()
+    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *model_flags,
+           "--log-level", "warning", *flags]
+    return start_server_command(log_dir, cmd, port, env=env)
+
+
+def start_server_command(log_dir: Path, cmd: list[str], port: int, *, env: dict[str, str] | None = None) -> Server:
+    """Run ``cmd``, a server that listens on 127.0.0.1:``port``, and wait until /readyz answers 200."""
     log_path = log_dir / f"server-{port}.log"
     # Hermetic: no inherited service settings, only what this test asks for.
     inherited = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SEGSVC_")}
     full_env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--config", "segvol-test",
-           "--random-weights", "--log-level", "warning", *flags]
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
@@ -105,8 +115,9 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     started: list[Server] = []
     log_dir = tmp_path_factory.mktemp("servers")
 
-    def make(*flags: str, env: dict[str, str] | None = None) -> Server:
-        server = start_server(log_dir, *flags, env=env)
+    def make(*flags: str, env: dict[str, str] | None = None, model_flags: tuple[str, ...] = TEST_MODEL_FLAGS
+             ) -> Server:
+        server = start_server(log_dir, *flags, env=env, model_flags=model_flags)
         started.append(server)
         return server
 
