@@ -4,8 +4,8 @@
         [--server URL] [--methods backbone,gru,decoder,both,random_walker,box_fill] \
         [--config compact] [--weights PATH|default|none] [--box 2d|3d] [--cases N|name,name] [--tau 0.1]
         [--prompts click|scribble|lasso] [--zoom-in auto|windows|resample] [--roi-frame D,H,W] [--propagation-reach 15] [--propagation-tolerance 0.05]
-        [--region-reach 30] [--region-foreground-reach 30] [--region-tolerance 0.1] [--region-gain 2]
-        [--region-confident 3]
+        [--click-region-reach 30] [--click-region-foreground-reach 30] [--click-region-tolerance 0.1] [--click-region-gain 2]
+        [--click-region-confident 3]
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="geodesic click propagation reach in ROI frame voxels (0: off; app.models.propagation)")
     p.add_argument("--propagation-tolerance", type=float, default=PropagationConfig.tolerance,
                    help="geodesic click propagation intensity tolerance (image in [0, 1])")
-    p.add_argument("--region-reach", type=float, default=RegionConfig.reach,
+    p.add_argument("--click-region-reach", type=float, default=RegionConfig.reach,
                    help="background click regions' reach in ROI frame voxels (0: off; app.models.click_regions)")
-    p.add_argument("--region-foreground-reach", type=float, default=RegionConfig.foreground_reach,
+    p.add_argument("--click-region-foreground-reach", type=float, default=RegionConfig.foreground_reach,
                    help="foreground click regions' reach in ROI frame voxels (0: off)")
-    p.add_argument("--region-tolerance", type=float, default=RegionConfig.tolerance,
+    p.add_argument("--click-region-tolerance", type=float, default=RegionConfig.tolerance,
                    help="click regions' intensity tolerance (image in [0, 1])")
-    p.add_argument("--region-gain", type=float, default=RegionConfig.gain, help="click regions' logit")
-    p.add_argument("--region-confident", type=float, default=RegionConfig.confident,
+    p.add_argument("--click-region-gain", type=float, default=RegionConfig.gain, help="click regions' logit")
+    p.add_argument("--click-region-confident", type=float, default=RegionConfig.confident,
                    help="click regions leave voxels the model gives the other label with |logit| above this")
     p.add_argument("--box", choices=("2d", "3d"), default="2d", help="2d: official mid-slice box; 3d: exact gt box")
     p.add_argument("--overlap", choices=OVERLAP_RULES, default="confidence",
@@ -117,11 +117,11 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
             predictor_config=PredictorConfig(tau=args.tau, zoom_in=args.zoom_in, roi_frame=roi_frame,
                                              propagation_reach=args.propagation_reach,
                                              propagation_tolerance=args.propagation_tolerance,
-                                             region_reach=args.region_reach,
-                                             region_foreground_reach=args.region_foreground_reach,
-                                             region_tolerance=args.region_tolerance,
-                                             region_gain=args.region_gain,
-                                             region_confident=args.region_confident),
+                                             click_region_reach=args.click_region_reach,
+                                             click_region_foreground_reach=args.click_region_foreground_reach,
+                                             click_region_tolerance=args.click_region_tolerance,
+                                             click_region_gain=args.click_region_gain,
+                                             click_region_confident=args.click_region_confident),
         )
         for n in model_names:
             methods[n] = PredictorMethod(predictor, n, overlap=args.overlap,
@@ -170,11 +170,12 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "roi_frame": args.roi_frame if local_model else None,
         "propagation_reach": args.propagation_reach if local_model else None,
         "propagation_tolerance": args.propagation_tolerance if local_model else None,
-        "region_reach": args.region_reach if local_model else None,
-        "region_foreground_reach": args.region_foreground_reach if local_model else None,
-        "region_tolerance": args.region_tolerance if local_model else None,
-        "region_gain": args.region_gain if local_model else None,
-        "region_confident": args.region_confident if local_model and math.isfinite(args.region_confident) else None,
+        "click_region_reach": args.click_region_reach if local_model else None,
+        "click_region_foreground_reach": args.click_region_foreground_reach if local_model else None,
+        "click_region_tolerance": args.click_region_tolerance if local_model else None,
+        "click_region_gain": args.click_region_gain if local_model else None,
+        "click_region_confident": (args.click_region_confident
+                                   if local_model and math.isfinite(args.click_region_confident) else None),
         "objects": args.objects if any(n in MODEL_METHODS for n in names) else None,
         "box": args.box,
         "prompts": args.prompts,

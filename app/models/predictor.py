@@ -101,10 +101,11 @@ class PredictorConfig:
         roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
         propagation_reach, propagation_tolerance, propagation_gain: geodesic click propagation on the
             resampled ROI path (``app.models.propagation``); reach 0 turns it off.
-        region_reach, region_foreground_reach, region_tolerance, region_gain: click regions on the resampled
-            ROI path (a click flips the coherent error region it points at, ``app.models.click_regions``):
-            the reach of background and of foreground clicks' regions (0 turns them off), the intensity
-            tolerance, the logit written and the decoder confidence a region leaves alone.
+        click_region_reach, click_region_foreground_reach, click_region_tolerance, click_region_gain,
+        click_region_confident: click regions on the resampled ROI path (a click flips the coherent error
+            region it points at, ``app.models.click_regions``; not the region prompts of ``add_region``): the
+            reach of background and of foreground clicks' regions (0 turns them off), the intensity tolerance,
+            the logit written and the logit magnitude of the other label a region leaves alone.
     """
 
     tau: float = 0.1
@@ -122,11 +123,11 @@ class PredictorConfig:
     propagation_reach: float = PropagationConfig.reach
     propagation_tolerance: float = PropagationConfig.tolerance
     propagation_gain: float = PropagationConfig.gain
-    region_reach: float = RegionConfig.reach
-    region_foreground_reach: float = RegionConfig.foreground_reach
-    region_tolerance: float = RegionConfig.tolerance
-    region_gain: float = RegionConfig.gain
-    region_confident: float = RegionConfig.confident
+    click_region_reach: float = RegionConfig.reach
+    click_region_foreground_reach: float = RegionConfig.foreground_reach
+    click_region_tolerance: float = RegionConfig.tolerance
+    click_region_gain: float = RegionConfig.gain
+    click_region_confident: float = RegionConfig.confident
 
     def __post_init__(self) -> None:
         if self.zoom_in not in ZOOM_IN_MODES:
@@ -143,9 +144,9 @@ class PredictorConfig:
         except ValueError as exc:
             raise ValueError(f"propagation_{exc}") from None
         try:
-            self.region  # noqa: B018  (validates the region fields)
+            self.click_regions  # noqa: B018  (validates the click region fields)
         except ValueError as exc:
-            raise ValueError(f"region_{exc}") from None
+            raise ValueError(f"click_region_{exc}") from None
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap: must be in [0, 1), got {self.overlap}")
         if self.undo_depth < 1:
@@ -161,10 +162,10 @@ class PredictorConfig:
                                  gain=self.propagation_gain)
 
     @property
-    def region(self) -> RegionConfig:
-        return RegionConfig(reach=self.region_reach, foreground_reach=self.region_foreground_reach,
-                            tolerance=self.region_tolerance, gain=self.region_gain,
-                            confident=self.region_confident)
+    def click_regions(self) -> RegionConfig:
+        return RegionConfig(reach=self.click_region_reach, foreground_reach=self.click_region_foreground_reach,
+                            tolerance=self.click_region_tolerance, gain=self.click_region_gain,
+                            confident=self.click_region_confident)
 
 
 class _Timer:
@@ -661,7 +662,7 @@ class Predictor:
         mask = previous[None, None] if self.backbone.supports_mask_prompt and previous is not None else None
         frame_logits = self.roi_backbone.decode(emb, boxes, pts, labs, mask)[0, 0]
         timer.lap("zoom_in")
-        propagation, regions = self.config.propagation, self.config.region
+        propagation, click_regions = self.config.propagation, self.config.click_regions
         frame_image: torch.Tensor | None = None
 
         # The frame image is resampled again (a few ms) only when a click needs it.
@@ -676,9 +677,9 @@ class Predictor:
             frame_logits = propagate_clicks(frame_logits, pixels, geo.points_to_frame(points, roi, rf), labels,
                                             sampling, propagation, state.geodesic_cache, ("geo", *roi))
             timer.lap("propagate")
-        if regions.enabled and len(points) and previous is not None:
+        if click_regions.enabled and len(points) and previous is not None:
             frame_logits = apply_click_regions(frame_logits, previous, pixels(), geo.points_to_frame(points, roi, rf),
-                                               labels, sampling, regions)
+                                               labels, sampling, click_regions)
             timer.lap("regions")
         logits = resample_to_frame(frame_logits, geo.bounds_shape(roi))
         timer.lap("resample_back")

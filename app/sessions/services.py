@@ -87,8 +87,8 @@ def load_predictor(settings: Settings) -> Predictor:
 
     return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device,
                            predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach,
-                                                            region_reach=settings.click_region_reach,
-                                                            region_foreground_reach=settings.click_region_reach))
+                                                            click_region_reach=settings.click_region_reach,
+                                                            click_region_foreground_reach=settings.click_region_reach))
 
 
 def warm_up(predictor: Predictor) -> None:

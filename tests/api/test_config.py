@@ -80,6 +80,6 @@ def test_click_region_setting_reaches_the_predictor(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("SEGSVC_CLICK_REGION_REACH", "12.5")
     s = Settings(model_config_name="segvol-test", weights=None, allow_random_weights=True)
     config = load_predictor(s).config
-    assert config.region_reach == config.region_foreground_reach == 12.5
+    assert config.click_region_reach == config.click_region_foreground_reach == 12.5
     with pytest.raises(ValidationError, match="click_region_reach"):
         Settings(click_region_reach=-1)

@@ -115,13 +115,13 @@ def _volume() -> np.ndarray:
     return vol
 
 
-def _masks_around_a_background_click(region_reach: float) -> tuple[np.ndarray, np.ndarray]:
+def _masks_around_a_background_click(click_region_reach: float) -> tuple[np.ndarray, np.ndarray]:
     from app.models.build import build_predictor
     from app.models.predictor import PredictorConfig
 
     # confident=inf: the whole region is written, so the test sees where it acts, not the model's confidence.
-    cfg = PredictorConfig(propagation_reach=0.0, region_reach=region_reach, region_foreground_reach=0.0,
-                          region_confident=math.inf)
+    cfg = PredictorConfig(propagation_reach=0.0, click_region_reach=click_region_reach, click_region_foreground_reach=0.0,
+                          click_region_confident=math.inf)
     p = build_predictor("compact", predictor_config=cfg)
     st = p.init_state(_volume(), (1.0, 1.0, 1.0))
     p.add_box(st, 1, [6, 12, 12, 17, 35, 35])

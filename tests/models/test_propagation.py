@@ -127,7 +127,7 @@ def _volume() -> np.ndarray:
 
 def _clicked_mask(reach: float) -> np.ndarray:
     cfg = PredictorConfig(zoom_in="resample", roi_frame=(8, 32, 32), propagation_reach=reach, k=50,
-                          region_reach=0.0, region_foreground_reach=0.0)  # the propagation alone
+                          click_region_reach=0.0, click_region_foreground_reach=0.0)  # the propagation alone
     p = build_predictor("compact", weights=None, predictor_config=cfg)  # same seeded init for every reach
     st = p.init_state(_volume(), (1.0, 1.0, 1.0))
     p.add_box(st, 1, [6, 12, 12, 17, 35, 35])

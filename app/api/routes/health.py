@@ -29,7 +29,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         "model": services.predictor.config_name,
         "device": str(services.predictor.device),
         "click_propagation_reach": services.predictor.config.propagation_reach,
-        "click_region_reach": services.predictor.config.region_reach,
+        "click_region_reach": services.predictor.config.click_region_reach,
         "store": services.store_kind,
         "store_reachable": store_ok,
         "sessions": len(services.manager),
