@@ -11,7 +11,12 @@ returns exactly what changed in the object's binary mask (``Change``). Methods b
 loop, one at a time per session (the service holds a session lock and a device lock).
 
 Pipeline (SPEC section 1-2):
-    box / decoder step, ``zoom_in="windows"`` (SegVol): zoom-out decode of the cached frame embedding -> ROI =
+    box / decoder step, ``zoom_in="segvol"`` (SegVol's own algorithm, ``app.models.segvol_inference``; the
+        default of ``segvol-base``): zoom-out on the nearest-exact crop view -> region = the zoom-out
+        foreground's box grown to about one window -> every window of the evenly zero-padded region decoded
+        with SegVol's per-window prompts, averaged -> the region's logits are the object's. Each call starts
+        from the object's current prompts alone (SegVol has no memory of earlier calls).
+    box / decoder step, ``zoom_in="windows"`` (the project's variant of SegVol's zoom-in): zoom-out decode of the cached frame embedding -> ROI =
         bbox(zoom-out > 0.5) U box U click balls, at least one window -> zoom-in: MONAI sliding windows (overlap
         0.5) at native resolution, each window's embedding cached in the session -> the ROI's logits replace
         the object's.
@@ -51,6 +56,7 @@ from app.models.label_map import (
 from app.models.preprocess import foreground_bounds, normalize_intensity, resample_to_frame
 from app.models.propagation import PropagationConfig, frame_sampling, propagate_clicks
 from app.models.sampling import SamplingConfig, build_corrector_input
+from app.models.segvol_inference import SegVolPrompt, segment, zoom_out_view
 from app.models.state import (
     REFINE_MODES,
     Bounds,
@@ -62,7 +68,7 @@ from app.models.state import (
 )
 
 OnChange = Callable[[Change], None]
-ZOOM_IN_MODES = ("auto", "windows", "resample")
+ZOOM_IN_MODES = ("auto", "segvol", "windows", "resample")
 
 
 class UnknownObjectError(KeyError):
@@ -90,9 +96,12 @@ class PredictorConfig:
             (None restores that); an unbounded union lets one stray zoom-out blob turn a small box into dozens
             of zoom-in windows, which costs seconds per prompt on a CPU, while the user's box already bounds the
             object.
-        zoom_in: "windows" (SegVol's native-resolution sliding windows), "resample" (the boxed ROI resampled
-            to ``roi_frame``; for weights trained on ROI views) or "auto" (what the weights' metadata says they
-            were trained for, else "windows"; resolved by ``build_predictor``).
+        zoom_in: "segvol" (SegVol's own inference, ``app.models.segvol_inference``: what the published
+            weights were trained and evaluated with), "windows" (the project's variant: a ROI bounded by the
+            box and clicks, windows widened with real voxels, windows without a prompt skipped), "resample"
+            (the boxed ROI resampled to ``roi_frame``; for weights trained on ROI views) or "auto" (what the
+            weights' metadata says they were trained for, else the configuration's default; resolved by
+            ``build_predictor``).
         roi_frame: the frame the ROI is resampled to (None = the weights' metadata, else the backbone frame).
         roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
         propagation_reach, propagation_tolerance, propagation_gain: geodesic click propagation on the
@@ -182,6 +191,7 @@ class Predictor:
         self.frame: tuple[int, int, int] = tuple(backbone.frame)  # type: ignore[assignment]
         # "auto" is resolved against the weights' metadata by build_predictor; a bare Predictor uses windows.
         self.resample = self.config.zoom_in == "resample"
+        self.segvol = self.config.zoom_in == "segvol"
         self.roi_frame: tuple[int, int, int] = tuple(self.config.roi_frame or self.frame)  # type: ignore[assignment]
         self.roi_backbone = roi_backbone.to(self.device).eval() if roi_backbone is not None else self.backbone
         if self.resample and tuple(self.roi_backbone.frame) != self.roi_frame:
@@ -214,7 +224,10 @@ class Predictor:
         # window's cache key is simply its start in the volume grid.
         pad = [max(f - s, 0) for f, s in zip(self.frame, image.shape, strict=True)]
         image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))[None, None]
-        zoom_out = Resize(spatial_size=self.frame, mode="nearest")(image[0][(slice(None), *geo.slices_of(crop))])
+        if self.segvol:  # SegVol resizes the image with nearest-exact (MONAI 0.9.0 Resize)
+            zoom_out = zoom_out_view(image[0, 0][geo.slices_of(crop)], self.frame)[None]
+        else:
+            zoom_out = Resize(spatial_size=self.frame, mode="nearest")(image[0][(slice(None), *geo.slices_of(crop))])
         embedding = self.backbone.encode(torch.as_tensor(zoom_out, device=self.device)[None].float())
         return SessionState(
             shape=tuple(int(s) for s in arr.shape),  # type: ignore[arg-type]
@@ -500,8 +513,11 @@ class Predictor:
         return out
 
     def _decode(self, state: SessionState, obj: ObjectState, box: geo.InclusiveBox | None, points: np.ndarray,
-                labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds, torch.Tensor]:
-        """Zoom-out then zoom-in decode from cached embeddings; returns the new (ROI, logits over ROI)."""
+                labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds | None, torch.Tensor | None]:
+        """Zoom-out then zoom-in decode from cached embeddings; returns the new (ROI, logits over ROI), or
+        (None, None) for an empty mask (``zoom_in="segvol"`` when the zoom-out finds nothing)."""
+        if self.segvol:
+            return self._decode_segvol(state, box, points, labels, timer)
         if self.resample and box is not None:
             return self._decode_resampled(state, obj, box, points, labels, timer, use_old)
         frame_logits = self._zoom_out(state, box, points, labels)
@@ -534,6 +550,15 @@ class Predictor:
         assert roi_vol is not None
         rel = tuple(slice(roi_vol[a] - work[a], roi_vol[a + 3] - work[a]) for a in range(3))
         return roi_vol, logits[rel].contiguous()
+
+    def _decode_segvol(self, state: SessionState, box: geo.InclusiveBox | None, points: np.ndarray,
+                       labels: np.ndarray, timer: _Timer) -> tuple[Bounds | None, torch.Tensor | None]:
+        """SegVol's own inference (``app.models.segvol_inference``); (None, None) = an empty mask."""
+        prompt = SegVolPrompt(box=box, points=points, labels=labels)
+        roi, logits = segment(self.backbone, state.image[0, 0], state.crop, state.zoom_out_embedding, prompt,
+                              overlap=self.config.overlap, cache=state.window_cache)
+        timer.lap("zoom_in")
+        return roi, logits
 
     def _decode_resampled(self, state: SessionState, obj: ObjectState, box: geo.InclusiveBox, points: np.ndarray,
                           labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds, torch.Tensor]:
