@@ -222,6 +222,7 @@ def _select_points(positives: np.ndarray, anchors: np.ndarray) -> tuple[list[tup
 # --- the algorithm ---------------------------------------------------------------------------------------------
 
 
+@torch.inference_mode()
 def segment(
     backbone: Backbone,
     image: Tensor,
