@@ -16,7 +16,8 @@ Pipeline (SPEC section 1-2):
         foreground's box grown to about one window -> every window of the evenly zero-padded region decoded
         with SegVol's per-window prompts, averaged -> the region's logits are the object's. Each call starts
         from the object's current prompts alone (SegVol has no memory of earlier calls).
-    box / decoder step, ``zoom_in="windows"`` (the project's variant of SegVol's zoom-in): zoom-out decode of the cached frame embedding -> ROI =
+    box / decoder step, ``zoom_in="windows"`` (the project's variant of SegVol's zoom-in, which does not give
+        SegVol's masks; ``docs/segvol-parity.md``): zoom-out decode of the cached frame embedding -> ROI =
         bbox(zoom-out > 0.5) U box U click balls, at least one window -> zoom-in: MONAI sliding windows (overlap
         0.5) at native resolution, each window's embedding cached in the session -> the ROI's logits replace
         the object's.
@@ -91,11 +92,11 @@ class PredictorConfig:
         use_offsets: apply the corrector's coordinate-offset head.
         background_logit: logit given to voxels newly added to an object's ROI (p ~ 4.5e-5).
         mask_logit: |logit| used when an object starts from a given mask.
-        roi_box_margin: when a box is given, the zoom-out prediction only widens the zoom-in ROI up to this
-            fraction of the box extent on each side. SegVol unites the whole zoom-out prediction with the box
-            (None restores that); an unbounded union lets one stray zoom-out blob turn a small box into dozens
-            of zoom-in windows, which costs seconds per prompt on a CPU, while the user's box already bounds the
-            object.
+        roi_box_margin: ``zoom_in="windows"`` only: when a box is given, the zoom-out prediction only widens the
+            zoom-in ROI up to this fraction of the box extent on each side (None: the whole zoom-out prediction
+            united with the box); an unbounded union lets one stray zoom-out blob turn a small box into dozens of
+            zoom-in windows, which costs seconds per prompt on a CPU, while the user's box already bounds the
+            object. (SegVol's own region, ``zoom_in="segvol"``, is the zoom-out foreground's box alone.)
         zoom_in: "segvol" (SegVol's own inference, ``app.models.segvol_inference``: what the published
             weights were trained and evaluated with), "windows" (the project's variant: a ROI bounded by the
             box and clicks, windows widened with real voxels, windows without a prompt skipped), "resample"
@@ -641,7 +642,8 @@ class Predictor:
         wbox = geo.box_in_window(box, win) if box is not None else None
         wpts, wlabs = geo.points_in_window(points, labels, win)
         if wbox is None and len(wpts) == 0:
-            # No prompt reaches this window: SegVol keeps the zoom-out prediction there.
+            # No prompt reaches this window: keep the zoom-out prediction there (the project's choice; SegVol
+            # decodes every window of its region with the zoom-out foreground's box as the prompt).
             return self._zoom_out_in_window(state, frame_logits, win)
         key = win[:3]
         emb = state.window_cache.get(key)  # type: ignore[arg-type]
