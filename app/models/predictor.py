@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from app.models import geometry as geo
 from app.models.backbone import Backbone
+from app.models.clip_tokenizer import tokenize, validate_name
 from app.models.corrector import GRUCorrector, apply_correction
 from app.models.label_map import (
     OverlapRule,
@@ -107,6 +108,8 @@ class PredictorConfig:
         roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
         propagation_reach, propagation_tolerance, propagation_gain: geodesic click propagation on the
             resampled ROI path (``app.models.propagation``); reach 0 turns it off.
+        text_tokenizer: CLIP tokenizer files for text prompts (a ``tokenizer.json`` or a folder holding one);
+            None = CLIP's vocabulary from the ``open-clip-torch`` package (``app.models.clip_tokenizer``).
     """
 
     tau: float = 0.1
@@ -124,6 +127,7 @@ class PredictorConfig:
     propagation_reach: float = PropagationConfig.reach
     propagation_tolerance: float = PropagationConfig.tolerance
     propagation_gain: float = PropagationConfig.gain
+    text_tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if self.zoom_in not in ZOOM_IN_MODES:
@@ -193,6 +197,7 @@ class Predictor:
         # "auto" is resolved against the weights' metadata by build_predictor; a bare Predictor uses windows.
         self.resample = self.config.zoom_in == "resample"
         self.segvol = self.config.zoom_in == "segvol"
+        self._text_cache: dict[str, torch.Tensor] = {}
         self.roi_frame: tuple[int, int, int] = tuple(self.config.roi_frame or self.frame)  # type: ignore[assignment]
         self.roi_backbone = roi_backbone.to(self.device).eval() if roi_backbone is not None else self.backbone
         if self.resample and tuple(self.roi_backbone.frame) != self.roi_frame:
@@ -258,9 +263,63 @@ class Predictor:
         self._push_undo(obj, "box")
         old_roi, old_logits = obj.roi, obj.logits
         obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = b, [], None, None, 0
+        obj.text = None
         obj.roi, obj.logits = roi, logits
         state.objects[object_id] = obj
         return self._finish(state, obj, "box", old_roi, old_logits, timer)
+
+    @property
+    def supports_text(self) -> bool:
+        """Text prompts need SegVol's text branch and SegVol's own inference (``zoom_in="segvol"``)."""
+        return self.segvol and bool(getattr(self.backbone, "with_text", False))
+
+    @property
+    def prompt_kinds(self) -> list[str]:
+        """The prompt kinds this model takes: "box", "points", and "text" when ``supports_text``."""
+        return ["box", "points", *(["text"] if self.supports_text else [])]
+
+    @torch.inference_mode()
+    def add_text(self, state: SessionState, object_id: int, text: str, box: Sequence[int] | None = None,
+                 points: Sequence[Sequence[int]] | np.ndarray | None = None,
+                 labels: Sequence[int] | np.ndarray | None = None) -> Change:
+        """Segment an object by its name ("liver", "left kidney"), alone or with a box and/or clicks.
+
+        SegVol's text prompt: the name in SegVol's sentence, CLIP-encoded, given to every decode of SegVol's
+        inference. Restarts the object (as ``add_box``); later decoder clicks keep the name. Needs a model with
+        the text branch (``supports_text``); otherwise a ``ValueError`` naming ``text``.
+        """
+        _check_object_id(object_id)
+        name = validate_name(text)
+        if not self.supports_text:
+            raise ValueError(f"text: the loaded model ({self.config_name}, zoom_in={self.config.zoom_in!r}) takes "
+                             f"no text prompts; it takes {self.prompt_kinds}")
+        b = geo.validate_box(box, state.shape) if box is not None else None
+        pts, labs = np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
+        if points is not None or labels is not None:
+            pts, labs = geo.validate_points(points, labels, state.shape)
+        embedding = self._text_embedding(name)
+        obj = state.objects.get(object_id) or ObjectState(object_id=object_id)
+        timer = _Timer(self.device)
+        roi, logits = self._decode_segvol(state, b, pts, labs, timer, embedding)
+        self._push_undo(obj, "text")
+        old_roi, old_logits = obj.roi, obj.logits
+        clicks = [Click(int(p[0]), int(p[1]), int(p[2]), int(lab)) for p, lab in zip(pts, labs, strict=True)]
+        obj.box, obj.clicks, obj.hidden, obj.rounds, obj.text = b, clicks, None, 0, name
+        obj.first_click = (clicks[0].z, clicks[0].y, clicks[0].x) if clicks else None
+        obj.roi, obj.logits = roi, logits
+        state.objects[object_id] = obj
+        return self._finish(state, obj, "text", old_roi, old_logits, timer)
+
+    def _text_embedding(self, name: str) -> torch.Tensor:
+        """(1, C) SegVol text embedding of a name, computed once per name (the weights are shared)."""
+        key = name.lower()
+        cached = self._text_cache.get(key)
+        if cached is None:
+            tokens = tokenize([name], self.config.text_tokenizer)
+            cached = self.backbone.embed_text(tokens.input_ids.to(self.device),  # type: ignore[attr-defined]
+                                              tokens.attention_mask.to(self.device))
+            self._text_cache[key] = cached
+        return cached
 
     @torch.inference_mode()
     def add_clicks(
@@ -327,6 +386,7 @@ class Predictor:
         self._push_undo(obj, "mask")
         old_roi, old_logits = obj.roi, obj.logits
         obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = None, [], None, None, 0
+        obj.text = None
         obj.roi, obj.logits = roi, logits
         state.objects[object_id] = obj
         timer.lap("set_mask")
@@ -348,7 +408,7 @@ class Predictor:
             obj.logits = restored
         else:
             obj.logits = entry.logits
-        obj.roi, obj.box, obj.clicks = entry.roi, entry.box, list(entry.clicks)
+        obj.roi, obj.box, obj.clicks, obj.text = entry.roi, entry.box, list(entry.clicks), entry.text
         obj.first_click, obj.hidden, obj.rounds = entry.first_click, entry.hidden, entry.rounds
         timer.lap("restore")
         return self._finish(state, obj, "undo", old_roi, old_logits, timer)
@@ -361,6 +421,7 @@ class Predictor:
         self._push_undo(obj, "reset")
         old_roi, old_logits = obj.roi, obj.logits
         obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = None, [], None, None, 0
+        obj.text = None
         obj.roi, obj.logits = None, None
         timer.lap("reset")
         return self._finish(state, obj, "reset", old_roi, old_logits, timer)
@@ -453,7 +514,8 @@ class Predictor:
         # The old logits tensor is referenced, not copied: every step builds a new tensor. GRU-only steps
         # (<= 2K voxels written) turn this into a sparse record in _gru_step.
         obj.undo_stack.append(UndoEntry(step=step, box=obj.box, clicks=list(obj.clicks), first_click=obj.first_click,
-                                        roi=obj.roi, logits=obj.logits, hidden=obj.hidden, rounds=obj.rounds))
+                                        roi=obj.roi, logits=obj.logits, hidden=obj.hidden, rounds=obj.rounds,
+                                        text=obj.text))
         del obj.undo_stack[: -self.config.undo_depth]
 
     def _finish(self, state: SessionState, obj: ObjectState, step: str, old_roi: Bounds | None,
@@ -518,7 +580,8 @@ class Predictor:
         """Zoom-out then zoom-in decode from cached embeddings; returns the new (ROI, logits over ROI), or
         (None, None) for an empty mask (``zoom_in="segvol"`` when the zoom-out finds nothing)."""
         if self.segvol:
-            return self._decode_segvol(state, box, points, labels, timer)
+            text = self._text_embedding(obj.text) if obj.text is not None else None
+            return self._decode_segvol(state, box, points, labels, timer, text)
         if self.resample and box is not None:
             return self._decode_resampled(state, obj, box, points, labels, timer, use_old)
         frame_logits = self._zoom_out(state, box, points, labels)
@@ -553,9 +616,10 @@ class Predictor:
         return roi_vol, logits[rel].contiguous()
 
     def _decode_segvol(self, state: SessionState, box: geo.InclusiveBox | None, points: np.ndarray,
-                       labels: np.ndarray, timer: _Timer) -> tuple[Bounds | None, torch.Tensor | None]:
+                       labels: np.ndarray, timer: _Timer, text: torch.Tensor | None = None,
+                       ) -> tuple[Bounds | None, torch.Tensor | None]:
         """SegVol's own inference (``app.models.segvol_inference``); (None, None) = an empty mask."""
-        prompt = SegVolPrompt(box=box, points=points, labels=labels)
+        prompt = SegVolPrompt(box=box, points=points, labels=labels, text_embedding=text)
         roi, logits = segment(self.backbone, state.image[0, 0], state.crop, state.zoom_out_embedding, prompt,
                               overlap=self.config.overlap, cache=state.window_cache)
         timer.lap("zoom_in")
