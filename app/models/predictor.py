@@ -308,7 +308,7 @@ class Predictor:
         obj.first_click = (clicks[0].z, clicks[0].y, clicks[0].x) if clicks else None
         obj.roi, obj.logits = roi, logits
         state.objects[object_id] = obj
-        return self._finish(state, obj, "text", old_roi, old_logits, timer)
+        return self._finish(state, obj, "decoder", old_roi, old_logits, timer)  # a decoder run; the wire format has no text step
 
     def _text_embedding(self, name: str) -> torch.Tensor:
         """(1, C) SegVol text embedding of a name, computed once per name (the weights are shared)."""
