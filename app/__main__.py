@@ -30,6 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true",
                    help="serve a randomly initialised model (tests and timing benchmarks only)")
     p.add_argument("--device", help='"auto" (default), "cpu" or "cuda:N"')
+    p.add_argument("--text-prompts", dest="text_prompts", action="store_true", default=None,
+                   help="build SegVol's text branch so objects can be prompted by name (segvol configs)")
+    p.add_argument("--text-tokenizer", help="CLIP tokenizer files (default: CLIP's vocabulary from open-clip-torch)")
     p.add_argument("--redis-url", help="metadata store URL (default: $REDIS_URL, else in-process)")
     p.add_argument("--storage-dir", help="directory for uploaded volumes and masks; with --redis-url, sessions "
                    "are restored after a restart (default: none, no persistence)")
@@ -72,7 +75,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
-            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach")
+            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach",
+            "text_prompts", "text_tokenizer")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:
