@@ -20,7 +20,15 @@ import pydantic
 from app.schemas import paths
 from app.schemas.errors import detail_from_pydantic
 from app.schemas.paths import API_KEY_HEADER
-from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, OverlapRule, PromptReply, RefineMode
+from app.schemas.prompts import (
+    BoxRequest,
+    ClicksRequest,
+    MaskFormat,
+    OverlapRule,
+    PromptReply,
+    RefineMode,
+    TextRequest,
+)
 from app.schemas.sessions import SessionCreated, SessionInfo
 from client._errors import SegError, ValidationError, error_from_reply
 
@@ -154,6 +162,14 @@ def clicks(
 ) -> Request:
     body = _validated(ClicksRequest, points=_plain(points), labels=_plain(labels), mode=mode, world=world)
     return Request("POST", _object_path(paths.OBJECT_CLICKS, sid, oid), json=body.model_dump(),
+                   headers=auth_headers(token))
+
+
+def text(sid: str, token: str, oid: int, name: str, box_: Sequence[int] | np.ndarray | None,
+         points: Sequence[Sequence[int]] | np.ndarray | None, labels: Sequence[int] | np.ndarray | None) -> Request:
+    body = _validated(TextRequest, text=name, box=None if box_ is None else _plain(box_),
+                      points=None if points is None else _plain(points), labels=None if labels is None else _plain(labels))
+    return Request("POST", _object_path(paths.OBJECT_TEXT, sid, oid), json=body.model_dump(),
                    headers=auth_headers(token))
 
 

@@ -87,7 +87,8 @@ def load_predictor(settings: Settings) -> Predictor:
 
     return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device,
                            predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach,
-                                                            text_tokenizer=settings.text_tokenizer),
+                                                            text_tokenizer=settings.text_tokenizer,
+                                                            zoom_in=settings.zoom_in),
                            with_text=settings.text_prompts)
 
 
