@@ -66,3 +66,25 @@ def test_a_model_without_the_text_branch_answers_422(client: TestClient) -> None
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "text"
     assert client.app.state.services.manager.get(sid).state.objects == {}  # state untouched
+
+
+def test_monai_label_uses_the_label_name_as_the_text_prompt(text_predictor, tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    path = tmp_path / "volume.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(1).normal(0, 9, (24, 64, 64)).astype(np.float32)),
+                    str(path))
+    app = create_app(test_settings(monailabel_enabled=True, monailabel_labels=["liver", "spleen"]),
+                     predictor=text_predictor)
+    with TestClient(app) as c:
+        r = c.post("/infer/segvol_deepgrow", params={"output": "json"}, files={"file": ("volume.nrrd", path.read_bytes())},
+                   data={"params": json.dumps({"foreground": [[30, 30, 12]], "label": "spleen"})})
+        assert r.status_code == 200, r.text
+        track = r.json()["segsvc"]["tracks"][0]
+        manager = c.app.state.services.manager
+        (sid,) = manager.session_ids()  # the facade's one session for the uploaded image
+        session = manager.get(sid)
+        assert session.state.objects[track["object_id"]].text == "spleen"
