@@ -159,3 +159,14 @@ def test_point_draw_takes_the_positives_nearest_the_clicks_when_there_are_more_t
     # the drawn one, then the 4 nearest (ties in index order): no padding needed
     assert [p[0] for p in pts] == [7.0, 7.0, 6.0, 8.0, 5.0]
     assert labs == [1.0] * 5
+
+
+def test_segvol_base_runs_segvols_inference_unless_the_weights_say_otherwise() -> None:
+    from app.models.build import get_model_config, resolve_inference
+    from app.models.predictor import PredictorConfig
+
+    default = get_model_config("segvol-base").default_zoom_in
+    assert default == "segvol" and get_model_config("compact").default_zoom_in == "windows"
+    assert resolve_inference(None, {}, default=default).zoom_in == "segvol"
+    assert resolve_inference(None, {"inference": {"zoom_in": "resample"}}, default=default).zoom_in == "resample"
+    assert resolve_inference(PredictorConfig(zoom_in="windows"), {}, default=default).zoom_in == "windows"
