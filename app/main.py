@@ -59,11 +59,15 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Resync snapshots run on the model thread every session shares: a per-session budget keeps one client's
+    # resync loop from starving the others (app.api.routes.stream).
+    app.state.resync_limiter = TokenBuckets(settings.resync_per_s, settings.resync_burst)
     app.include_router(api_router)
     install_error_handlers(app)
     # Middleware, innermost first: the body limit, the rate limit (needs the caller the key check names),
     # the API key check, CORS (so that preflights pass and browsers can read 401/429 replies), metrics.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES)
+    app.add_middleware(BodySizeLimit, upload_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES,
+                       other_bytes=settings.max_request_body_bytes)
     if settings.rate_limit_per_s is not None:
         app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_capacity)
         app.add_middleware(RateLimit, buckets=app.state.rate_limiter)
@@ -77,7 +81,9 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=[paths.AUTHORIZATION_HEADER, API_KEY_HEADER, "Content-Type"],
-            expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions"],
+            # Content-Disposition: the file name of downloads (MONAI Label results, labels, session images).
+            expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions",
+                            "Content-Disposition"],
         )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

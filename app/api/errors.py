@@ -162,11 +162,18 @@ def error_response(error: ServiceError, *, retry_after_s: int | None = None) -> 
     return JSONResponse(error_body(m.code, message, error.field), status_code=m.status, headers=headers)
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """Raised while a request body streams in, as soon as it passes the configured limit."""
+def body_too_large_message(limit: int, field: str) -> str:
+    """``field`` is "file" on upload routes, "body" on every other route."""
+    what = "upload" if field == "file" else "request body"
+    return f"{field}: the request body is over the {limit}-byte {what} limit"
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"file: the request body is over the {limit}-byte upload limit")
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a request body streams in, as soon as it passes its route's limit."""
+
+    def __init__(self, limit: int, field: str = "file") -> None:
+        super().__init__(413, body_too_large_message(limit, field))
+        self.field = field
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -204,7 +211,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = str(exc.detail)
-    field = "file" if isinstance(exc, BodyTooLarge) else None
+    field = exc.field if isinstance(exc, BodyTooLarge) else None
     if exc.status_code == 400:  # an unparsable body (bytes that are not JSON, broken multipart framing)
         reason = "could not parse the request body" if "parsing the body" in message else message.rstrip(".")
         return JSONResponse(error_body(ErrorCode.VALIDATION_ERROR, f"body: {reason}", "body"), status_code=422)

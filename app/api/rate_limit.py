@@ -14,7 +14,6 @@ is a few lines, and as middleware it refuses an upload before its body is read.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.api_keys import CALLER_SCOPE_KEY
 from app.api.errors import error_response
+from app.api.routes_match import template_regex
 from app.errors import RateLimited
 from app.schemas import paths
 
@@ -41,11 +41,7 @@ LIMITED_ROUTES: tuple[tuple[str, str], ...] = (
 """(method, route template) pairs the limit applies to; everything else (reads, deletes, streams) is free."""
 
 
-def _template_regex(template: str) -> re.Pattern[str]:
-    return re.compile("^" + re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(template)) + "/?$")
-
-
-_LIMITED = tuple((method, _template_regex(t)) for method, t in LIMITED_ROUTES)
+_LIMITED = tuple((method, template_regex(t)) for method, t in LIMITED_ROUTES)
 
 
 def is_limited(method: str, path: str) -> bool:

@@ -36,8 +36,12 @@ MONAILABEL_INFO = "/info/"
 MONAILABEL_INFER = "/infer/{model}"
 MONAILABEL_SESSIONS = "/session/"
 MONAILABEL_SESSION = "/session/{session_id}"
+MONAILABEL_DATASTORE = "/datastore/"
+MONAILABEL_DATASTORE_IMAGE = "/datastore/image"
 MONAILABEL_DATASTORE_LABEL = "/datastore/label"
-MONAILABEL_PREFIXES = ("/info", "/infer", "/session", "/datastore")
+MONAILABEL_ACTIVELEARNING = "/activelearning/{strategy}"
+MONAILABEL_TRAIN = "/train/"
+MONAILABEL_PREFIXES = ("/info", "/infer", "/session", "/datastore", "/activelearning", "/train")
 """Path prefixes of the MONAI Label routes (the gate matches on these)."""
 
 # --- headers, form fields, query parameters ----------------------------------------------------------

@@ -19,7 +19,7 @@ from app.api.deps import ManagerDep, ObjectIdPath, SessionDep, SettingsDep
 from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
-from app.io.volumes import VolumeLimits, save_mask
+from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply, TextRequest
 from app.sessions.manager import PromptOutcome, Session
@@ -105,7 +105,7 @@ async def put_mask(
     object_id: ObjectIdPath,
     file: Annotated[UploadFile, File(description="A (D, H, W) 0/1 mask of the volume's shape.")],
 ) -> PromptReply:
-    limits = VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    limits = settings.volume_limits
     mask = await read_mask(file, volume_meta(session), limits)
     return prompt_reply(await manager.set_mask(session, object_id, mask))
 
