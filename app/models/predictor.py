@@ -71,6 +71,7 @@ from app.models.state import (
 
 OnChange = Callable[[Change], None]
 ZOOM_IN_MODES = ("auto", "segvol", "windows", "resample")
+TEXT_CACHE_NAMES = 256  # text embeddings kept per predictor (3 KB each for segvol-base)
 
 
 class UnknownObjectError(KeyError):
@@ -319,6 +320,8 @@ class Predictor:
             cached = self.backbone.embed_text(tokens.input_ids.to(self.device),  # type: ignore[attr-defined]
                                               tokens.attention_mask.to(self.device))
             self._text_cache[key] = cached
+            if len(self._text_cache) > TEXT_CACHE_NAMES:  # names come from users: keep the newest only
+                del self._text_cache[next(iter(self._text_cache))]
         return cached
 
     @torch.inference_mode()
