@@ -86,7 +86,10 @@ def load_predictor(settings: Settings) -> Predictor:
     from app.models.predictor import PredictorConfig
 
     return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device,
-                           predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach))
+                           predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach,
+                                                            text_tokenizer=settings.text_tokenizer,
+                                                            zoom_in=settings.zoom_in),
+                           with_text=settings.text_prompts)
 
 
 def warm_up(predictor: Predictor) -> None:
