@@ -35,6 +35,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true",
                    help="serve a randomly initialised model (tests and timing benchmarks only)")
     p.add_argument("--device", help='"auto" (default), "cpu" or "cuda:N"')
+    p.add_argument("--zoom-in", dest="zoom_in", choices=("auto", "segvol", "windows", "resample"),
+                   help="inference path (default auto: the weights' metadata, else the config's default)")
+    p.add_argument("--text-prompts", dest="text_prompts", action="store_true", default=None,
+                   help="build SegVol's text branch so objects can be prompted by name (segvol configs)")
+    p.add_argument("--text-tokenizer", help="CLIP tokenizer files (default: CLIP's vocabulary from open-clip-torch)")
     p.add_argument("--redis-url", help="metadata store URL (default: $REDIS_URL, else in-process)")
     p.add_argument("--storage-dir", help="directory for uploaded volumes and masks; with --redis-url, sessions "
                    "are restored after a restart (default: none, no persistence)")
@@ -94,7 +99,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
             "dicomweb_url", "monailabel_enabled", "monailabel_open", "monailabel_datastore", "click_propagation_reach",
             "click_region_reach", "max_volume_bytes", "max_request_body_bytes", "forwarded_allow_ips",
-            "nninteractive_enabled", "nninteractive_liveness_timeout_s")
+            "nninteractive_enabled", "nninteractive_liveness_timeout_s", "text_prompts", "text_tokenizer",
+            "zoom_in")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:

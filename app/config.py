@@ -22,7 +22,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -69,6 +69,15 @@ class Settings(BaseSettings):
         "default", description='"default" = the weights shipped for the config, a checkpoint path, or None.'
     )
     allow_random_weights: bool = Field(False, description="Required for weights=None (random init).")
+    zoom_in: Literal["auto", "segvol", "windows", "resample"] = Field(
+        "auto", description="Inference path (PredictorConfig.zoom_in): auto = the weights' metadata, else the "
+        "config's default (segvol-base: SegVol's own inference, docs/segvol-parity.md).")
+    text_prompts: bool = Field(
+        False, description="Build SegVol's CLIP text branch (segvol configs; the 'text' extra) so that objects can "
+        "be prompted by name (POST .../objects/{id}/text); its weights come from the checkpoint.")
+    text_tokenizer: str | None = Field(
+        None, description="CLIP tokenizer files for text prompts (a tokenizer.json or a folder holding one); "
+        "None = CLIP's vocabulary from the open-clip-torch package.")
     warmup: bool = Field(True, description="Run one tiny session through the model before accepting traffic.")
     seed: int = Field(0, description="Base seed of every session (prompt-log replays are bit-identical).")
     exclusive_objects: bool = Field(

@@ -130,6 +130,14 @@ class AsyncSession:
         request = proto.lasso(self.session_id, self.token, object_id, axis, index, contour, label, mode)
         return proto.parse_prompt(await self._send(request))
 
+    async def text(self, object_id: int, name: str, *, box: Sequence[int] | np.ndarray | None = None,
+             points: Sequence[Sequence[int]] | np.ndarray | None = None,
+             labels: Sequence[int] | np.ndarray | None = None) -> PromptReply:
+        """Start (or restart) ``object_id`` by its name ("liver"), SegVol's text prompt, optionally with a voxel
+        box and clicks. Only for models whose ``prompt_kinds`` list "text" (others answer 422)."""
+        request = proto.text(self.session_id, self.token, object_id, name, box, points, labels)
+        return proto.parse_prompt(await self._send(request))
+
     async def undo(self, object_id: int) -> PromptReply:
         return proto.parse_prompt(await self._send(proto.undo(self.session_id, self.token, object_id)))
 

@@ -28,6 +28,7 @@ from app.schemas.prompts import (
     PromptReply,
     RefineMode,
     RegionMode,
+    TextRequest,
 )
 from app.schemas.regions import LassoRequest, ScribbleRequest
 from app.schemas.sessions import SessionCreated, SessionInfo
@@ -194,6 +195,14 @@ def lasso(sid: str, token: str, oid: int, axis: int, index: int, contour: Sequen
           label: int, mode: RegionMode) -> Request:
     body = _validated(LassoRequest, axis=axis, index=index, contour=_plain(contour), label=label, mode=mode)
     return Request("POST", _object_path(paths.OBJECT_LASSO, sid, oid), json=body.model_dump(),
+                   headers=auth_headers(token))
+
+
+def text(sid: str, token: str, oid: int, name: str, box_: Sequence[int] | np.ndarray | None,
+         points: Sequence[Sequence[int]] | np.ndarray | None, labels: Sequence[int] | np.ndarray | None) -> Request:
+    body = _validated(TextRequest, text=name, box=None if box_ is None else _plain(box_),
+                      points=None if points is None else _plain(points), labels=None if labels is None else _plain(labels))
+    return Request("POST", _object_path(paths.OBJECT_TEXT, sid, oid), json=body.model_dump(),
                    headers=auth_headers(token))
 
 

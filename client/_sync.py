@@ -132,6 +132,14 @@ class Session:
         request = proto.lasso(self.session_id, self.token, object_id, axis, index, contour, label, mode)
         return proto.parse_prompt(self._send(request))
 
+    def text(self, object_id: int, name: str, *, box: Sequence[int] | np.ndarray | None = None,
+             points: Sequence[Sequence[int]] | np.ndarray | None = None,
+             labels: Sequence[int] | np.ndarray | None = None) -> PromptReply:
+        """Start (or restart) ``object_id`` by its name ("liver"), SegVol's text prompt, optionally with a voxel
+        box and clicks. Only for models whose ``prompt_kinds`` list "text" (others answer 422)."""
+        request = proto.text(self.session_id, self.token, object_id, name, box, points, labels)
+        return proto.parse_prompt(self._send(request))
+
     def undo(self, object_id: int) -> PromptReply:
         return proto.parse_prompt(self._send(proto.undo(self.session_id, self.token, object_id)))
 

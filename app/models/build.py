@@ -41,6 +41,8 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any]
     corrector_kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # What ``zoom_in="auto"`` runs when the weights' metadata names no inference path.
+    default_zoom_in: str = "windows"
 
 
 # The paper's corrector: 8-d point features, one recurrent state carried across rounds. recurrence="rounds" makes
@@ -71,6 +73,8 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         ),
         corrector_kwargs=dict(_CORRECTOR),
         description="SegVol ViT-B (published dimensions), weight-compatible with BAAI/SegVol.",
+        # The published weights give SegVol's masks only through SegVol's own inference (docs/segvol-parity.md).
+        default_zoom_in="segvol",
     ),
     "segvol-test": ModelConfig(
         name="segvol-test",
@@ -245,7 +249,7 @@ def build_predictor(
                                     "or weights=None for a randomly initialised model")
         backbone, corrector = build_backbone(cfg, with_text=with_text), build_corrector(cfg)
         meta = load_into(path, cfg, backbone, corrector, with_text=with_text).meta
-    pcfg = resolve_inference(predictor_config, meta)
+    pcfg = resolve_inference(predictor_config, meta, default=cfg.default_zoom_in)
     roi_backbone = None
     if pcfg.zoom_in == "resample" and pcfg.roi_frame is not None:
         with torch.random.fork_rng(devices=[]):  # the probe's random init must not move the caller's stream
@@ -253,11 +257,13 @@ def build_predictor(
     return Predictor(backbone, corrector, pcfg, device=dev, config_name=cfg.name, roi_backbone=roi_backbone)
 
 
-def resolve_inference(config: PredictorConfig | None, meta: dict[str, Any]) -> PredictorConfig:
+def resolve_inference(config: PredictorConfig | None, meta: dict[str, Any], default: str = "windows",
+                      ) -> PredictorConfig:
     """Resolve ``zoom_in="auto"`` / ``roi_frame=None`` from the weights' metadata (``meta["inference"]``).
 
     Weights trained on resampled ROI views (``training`` writes ``{"zoom_in": "resample", "roi_frame": [...]}``)
-    must be run that way; the published SegVol weights and ours trained on windows carry none: "windows".
+    must be run that way; weights without that metadata (the published SegVol weights, ours trained on
+    windows) get ``default``: the configuration's ``default_zoom_in`` ("segvol" for ``segvol-base``).
     """
     from dataclasses import replace
 
@@ -267,7 +273,7 @@ def resolve_inference(config: PredictorConfig | None, meta: dict[str, Any]) -> P
     inference = meta.get("inference") or {}
     if not isinstance(inference, dict):
         raise ValueError("weights: meta 'inference' must be a dict")
-    zoom_in = config.zoom_in if config.zoom_in != "auto" else str(inference.get("zoom_in", "windows"))
+    zoom_in = config.zoom_in if config.zoom_in != "auto" else str(inference.get("zoom_in", default))
     roi_frame = config.roi_frame
     if roi_frame is None and inference.get("roi_frame") is not None:
         roi_frame = tuple(int(v) for v in inference["roi_frame"])

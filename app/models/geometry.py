@@ -3,10 +3,12 @@
 Conventions:
     * Volume voxel indices are (z, y, x) into the (D, H, W) array (SimpleITK ``GetArrayFromImage`` order).
     * A user box is inclusive ``[z0, y0, x0, z1, y1, x1]``; a ``Bounds`` is half-open ``(z0, y0, x0, z1, y1, x1)``.
-    * The zoom-out view is the foreground crop resized with nearest interpolation to the model frame
-      (MONAI ``Resize(mode="nearest")`` = ``F.interpolate(mode="nearest")``: frame index ``o`` reads crop index
-      ``floor(o * in / out)``). Boxes are mapped exactly through that rule (as SegVol does by resizing a
-      binary box cube); points map through voxel centres, ``f = (v + 0.5) * out / in - 0.5``.
+    * The zoom-out view of ``zoom_in="windows"`` / ``"resample"`` is the foreground crop resized with legacy
+      nearest interpolation to the model frame (MONAI ``Resize(mode="nearest")`` = ``F.interpolate(mode="nearest")``:
+      frame index ``o`` reads crop index ``floor(o * in / out)``). Boxes are mapped exactly through that rule
+      (the frame voxels whose source lies inside the box); points map through voxel centres,
+      ``f = (v + 0.5) * out / in - 0.5``. SegVol itself resizes with ``nearest-exact`` and maps points
+      differently: its rules live in ``app.models.segvol_inference`` (``zoom_in="segvol"``).
     * Zoom-in windows work on the full volume grid at native resolution.
 """
 

@@ -11,7 +11,13 @@ returns exactly what changed in the object's binary mask (``Change``). Methods b
 loop, one at a time per session (the service holds a session lock and a device lock).
 
 Pipeline (SPEC section 1-2):
-    box / decoder step, ``zoom_in="windows"`` (SegVol): zoom-out decode of the cached frame embedding -> ROI =
+    box / decoder step, ``zoom_in="segvol"`` (SegVol's own algorithm, ``app.models.segvol_inference``; the
+        default of ``segvol-base``): zoom-out on the nearest-exact crop view -> region = the zoom-out
+        foreground's box grown to about one window -> every window of the evenly zero-padded region decoded
+        with SegVol's per-window prompts, averaged -> the region's logits are the object's. Each call starts
+        from the object's current prompts alone (SegVol has no memory of earlier calls).
+    box / decoder step, ``zoom_in="windows"`` (the project's variant of SegVol's zoom-in, which does not give
+        SegVol's masks; ``docs/segvol-parity.md``): zoom-out decode of the cached frame embedding -> ROI =
         bbox(zoom-out > 0.5) U box U click balls, at least one window -> zoom-in: MONAI sliding windows (overlap
         0.5) at native resolution, each window's embedding cached in the session -> the ROI's logits replace
         the object's.
@@ -42,6 +48,7 @@ from app.models import geometry as geo
 from app.models import regions
 from app.models.backbone import Backbone
 from app.models.click_regions import RegionConfig, apply_click_regions
+from app.models.clip_tokenizer import tokenize, validate_name
 from app.models.corrector import GRUCorrector, apply_correction
 from app.models.label_map import (
     OverlapRule,
@@ -53,6 +60,7 @@ from app.models.label_map import (
 from app.models.preprocess import foreground_bounds, normalize_intensity, resample_to_frame
 from app.models.propagation import PropagationConfig, frame_sampling, propagate_clicks
 from app.models.sampling import SamplingConfig, build_corrector_input
+from app.models.segvol_inference import SegVolPrompt, segment, zoom_out_view
 from app.models.state import (
     REFINE_MODES,
     Bounds,
@@ -64,7 +72,8 @@ from app.models.state import (
 )
 
 OnChange = Callable[[Change], None]
-ZOOM_IN_MODES = ("auto", "windows", "resample")
+ZOOM_IN_MODES = ("auto", "segvol", "windows", "resample")
+TEXT_CACHE_NAMES = 256  # text embeddings kept per predictor (3 KB each for segvol-base)
 REGION_MODES = ("decoder", "both")
 """Modes of a region prompt: its constraint rides on the decoder step, which therefore always runs."""
 
@@ -89,14 +98,17 @@ class PredictorConfig:
         use_offsets: apply the corrector's coordinate-offset head.
         background_logit: logit given to voxels newly added to an object's ROI (p ~ 4.5e-5).
         mask_logit: |logit| used when an object starts from a given mask.
-        roi_box_margin: when a box is given, the zoom-out prediction only widens the zoom-in ROI up to this
-            fraction of the box extent on each side. SegVol unites the whole zoom-out prediction with the box
-            (None restores that); an unbounded union lets one stray zoom-out blob turn a small box into dozens
-            of zoom-in windows, which costs seconds per prompt on a CPU, while the user's box already bounds the
-            object.
-        zoom_in: "windows" (SegVol's native-resolution sliding windows), "resample" (the boxed ROI resampled
-            to ``roi_frame``; for weights trained on ROI views) or "auto" (what the weights' metadata says they
-            were trained for, else "windows"; resolved by ``build_predictor``).
+        roi_box_margin: ``zoom_in="windows"`` only: when a box is given, the zoom-out prediction only widens the
+            zoom-in ROI up to this fraction of the box extent on each side (None: the whole zoom-out prediction
+            united with the box); an unbounded union lets one stray zoom-out blob turn a small box into dozens of
+            zoom-in windows, which costs seconds per prompt on a CPU, while the user's box already bounds the
+            object. (SegVol's own region, ``zoom_in="segvol"``, is the zoom-out foreground's box alone.)
+        zoom_in: "segvol" (SegVol's own inference, ``app.models.segvol_inference``: what the published
+            weights were trained and evaluated with), "windows" (the project's variant: a ROI bounded by the
+            box and clicks, windows widened with real voxels, windows without a prompt skipped), "resample"
+            (the boxed ROI resampled to ``roi_frame``; for weights trained on ROI views) or "auto" (what the
+            weights' metadata says they were trained for, else the configuration's default; resolved by
+            ``build_predictor``).
         roi_frame: the frame the ROI is resampled to (None = the weights' metadata, else the backbone frame).
         roi_margin: the resampled ROI is the box grown by this fraction of its extent on each side.
         propagation_reach, propagation_tolerance, propagation_gain: geodesic click propagation on the
@@ -106,6 +118,8 @@ class PredictorConfig:
             region it points at, ``app.models.click_regions``; not the region prompts of ``add_region``): the
             reach of background and of foreground clicks' regions (0 turns them off), the intensity tolerance,
             the logit written and the logit magnitude of the other label a region leaves alone.
+        text_tokenizer: CLIP tokenizer files for text prompts (a ``tokenizer.json`` or a folder holding one);
+            None = CLIP's vocabulary from the ``open-clip-torch`` package (``app.models.clip_tokenizer``).
     """
 
     tau: float = 0.1
@@ -128,6 +142,7 @@ class PredictorConfig:
     click_region_tolerance: float = RegionConfig.tolerance
     click_region_gain: float = RegionConfig.gain
     click_region_confident: float = RegionConfig.confident
+    text_tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if self.zoom_in not in ZOOM_IN_MODES:
@@ -206,6 +221,8 @@ class Predictor:
         self.frame: tuple[int, int, int] = tuple(backbone.frame)  # type: ignore[assignment]
         # "auto" is resolved against the weights' metadata by build_predictor; a bare Predictor uses windows.
         self.resample = self.config.zoom_in == "resample"
+        self.segvol = self.config.zoom_in == "segvol"
+        self._text_cache: dict[str, torch.Tensor] = {}
         self.roi_frame: tuple[int, int, int] = tuple(self.config.roi_frame or self.frame)  # type: ignore[assignment]
         self.roi_backbone = roi_backbone.to(self.device).eval() if roi_backbone is not None else self.backbone
         if self.resample and tuple(self.roi_backbone.frame) != self.roi_frame:
@@ -238,7 +255,10 @@ class Predictor:
         # window's cache key is simply its start in the volume grid.
         pad = [max(f - s, 0) for f, s in zip(self.frame, image.shape, strict=True)]
         image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))[None, None]
-        zoom_out = Resize(spatial_size=self.frame, mode="nearest")(image[0][(slice(None), *geo.slices_of(crop))])
+        if self.segvol:  # SegVol resizes the image with nearest-exact (MONAI 0.9.0 Resize)
+            zoom_out = zoom_out_view(image[0, 0][geo.slices_of(crop)], self.frame)[None]
+        else:
+            zoom_out = Resize(spatial_size=self.frame, mode="nearest")(image[0][(slice(None), *geo.slices_of(crop))])
         embedding = self.backbone.encode(torch.as_tensor(zoom_out, device=self.device)[None].float())
         return SessionState(
             shape=tuple(int(s) for s in arr.shape),  # type: ignore[arg-type]
@@ -268,9 +288,65 @@ class Predictor:
         self._push_undo(obj, "box")
         old_roi, old_logits = obj.roi, obj.logits
         obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = b, [], None, None, 0
+        obj.text = None
         obj.roi, obj.logits = roi, logits
         state.objects[object_id] = obj
         return self._finish(state, obj, "box", old_roi, old_logits, timer)
+
+    @property
+    def supports_text(self) -> bool:
+        """Text prompts need SegVol's text branch and SegVol's own inference (``zoom_in="segvol"``)."""
+        return self.segvol and bool(getattr(self.backbone, "with_text", False))
+
+    @property
+    def prompt_kinds(self) -> list[str]:
+        """The prompt kinds this model takes: "box", "points", and "text" when ``supports_text``."""
+        return ["box", "points", *(["text"] if self.supports_text else [])]
+
+    @torch.inference_mode()
+    def add_text(self, state: SessionState, object_id: int, text: str, box: Sequence[int] | None = None,
+                 points: Sequence[Sequence[int]] | np.ndarray | None = None,
+                 labels: Sequence[int] | np.ndarray | None = None) -> Change:
+        """Segment an object by its name ("liver", "left kidney"), alone or with a box and/or clicks.
+
+        SegVol's text prompt: the name in SegVol's sentence, CLIP-encoded, given to every decode of SegVol's
+        inference. Restarts the object (as ``add_box``); later decoder clicks keep the name. Needs a model with
+        the text branch (``supports_text``); otherwise a ``ValueError`` naming ``text``.
+        """
+        _check_object_id(object_id)
+        name = validate_name(text)
+        if not self.supports_text:
+            raise ValueError(f"text: the loaded model ({self.config_name}, zoom_in={self.config.zoom_in!r}) takes "
+                             f"no text prompts; it takes {self.prompt_kinds}")
+        b = geo.validate_box(box, state.shape) if box is not None else None
+        pts, labs = np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
+        if points is not None or labels is not None:
+            pts, labs = geo.validate_points(points, labels, state.shape)
+        embedding = self._text_embedding(name)
+        obj = state.objects.get(object_id) or ObjectState(object_id=object_id)
+        timer = _Timer(self.device)
+        roi, logits = self._decode_segvol(state, b, pts, labs, timer, embedding)
+        self._push_undo(obj, "text")
+        old_roi, old_logits = obj.roi, obj.logits
+        clicks = [Click(int(p[0]), int(p[1]), int(p[2]), int(lab)) for p, lab in zip(pts, labs, strict=True)]
+        obj.box, obj.clicks, obj.hidden, obj.rounds, obj.text = b, clicks, None, 0, name
+        obj.first_click = (clicks[0].z, clicks[0].y, clicks[0].x) if clicks else None
+        obj.roi, obj.logits = roi, logits
+        state.objects[object_id] = obj
+        return self._finish(state, obj, "decoder", old_roi, old_logits, timer)  # a decoder run; the wire format has no text step
+
+    def _text_embedding(self, name: str) -> torch.Tensor:
+        """(1, C) SegVol text embedding of a name, computed once per name (the weights are shared)."""
+        key = name.lower()
+        cached = self._text_cache.get(key)
+        if cached is None:
+            tokens = tokenize([name], self.config.text_tokenizer)
+            cached = self.backbone.embed_text(tokens.input_ids.to(self.device),  # type: ignore[attr-defined]
+                                              tokens.attention_mask.to(self.device))
+            self._text_cache[key] = cached
+            if len(self._text_cache) > TEXT_CACHE_NAMES:  # names come from users: keep the newest only
+                del self._text_cache[next(iter(self._text_cache))]
+        return cached
 
     @torch.inference_mode()
     def add_clicks(
@@ -393,6 +469,7 @@ class Predictor:
         self._push_undo(obj, "mask")
         old_roi, old_logits = obj.roi, obj.logits
         obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = None, [], None, None, 0
+        obj.text = None
         obj.roi, obj.logits = roi, logits
         state.objects[object_id] = obj
         timer.lap("set_mask")
@@ -414,7 +491,7 @@ class Predictor:
             obj.logits = restored
         else:
             obj.logits = entry.logits
-        obj.roi, obj.box, obj.clicks = entry.roi, entry.box, list(entry.clicks)
+        obj.roi, obj.box, obj.clicks, obj.text = entry.roi, entry.box, list(entry.clicks), entry.text
         obj.first_click, obj.hidden, obj.rounds = entry.first_click, entry.hidden, entry.rounds
         timer.lap("restore")
         return self._finish(state, obj, "undo", old_roi, old_logits, timer)
@@ -427,6 +504,7 @@ class Predictor:
         self._push_undo(obj, "reset")
         old_roi, old_logits = obj.roi, obj.logits
         obj.box, obj.clicks, obj.first_click, obj.hidden, obj.rounds = None, [], None, None, 0
+        obj.text = None
         obj.roi, obj.logits = None, None
         timer.lap("reset")
         return self._finish(state, obj, "reset", old_roi, old_logits, timer)
@@ -519,7 +597,8 @@ class Predictor:
         # The old logits tensor is referenced, not copied: every step builds a new tensor. GRU-only steps
         # (<= 2K voxels written) turn this into a sparse record in _gru_step.
         obj.undo_stack.append(UndoEntry(step=step, box=obj.box, clicks=list(obj.clicks), first_click=obj.first_click,
-                                        roi=obj.roi, logits=obj.logits, hidden=obj.hidden, rounds=obj.rounds))
+                                        roi=obj.roi, logits=obj.logits, hidden=obj.hidden, rounds=obj.rounds,
+                                        text=obj.text))
         del obj.undo_stack[: -self.config.undo_depth]
 
     def _finish(self, state: SessionState, obj: ObjectState, step: str, old_roi: Bounds | None,
@@ -597,8 +676,12 @@ class Predictor:
         return out
 
     def _decode(self, state: SessionState, obj: ObjectState, box: geo.InclusiveBox | None, points: np.ndarray,
-                labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds, torch.Tensor]:
-        """Zoom-out then zoom-in decode from cached embeddings; returns the new (ROI, logits over ROI)."""
+                labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds | None, torch.Tensor | None]:
+        """Zoom-out then zoom-in decode from cached embeddings; returns the new (ROI, logits over ROI), or
+        (None, None) for an empty mask (``zoom_in="segvol"`` when the zoom-out finds nothing)."""
+        if self.segvol:
+            text = self._text_embedding(obj.text) if obj.text is not None else None
+            return self._decode_segvol(state, box, points, labels, timer, text)
         if self.resample and box is not None:
             return self._decode_resampled(state, obj, box, points, labels, timer, use_old)
         frame_logits = self._zoom_out(state, box, points, labels)
@@ -631,6 +714,16 @@ class Predictor:
         assert roi_vol is not None
         rel = tuple(slice(roi_vol[a] - work[a], roi_vol[a + 3] - work[a]) for a in range(3))
         return roi_vol, logits[rel].contiguous()
+
+    def _decode_segvol(self, state: SessionState, box: geo.InclusiveBox | None, points: np.ndarray,
+                       labels: np.ndarray, timer: _Timer, text: torch.Tensor | None = None,
+                       ) -> tuple[Bounds | None, torch.Tensor | None]:
+        """SegVol's own inference (``app.models.segvol_inference``); (None, None) = an empty mask."""
+        prompt = SegVolPrompt(box=box, points=points, labels=labels, text_embedding=text)
+        roi, logits = segment(self.backbone, state.image[0, 0], state.crop, state.zoom_out_embedding, prompt,
+                              overlap=self.config.overlap, cache=state.window_cache)
+        timer.lap("zoom_in")
+        return roi, logits
 
     def _decode_resampled(self, state: SessionState, obj: ObjectState, box: geo.InclusiveBox, points: np.ndarray,
                           labels: np.ndarray, timer: _Timer, use_old: bool) -> tuple[Bounds, torch.Tensor]:
@@ -723,7 +816,8 @@ class Predictor:
         wbox = geo.box_in_window(box, win) if box is not None else None
         wpts, wlabs = geo.points_in_window(points, labels, win)
         if wbox is None and len(wpts) == 0:
-            # No prompt reaches this window: SegVol keeps the zoom-out prediction there.
+            # No prompt reaches this window: keep the zoom-out prediction there (the project's choice; SegVol
+            # decodes every window of its region with the zoom-out foreground's box as the prompt).
             return self._zoom_out_in_window(state, frame_logits, win)
         key = win[:3]
         emb = state.window_cache.get(key)  # type: ignore[arg-type]

@@ -83,6 +83,7 @@ class UndoEntry:
     rounds: int
     sparse_index: torch.Tensor | None = None
     sparse_values: torch.Tensor | None = None
+    text: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -103,6 +104,7 @@ class ObjectState:
     object_id: int
     version: int = 0
     box: tuple[int, int, int, int, int, int] | None = None
+    text: str | None = None  # the object's name as a text prompt (SegVol's text branch)
     clicks: list[Click] = field(default_factory=list)
     first_click: tuple[int, int, int] | None = None
     roi: Bounds | None = None

@@ -86,6 +86,48 @@ class BoxRequest(BaseModel):
         return (b[0], b[1], b[2], b[3], b[4], b[5])
 
 
+class TextRequest(BaseModel):
+    """``POST .../objects/{oid}/text``: an object by its name ("liver", "left kidney"), SegVol's text prompt,
+    alone or with a voxel box and/or clicks; restarts the object. Only for models whose capabilities
+    (``GET /readyz`` ``prompt_kinds``) list "text"; others answer 422."""
+
+    text: str = Field(description="The object's name; SegVol wraps it in its sentence.", min_length=1,
+                      max_length=200)
+    box: list[int] | None = Field(default=None, description="Optional inclusive voxel box [z0, y0, x0, z1, y1, x1].")
+    points: list[list[int]] | None = Field(default=None, description="Optional clicks, each [z, y, x] voxel indices.")
+    labels: list[int] | None = Field(default=None, description="One 0/1 label per point.")
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _check_text(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"text: expected a non-empty object name such as 'liver', got {value!r}")
+        return value.strip()
+
+    @field_validator("box", mode="before")
+    @classmethod
+    def _check_box(cls, value: Any) -> list[int] | None:
+        return None if value is None else _voxel_ints("box", _numbers("box", value, 6))
+
+    @field_validator("points", mode="before")
+    @classmethod
+    def _check_points(cls, value: Any) -> list[list[int]] | None:
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_CLICKS_PER_REQUEST:
+            raise ValueError(f"points: expected 1 to {MAX_CLICKS_PER_REQUEST} points [z, y, x]")
+        return [_voxel_ints(f"points[{i}]", _numbers(f"points[{i}]", p, 3)) for i, p in enumerate(value)]
+
+    @model_validator(mode="after")
+    def _check_labels(self) -> TextRequest:
+        n = len(self.points or [])
+        if len(self.labels or []) != n:
+            raise ValueError(f"labels: expected {n} labels (one per point), got {len(self.labels or [])}")
+        if any(v not in (0, 1) for v in self.labels or []):
+            raise ValueError("labels: values must be 0 (background) or 1 (foreground)")
+        return self
+
+
 class ClicksRequest(BaseModel):
     """``POST .../objects/{oid}/clicks``: N clicks applied as one prompt (one version per step run)."""
 

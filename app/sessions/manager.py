@@ -455,6 +455,25 @@ class SessionManager:
 
         return await self._prompt(session, "box", object_id, {"box": list(b)}, run, creates=True)
 
+    async def add_text(self, session: Session, object_id: int, text: str, box: Sequence[int] | None = None,
+                       points: Sequence[Sequence[int]] | None = None, labels: Sequence[int] | None = None,
+                       ) -> PromptOutcome:
+        """Segment ``object_id`` by its name (SegVol's text prompt), optionally with a box and clicks."""
+        if not self.predictor.supports_text:
+            raise InvalidInput(f"text: the loaded model ({self.predictor.config_name}) takes no text prompts; it "
+                               f"takes {self.predictor.prompt_kinds}", field="text")
+        b = check_box(box, session.shape) if box is not None else None
+        pts, labs = check_points(points, labels or [], session.shape) if points else ([], [])
+
+        def run(on_change: Callable[[Change], None]) -> list[Change]:
+            change = self.predictor.add_text(session.state, object_id, text, b, pts or None, labs or None)
+            on_change(change)
+            return [change]
+
+        args = {"text": text, "box": list(b) if b is not None else None, "points": [list(p) for p in pts],
+                "labels": list(labs)}
+        return await self._prompt(session, "text", object_id, args, run, creates=True)
+
     async def add_clicks(
         self,
         session: Session,

@@ -433,7 +433,9 @@ class MonaiLabelBridge:
             await self.manager.remove_object(session, track.object_id)
         track.foreground, track.background, track.box = (), (), None  # until the rebuild is acknowledged
         box = click_box(req.foreground, entry.meta.spacing, entry.meta.shape)
-        if box is not None:
+        if self.manager.predictor.supports_text:  # SegVol's text branch: the label's name is the text prompt
+            await self.manager.add_text(session, track.object_id, req.label, box)
+        elif box is not None:
             await self.manager.add_box(session, track.object_id, box)
         outcome = await self.manager.add_clicks(session, track.object_id, [*req.foreground, *req.background],
                                                 [1] * len(req.foreground) + [0] * len(req.background),

@@ -267,6 +267,9 @@ def _apply(predictor: Predictor, state: SessionState, prompt: PromptRecord,
     match prompt.op:
         case "box":
             return predictor.add_box(state, oid, args["box"]).version
+        case "text":
+            return predictor.add_text(state, oid, args["text"], args["box"], args["points"] or None,
+                                      args["labels"] or None).version
         case "clicks":
             changes = predictor.add_clicks(state, oid, args["points"], args["labels"], mode=args["mode"])
             return changes[-1].version

@@ -88,7 +88,10 @@ def load_predictor(settings: Settings) -> Predictor:
     return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device,
                            predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach,
                                                             click_region_reach=settings.click_region_reach,
-                                                            click_region_foreground_reach=settings.click_region_reach))
+                                                            click_region_foreground_reach=settings.click_region_reach,
+                                                            text_tokenizer=settings.text_tokenizer,
+                                                            zoom_in=settings.zoom_in),
+                           with_text=settings.text_prompts)
 
 
 def warm_up(predictor: Predictor) -> None:

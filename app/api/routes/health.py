@@ -30,6 +30,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         "device": str(services.predictor.device),
         "click_propagation_reach": services.predictor.config.propagation_reach,
         "click_region_reach": services.predictor.config.click_region_reach,
+        "prompt_kinds": services.predictor.prompt_kinds,  # "text" only with SegVol's text branch
         "store": services.store_kind,
         "store_reachable": store_ok,
         "sessions": len(services.manager),

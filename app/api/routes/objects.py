@@ -21,7 +21,7 @@ from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, vol
 from app.api.uploads import read_mask
 from app.io.volumes import save_mask
 from app.schemas import paths
-from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply
+from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply, TextRequest
 from app.schemas.regions import LassoRequest, ScribbleRequest
 from app.sessions.manager import PromptOutcome, Session
 from app.sessions.validation import lasso_region, scribble_region, world_box_to_voxel, world_to_voxel
@@ -66,6 +66,13 @@ async def add_box(session: SessionDep, manager: ManagerDep, object_id: ObjectIdP
                   ) -> PromptReply:
     box = world_box_to_voxel(body.box, **_geometry(session)) if body.world else list(body.voxel_box())
     return prompt_reply(await manager.add_box(session, object_id, box))
+
+
+@router.post(paths.OBJECT_TEXT, summary="Segment an object by its name, optionally with a box and clicks (SegVol's "
+             "text prompt; restarts the object)", responses=_PROMPT_ERRORS)
+async def add_text(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: TextRequest
+                   ) -> PromptReply:
+    return prompt_reply(await manager.add_text(session, object_id, body.text, body.box, body.points, body.labels))
 
 
 @router.post(paths.OBJECT_CLICKS, summary="Refine an object with clicks", responses=_PROMPT_ERRORS)
