@@ -53,7 +53,7 @@ class SkipCounter:
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter is not None:
-            reporter.ensure_newline()
+            reporter.write_sep("-", "skips")
             for line in lines:
                 reporter.write_line(line, red=over)
 
