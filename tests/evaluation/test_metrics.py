@@ -165,6 +165,9 @@ def test_runtime_budget_zeroes_a_case_over_90_s_per_class() -> None:
     assert row["DSC_Final"] == 0.95 and row["NSD_1"] == 0.4
     assert row["DSC_AUC"] == pytest.approx(0.5 * 0.6 + 0.7 + 0.8 + 0.9 + 0.5 * 0.95)
     assert row["runtime_upperbound"] == 180.0 and row["num_class"] == 2
+    assert row["NSD_Final"] == 0.85 and row["NSD_AUC"] == pytest.approx(0.5 * 0.5 + 0.6 + 0.7 + 0.8 + 0.5 * 0.85)
+    assert (row["CaseName"], row["method"], row["modality"], row["over_budget"]) == ("case", "m", "CT", False)
+    assert [row[f"RunningTime_{i}"] for i in range(1, 7)] == [30.0] * 6
 
     over = _result([30.0] * 5 + [30.5])
     assert over.over_budget
@@ -181,3 +184,12 @@ def test_row_has_the_official_columns_in_order() -> None:
     assert list(row) == CSV_COLUMNS
     official = ["CaseName", "TotalRunningTime", *[f"RunningTime_{i}" for i in range(1, 7)], "DSC_AUC", "NSD_AUC"]
     assert CSV_COLUMNS[: len(official)] == official
+
+
+def test_round_scores_use_the_tolerance_they_are_given() -> None:
+    """A one-voxel shift along a 5 mm axis is out of a 2 mm tolerance on the shifted faces, within 5 mm."""
+    gt = _cube().astype(np.uint8) * 4
+    pred = _cube((1, 0, 0)).astype(np.uint8) * 4
+    (_, nsd_2mm), (_, nsd_5mm) = (round_scores(gt, pred, [4], (5.0, 1.0, 1.0), tol) for tol in (2.0, 5.0))
+    assert nsd_2mm < 1.0 and nsd_5mm == pytest.approx(1.0)
+    assert class_round_scores(gt, pred, [4], (5.0, 1.0, 1.0), 5.0)[1] == pytest.approx([1.0])
