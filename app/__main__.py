@@ -7,6 +7,7 @@
     python -m app --config segvol-test --random-weights       # tests / timing only: untrained model
     python -m app --api-key-hash "$(python -m app hash-key < key.txt)" --rate-limit 5   # API key + limit
     python -m app hash-key < key.txt                          # print the sha256 of a key read from stdin
+    python -m app --nninteractive                             # + nnInteractive's protocol at /nninteractive
 
 Flags override the environment (``SEGSVC_*``, ``REDIS_URL``), which overrides the defaults. Run one such
 process per device; put several behind a router that pins each session id to its process.
@@ -18,7 +19,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,6 +68,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="serve the MONAI Label compatibility routes (OHIF, 3D Slicer)")
     p.add_argument("--monailabel-open", dest="monailabel_open", action="store_true", default=None,
                    help="with API keys, let the MONAI Label routes through without a key (trusted network only)")
+    p.add_argument("--max-volume-bytes", type=int,
+                   help="largest voxel data an upload's header may declare (bytes, checked before inflating)")
+    p.add_argument("--max-request-body-bytes", type=int,
+                   help="largest body of a request that is not a file upload (JSON prompts, forms)")
+    p.add_argument("--forwarded-allow-ip", dest="forwarded_allow_ips", action="append", metavar="ADDRESS",
+                   help="a reverse proxy's address or network whose X-Forwarded-For is trusted (repeatable; "
+                        "default: none, the client is the TCP peer)")
+    p.add_argument("--monailabel-datastore", help="directory of the MONAI Label datastore (uploaded images, saved "
+                   "labels; default: <storage-dir>/monailabel.datastore)")
+    p.add_argument("--nninteractive", dest="nninteractive_enabled", action="store_true", default=None,
+                   help="serve nnInteractive's remote protocol at /nninteractive (nninteractive-client 2.6)")
+    p.add_argument("--nninteractive-liveness-timeout", dest="nninteractive_liveness_timeout_s", type=float,
+                   help="seconds without any request (heartbeats included) before a lease is released")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
 
@@ -72,7 +89,9 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("host", "port", "model_config_name", "weights", "device", "redis_url", "storage_dir", "max_sessions",
             "max_device_bytes", "idle_timeout_s", "max_session_age_s", "reaper_interval_s", "max_upload_bytes",
             "max_voxels", "api_key_hashes", "rate_limit_per_s", "rate_limit_burst", "cors_origins",
-            "dicomweb_url", "monailabel_enabled", "monailabel_open", "click_propagation_reach")
+            "dicomweb_url", "monailabel_enabled", "monailabel_open", "monailabel_datastore", "click_propagation_reach",
+            "max_volume_bytes", "max_request_body_bytes", "forwarded_allow_ips",
+            "nninteractive_enabled", "nninteractive_liveness_timeout_s")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:
@@ -109,15 +128,33 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
+    from app.api.log_redaction import install_on_root
     from app.config import Settings
     from app.main import create_app
 
     args = parse_args(argv)
     settings = Settings(**settings_overrides(args))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_on_root()
     # The app object (not an import string) is passed: uvicorn runs it in this one process.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
-                log_level=args.log_level, ws_max_size=1 << 20)
+                log_level=args.log_level, ws_max_size=1 << 20, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Proxy trust and log redaction, as uvicorn takes them.
+
+    uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 unless told otherwise, so any local client could pick
+    its own address (and its own rate-limit bucket) by sending the header: trust is off unless
+    ``forwarded_allow_ips`` names the proxies.
+    """
+    from uvicorn.config import LOGGING_CONFIG
+
+    from app.api.log_redaction import uvicorn_log_config
+
+    trusted = list(settings.forwarded_allow_ips)
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None,
+            "log_config": uvicorn_log_config(LOGGING_CONFIG)}
 
 
 if __name__ == "__main__":

@@ -22,10 +22,13 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.io.volumes import VolumeLimits
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -88,6 +91,31 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when the server is full.")
     max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest request body accepted on uploads.")
     max_voxels: int = Field(1 << 28, ge=1, description="Largest volume (D*H*W) accepted.")
+    max_volume_bytes: int = Field(
+        1 << 30, ge=1, description="Largest voxel data an upload's header may declare, in bytes (what decoding "
+        "it allocates), checked before anything is inflated.",
+    )
+    max_inflate_ratio: int = Field(
+        200, ge=1, description="Compressed uploads (.nii.gz, compressed .mha/.nrrd, zip members) may declare at "
+        "most this many times their stored bytes (past 8 MiB unpacked): a higher ratio is a decompression bomb.",
+    )
+    max_request_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest body of every request that is not a file upload (JSON prompts, "
+        "forms): refused with 413 before it is parsed.",
+    )
+    resync_per_s: float = Field(
+        2.0, gt=0, description="WebSocket resync requests answered per second per session (snapshots cost "
+        "model-thread time every session shares); past it, a connection's resyncs are coalesced into one.",
+    )
+    resync_burst: int = Field(4, ge=1, description="Resync snapshots a session may get at once above the rate.")
+
+    # Reverse proxy (docs/security.md).
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto "
+        "are trusted to name the client; empty = none: the client is the TCP peer, whatever headers it sends. "
+        "Environment: comma-separated.",
+    )
 
     # Expiry clocks (seconds, monotonic).
     idle_timeout_s: float = Field(1800.0, gt=0, description="A session unused this long expires.")
@@ -137,7 +165,8 @@ class Settings(BaseSettings):
     )
     monailabel_enabled: bool = Field(
         False, description="Serve the MONAI Label compatibility routes (/info/, /infer/{model}, /session/, "
-        "/datastore/label) for OHIF's MONAI Label panel and 3D Slicer's MONAILabel module; off = they answer 404.",
+        "/datastore/, /activelearning/, /train/) for OHIF's MONAI Label panel and 3D Slicer's MONAILabel module; "
+        "off = they answer 404.",
     )
     monailabel_open: bool = Field(
         False, description="With API keys configured, let the MONAI Label routes through without X-API-Key "
@@ -147,8 +176,23 @@ class Settings(BaseSettings):
         default_factory=lambda: ["object"], min_length=1,
         description="Label names the MONAI Label model offers (one object per label and image).",
     )
+    monailabel_datastore: Path | None = Field(
+        None, description="Directory of the MONAI Label datastore (images uploaded with PUT /datastore/, saved "
+        "labels); None = <storage_dir>/monailabel.datastore when storage_dir is set, else no datastore (its "
+        "routes answer 404).",
+    )
 
-    @field_validator("api_key_hashes", mode="before")
+    # nnInteractive's remote protocol (docs/nninteractive.md).
+    nninteractive_enabled: bool = Field(
+        False, description="Serve nnInteractive's remote protocol at /nninteractive (the torch-free "
+        "nninteractive-client and the viewer plugins built on it); off = those paths answer 404.",
+    )
+    nninteractive_liveness_timeout_s: float = Field(
+        60.0, gt=0, description="An nnInteractive lease whose client sent nothing (not even a heartbeat) this long "
+        "is released with its session; its idle clock is idle_timeout_s.",
+    )
+
+    @field_validator("api_key_hashes", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_hashes(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment: a JSON list or "h1,h2"
@@ -167,6 +211,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"api_key_hashes[{i}]: not a sha256 hex digest of 64 hex characters "
                                  "(python -m app hash-key prints one)")
         return normalised
+
+    @property
+    def volume_limits(self) -> VolumeLimits:
+        """The ``app.io.volumes.VolumeLimits`` every upload route applies."""
+        from app.io.volumes import VolumeLimits  # heavy (SimpleITK): only where files are read
+
+        return VolumeLimits(max_bytes=self.max_upload_bytes, max_voxels=self.max_voxels,
+                            max_zip_ratio=self.max_inflate_ratio, max_volume_bytes=self.max_volume_bytes,
+                            max_inflate_ratio=self.max_inflate_ratio)
+
+    @property
+    def monailabel_datastore_dir(self) -> Path | None:
+        """Where the MONAI Label datastore lives: ``monailabel_datastore``, else
+        ``storage_dir/monailabel.datastore``."""
+        if self.monailabel_datastore is not None:
+            return self.monailabel_datastore
+        # The dot keeps the name outside the session folder names, which the startup restore sweeps.
+        return self.storage_dir / "monailabel.datastore" if self.storage_dir is not None else None
 
     @property
     def rate_limit_capacity(self) -> int:

@@ -51,6 +51,10 @@ class SessionExpired(ServiceError):
     """The session existed but expired (idle timeout or maximum age)."""
 
 
+class LeaseGone(SessionExpired):
+    """An nnInteractive lease is unknown, released or reaped (410, as the client expects)."""
+
+
 class ObjectNotFound(ServiceError):
     """The session has no object with this id."""
 

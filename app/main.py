@@ -22,12 +22,15 @@ from app.api.api_keys import ApiKeyAuth, ApiKeyCheck, document_api_key
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimit, RequestMetrics
 from app.api.monailabel_gate import MonaiLabelGate
+from app.api.nninteractive_gate import NnInteractiveGate
 from app.api.rate_limit import RateLimit, TokenBuckets
 from app.api.router import api_router
+from app.api.routes import nninteractive
 from app.config import Settings
 from app.schemas import paths
 from app.schemas.paths import API_KEY_HEADER
 from app.sessions.metrics import ServiceMetrics
+from app.sessions.nninteractive_leases import LeaseRegistry
 from app.sessions.services import start_services, stop_services
 
 if TYPE_CHECKING:
@@ -45,9 +48,17 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await start_services(settings, predictor=predictor, metrics=metrics)
         app.state.services = services
+        leases = None
+        if settings.nninteractive_enabled:  # nnInteractive's leases on top of the sessions (docs/nninteractive.md)
+            leases = LeaseRegistry(services.manager, liveness_timeout_s=settings.nninteractive_liveness_timeout_s,
+                                   idle_timeout_s=settings.idle_timeout_s, max_voxels=settings.max_voxels)
+            leases.start()
+            app.state.nninteractive = leases
         try:
             yield
         finally:
+            if leases is not None:
+                await leases.stop()
             await stop_services(services)
 
     app = FastAPI(
@@ -59,17 +70,25 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Resync snapshots run on the model thread every session shares: a per-session budget keeps one client's
+    # resync loop from starving the others (app.api.routes.stream).
+    app.state.resync_limiter = TokenBuckets(settings.resync_per_s, settings.resync_burst)
     app.include_router(api_router)
+    if settings.nninteractive_enabled:
+        app.include_router(nninteractive.router)  # /nninteractive/*: nnInteractive's remote protocol
     install_error_handlers(app)
     # Middleware, innermost first: the body limit, the rate limit (needs the caller the key check names),
     # the API key check, CORS (so that preflights pass and browsers can read 401/429 replies), metrics.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES)
+    app.add_middleware(BodySizeLimit, upload_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES,
+                       other_bytes=settings.max_request_body_bytes)
     if settings.rate_limit_per_s is not None:
         app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_capacity)
         app.add_middleware(RateLimit, buckets=app.state.rate_limiter)
     if settings.api_key_hashes:
         app.add_middleware(ApiKeyAuth, check=ApiKeyCheck(settings.api_key_hashes))
         document_api_key(app)
+    if settings.nninteractive_enabled:
+        app.add_middleware(NnInteractiveGate, check=ApiKeyCheck(settings.api_key_hashes))  # its bearer = our key
     app.add_middleware(MonaiLabelGate, settings=settings)  # MONAI Label routes: 404 when off, else key unless open
     if settings.cors_origins:
         app.add_middleware(
@@ -77,7 +96,9 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=[paths.AUTHORIZATION_HEADER, API_KEY_HEADER, "Content-Type"],
-            expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions"],
+            # Content-Disposition: the file name of downloads (MONAI Label results, labels, session images).
+            expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions",
+                            "Content-Disposition"],
         )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -20,7 +20,16 @@ import pydantic
 from app.schemas import paths
 from app.schemas.errors import detail_from_pydantic
 from app.schemas.paths import API_KEY_HEADER
-from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, OverlapRule, PromptReply, RefineMode
+from app.schemas.prompts import (
+    BoxRequest,
+    ClicksRequest,
+    MaskFormat,
+    OverlapRule,
+    PromptReply,
+    RefineMode,
+    RegionMode,
+)
+from app.schemas.regions import LassoRequest, ScribbleRequest
 from app.schemas.sessions import SessionCreated, SessionInfo
 from client._errors import SegError, ValidationError, error_from_reply
 
@@ -154,6 +163,20 @@ def clicks(
 ) -> Request:
     body = _validated(ClicksRequest, points=_plain(points), labels=_plain(labels), mode=mode, world=world)
     return Request("POST", _object_path(paths.OBJECT_CLICKS, sid, oid), json=body.model_dump(),
+                   headers=auth_headers(token))
+
+
+def scribble(sid: str, token: str, oid: int, voxels: Sequence[Sequence[int]] | np.ndarray, label: int,
+             mode: RegionMode) -> Request:
+    body = _validated(ScribbleRequest, voxels=_plain(voxels), label=label, mode=mode)
+    return Request("POST", _object_path(paths.OBJECT_SCRIBBLE, sid, oid), json=body.model_dump(),
+                   headers=auth_headers(token))
+
+
+def lasso(sid: str, token: str, oid: int, axis: int, index: int, contour: Sequence[Sequence[float]] | np.ndarray,
+          label: int, mode: RegionMode) -> Request:
+    body = _validated(LassoRequest, axis=axis, index=index, contour=_plain(contour), label=label, mode=mode)
+    return Request("POST", _object_path(paths.OBJECT_LASSO, sid, oid), json=body.model_dump(),
                    headers=auth_headers(token))
 
 

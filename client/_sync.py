@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 
 from app.schemas import paths
-from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, RefineMode
+from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, RefineMode, RegionMode
 from app.schemas.sessions import SessionCreated, SessionInfo
 from client import _protocol as proto
 from client._errors import TransportError
@@ -117,6 +117,19 @@ class Session:
                ) -> PromptReply:
         """Add clicks: ``points`` (N, 3) as (z, y, x), ``labels`` (N,) 1 = foreground, 0 = background."""
         request = proto.clicks(self.session_id, self.token, object_id, points, labels, mode, world)
+        return proto.parse_prompt(self._send(request))
+
+    def scribble(self, object_id: int, voxels: Sequence[Sequence[int]] | np.ndarray, *, label: int = 1,
+                 mode: RegionMode = "both") -> PromptReply:
+        """A scribble: the painted ``voxels`` (N, 3) as (z, y, x), all ending with ``label`` (1 = foreground)."""
+        request = proto.scribble(self.session_id, self.token, object_id, voxels, label, mode)
+        return proto.parse_prompt(self._send(request))
+
+    def lasso(self, object_id: int, axis: int, index: int, contour: Sequence[Sequence[float]] | np.ndarray, *,
+              label: int = 1, mode: RegionMode = "both") -> PromptReply:
+        """A lasso: the closed ``contour`` (N, 2) on slice ``index`` along ``axis``, in the slice's other two axes
+        in volume order (axis 0: (y, x)), filled; the region ends with ``label``."""
+        request = proto.lasso(self.session_id, self.token, object_id, axis, index, contour, label, mode)
         return proto.parse_prompt(self._send(request))
 
     def undo(self, object_id: int) -> PromptReply:

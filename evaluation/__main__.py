@@ -3,7 +3,7 @@
     python -m evaluation --data ../shared/data --split dev --out runs/dev \
         [--server URL] [--methods backbone,gru,decoder,both,random_walker,box_fill] \
         [--config compact] [--weights PATH|default|none] [--box 2d|3d] [--cases N|name,name] [--tau 0.1]
-        [--zoom-in auto|windows|resample] [--roi-frame D,H,W] [--propagation-reach 15] [--propagation-tolerance 0.05]
+        [--prompts click|scribble|lasso] [--zoom-in auto|windows|resample] [--roi-frame D,H,W] [--propagation-reach 15] [--propagation-tolerance 0.05]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from evaluation.backends import MODEL_METHODS, Method, PredictorMethod
 from evaluation.baselines import BoxFillMethod, RandomWalkerMethod
 from evaluation.cases import DEFAULT_MIN_VOXELS, find_cases
 from evaluation.metrics import NSD_TOLERANCE_MM
+from evaluation.region_rule import REGION_KINDS
 from evaluation.report import summary_markdown, write_reports
 from evaluation.runner import evaluate
 
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model methods: the classes are one label map's, so one class's foreground click is a "
                         "background click to the others (the service's default), or each class sees only its "
                         "own prompts")
+    p.add_argument("--prompts", choices=("click", *REGION_KINDS), default="click",
+                   help="corrections of rounds 2..6: the challenge's click, or a scribble / lasso drawn where it "
+                        "would click (evaluation.region_rule; in-process model methods only)")
     p.add_argument("--cases", default=None, help="first N cases, or comma-separated case names")
     p.add_argument("--min-voxels", type=int, default=DEFAULT_MIN_VOXELS, help="smallest label scored as an object")
     p.add_argument("--spacing-order", choices=("zyx", "xyz"), default="zyx", help="spacing order of bare npz files")
@@ -150,6 +154,7 @@ def run_info(args: argparse.Namespace, names: list[str], n_cases: int) -> dict[s
         "propagation_tolerance": args.propagation_tolerance if local_model else None,
         "objects": args.objects if any(n in MODEL_METHODS for n in names) else None,
         "box": args.box,
+        "prompts": args.prompts,
         "overlap": args.overlap if any(n in MODEL_METHODS for n in names) else None,
         "split": args.split,
         "cases": n_cases,
@@ -166,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         names = _method_names(args.methods)
         split = None if args.split == "all" else args.split
         refs = find_cases(args.data, split=split, select=args.cases, spacing_order=args.spacing_order)
+        if args.prompts != "click" and (args.server or any(n not in MODEL_METHODS for n in names)):
+            raise ValueError(f"prompts: {args.prompts} runs with in-process model methods only "
+                             f"({sorted(MODEL_METHODS)}), not with --server or the baselines")
         methods = build_methods(args, names)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -177,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         min_voxels=args.min_voxels,
         tolerance_mm=args.tolerance,
         progress=not args.no_progress,
+        prompts=args.prompts,
     )
     if not results:
         print("error: no case had a label to score", file=sys.stderr)

@@ -104,6 +104,16 @@ class PredictorSession:
         self._predictor.add_clicks(self._state, object_id, [list(click.point)], [click.label], mode=mode)
         self._prompted(object_id)
 
+    def add_region(self, object_id: int, flat: np.ndarray, label: int) -> None:
+        """A scribble or lasso (``evaluation.region_rule``); regions need the decoder step, so the "gru" method
+        answers them in "both" mode."""
+        first = self._first.first(object_id)
+        if self._mode is None and not first:
+            return
+        mode = self._mode if self._mode in ("decoder", "both") else "both"
+        self._predictor.add_region(self._state, object_id, flat, label, mode=mode)
+        self._prompted(object_id)
+
     def mask(self, object_id: int) -> np.ndarray:
         return self._predictor.get_mask(self._state, object_id).astype(bool)
 

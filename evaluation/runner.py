@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -22,6 +23,7 @@ from evaluation.backends import Method
 from evaluation.cases import BoxMode, CaseRef, EvalCase, load_case
 from evaluation.click_rule import next_click
 from evaluation.metrics import N_ROUNDS, NSD_TOLERANCE_MM, CaseResult, class_round_scores
+from evaluation.region_rule import next_region
 
 
 def run_case(
@@ -30,8 +32,12 @@ def run_case(
     *,
     tolerance_mm: float = NSD_TOLERANCE_MM,
     clock: Callable[[], float] = time.perf_counter,
+    prompts: str = "click",
 ) -> CaseResult:
-    """Run the six rounds of one case with one method and score each round."""
+    """Run the six rounds of one case with one method and score each round.
+
+    ``prompts``: the corrections of rounds 2..6, "click" (the challenge's) or "scribble" / "lasso"
+    (``evaluation.region_rule``, drawn where the challenge would click)."""
     gt = case.ground_truth
     prediction = np.zeros(gt.shape, dtype=gt.dtype)
     class_dsc: list[list[float]] = []  # per round, per class
@@ -59,11 +65,18 @@ def run_case(
             _score(case, prediction, tolerance_mm, class_dsc, class_nsd)
 
         for _ in range(N_ROUNDS - 1):
-            clicks = {c: next_click(prediction == c, gt == c) for c in case.classes}
+            if prompts == "click":
+                clicks: dict[int, Any] = {c: next_click(prediction == c, gt == c) for c in case.classes}
+            else:
+                clicks = {c: next_region(prediction == c, gt == c, prompts) for c in case.classes}  # type: ignore[arg-type]
             started = clock()
             for c, click in clicks.items():
-                if click is not None:
+                if click is None:
+                    continue
+                if prompts == "click":
                     session.add_click(c, click)
+                else:
+                    session.add_region(c, click.flat, click.label)  # type: ignore[attr-defined]
             prediction = session.label_map(case.classes, gt.shape, gt.dtype)
             times.append(pending + clock() - started)
             pending = 0.0
@@ -102,6 +115,7 @@ def evaluate(
     tolerance_mm: float = NSD_TOLERANCE_MM,
     progress: bool = True,
     on_result: Callable[[CaseResult], None] | None = None,
+    prompts: str = "click",
 ) -> list[CaseResult]:
     """Run every method on every case (cases loaded one at a time), with a progress bar.
 
@@ -117,7 +131,7 @@ def evaluate(
                 continue
             for method in methods:
                 bar.set_description(f"{case.name} / {method.name}")
-                result = run_case(method, case, tolerance_mm=tolerance_mm)
+                result = run_case(method, case, tolerance_mm=tolerance_mm, prompts=prompts)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)

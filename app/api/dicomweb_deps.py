@@ -20,9 +20,12 @@ from starlette.requests import HTTPConnection
 from app.api.deps import get_services
 from app.errors import InvalidInput, PayloadTooLarge
 from app.io.dicomweb import DicomwebError, DicomwebSource
-from app.io.volumes import LoadedVolume, VolumeLimits, VolumeTooLargeError
+from app.io.monailabel_datastore import LabelDatastore
+from app.io.volumes import LoadedVolume, VolumeLimits, VolumeTooLargeError, load_volume
 from app.schemas.errors import field_from_message
-from app.sessions.monailabel_bridge import MonaiLabelBridge
+from app.sessions.monailabel_bridge import MonaiLabelBridge, StoredImages
+
+_VOLUME_FIELDS = ("file", "image")
 
 
 @contextmanager
@@ -35,13 +38,18 @@ def dicomweb_errors(field: str = "image") -> Iterator[None]:
     except VolumeTooLargeError as e:
         raise PayloadTooLarge(str(e), field=field) from None
     except ValueError as e:
-        message = str(e).replace("image: ", f"{field}: ", 1) if field != "image" else str(e)
+        # The readers name the volume "file" or "image"; the reply names the request's own field for it
+        # (``files`` of PUT /session/, ``image`` of a DICOMweb id), so a client finds the part at fault.
+        message = str(e)
+        head, sep, rest = message.partition(": ")
+        if sep and head in _VOLUME_FIELDS and head != field:
+            message = f"{field}: {rest}"
         raise InvalidInput(message, field=field_from_message(message) or field) from None
 
 
 def volume_limits(conn: HTTPConnection) -> VolumeLimits:
     settings = get_services(conn).settings
-    return VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    return settings.volume_limits
 
 
 def dicomweb_source(conn: HTTPConnection) -> DicomwebSource | None:
@@ -70,6 +78,26 @@ async def load_series(source: DicomwebSource, series_uid: str, limits: VolumeLim
         return await asyncio.to_thread(source.load_series, series_uid, limits)
 
 
+def monailabel_datastore(conn: HTTPConnection) -> LabelDatastore | None:
+    """The MONAI Label datastore of ``monailabel_datastore_dir``, opened once; None when there is none."""
+    root = get_services(conn).settings.monailabel_datastore_dir
+    if root is None:
+        return None
+    held: LabelDatastore | None = getattr(conn.app.state, "monailabel_datastore", None)
+    if held is None or held.root != root:
+        held = LabelDatastore(root)
+        conn.app.state.monailabel_datastore = held
+    return held
+
+
+def require_datastore(conn: HTTPConnection) -> LabelDatastore:
+    datastore = monailabel_datastore(conn)
+    if datastore is None:
+        raise HTTPException(404, "datastore: this server keeps no MONAI Label datastore (set "
+                            "monailabel_datastore or storage_dir)")
+    return datastore
+
+
 def get_bridge(conn: HTTPConnection) -> MonaiLabelBridge:
     """The MONAI Label bridge; 404 when the compatibility routes are off (``monailabel_enabled``)."""
     services = get_services(conn)
@@ -84,8 +112,21 @@ def get_bridge(conn: HTTPConnection) -> MonaiLabelBridge:
             assert source is not None
             return await load_series(source, image_id, limits)
 
+        datastore = monailabel_datastore(conn)
+        stored = None
+        if datastore is not None:
+            store = datastore  # bound for the closure
+
+            async def load_stored(image_id: str) -> LoadedVolume:
+                found = store.image_file(image_id)
+                if found is None:
+                    raise InvalidInput(f"image: no image {image_id[:80]!r} in the datastore", field="image")
+                with dicomweb_errors("image"):  # the same ValueError / too-large mapping
+                    return await asyncio.to_thread(load_volume, found.path, found.name, limits=limits)
+
+            stored = StoredImages(has=datastore.has_image, load=load_stored)
         bridge = MonaiLabelBridge(services.manager, services.settings.monailabel_labels,
-                                  load if source is not None else None)
+                                  load if source is not None else None, stored)
         held = (services, bridge)
         conn.app.state.monailabel_bridge = held
     return held[1]  # type: ignore[no-any-return]
@@ -94,3 +135,6 @@ def get_bridge(conn: HTTPConnection) -> MonaiLabelBridge:
 BridgeDep = Annotated[MonaiLabelBridge, Depends(get_bridge)]
 DicomwebDep = Annotated[DicomwebSource, Depends(require_dicomweb)]
 LimitsDep = Annotated[VolumeLimits, Depends(volume_limits)]
+OptionalDicomwebDep = Annotated[DicomwebSource | None, Depends(dicomweb_source)]
+DatastoreDep = Annotated[LabelDatastore, Depends(require_datastore)]
+OptionalDatastoreDep = Annotated[LabelDatastore | None, Depends(monailabel_datastore)]

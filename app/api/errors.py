@@ -45,6 +45,7 @@ from app.errors import (
     InvalidApiKey,
     InvalidInput,
     InvalidVolume,
+    LeaseGone,
     NothingToUndo,
     ObjectNotFound,
     PayloadTooLarge,
@@ -84,6 +85,7 @@ ERROR_TABLE: dict[type[ServiceError], ErrorMapping] = {
     ObjectNotFound: ErrorMapping(ErrorCode.OBJECT_NOT_FOUND, StreamCloseCode.NOT_FOUND),
     NothingToUndo: ErrorMapping(ErrorCode.NOTHING_TO_UNDO, StreamCloseCode.BAD_MESSAGE),
     SessionExpired: ErrorMapping(ErrorCode.SESSION_EXPIRED, StreamCloseCode.SESSION_EXPIRED),
+    LeaseGone: ErrorMapping(ErrorCode.SESSION_EXPIRED, StreamCloseCode.SESSION_EXPIRED),  # nnInteractive: 410
     RateLimited: ErrorMapping(ErrorCode.RATE_LIMITED, StreamCloseCode.RATE_LIMITED),
     CapacityExceeded: ErrorMapping(ErrorCode.SERVER_BUSY, StreamCloseCode.SERVER_BUSY),
     StoreUnavailable: ErrorMapping(ErrorCode.STORE_UNAVAILABLE, StreamCloseCode.INTERNAL_ERROR),
@@ -162,11 +164,18 @@ def error_response(error: ServiceError, *, retry_after_s: int | None = None) -> 
     return JSONResponse(error_body(m.code, message, error.field), status_code=m.status, headers=headers)
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """Raised while a request body streams in, as soon as it passes the configured limit."""
+def body_too_large_message(limit: int, field: str) -> str:
+    """``field`` is "file" on upload routes, "body" on every other route."""
+    what = "upload" if field == "file" else "request body"
+    return f"{field}: the request body is over the {limit}-byte {what} limit"
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"file: the request body is over the {limit}-byte upload limit")
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a request body streams in, as soon as it passes its route's limit."""
+
+    def __init__(self, limit: int, field: str = "file") -> None:
+        super().__init__(413, body_too_large_message(limit, field))
+        self.field = field
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -204,7 +213,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = str(exc.detail)
-    field = "file" if isinstance(exc, BodyTooLarge) else None
+    field = exc.field if isinstance(exc, BodyTooLarge) else None
     if exc.status_code == 400:  # an unparsable body (bytes that are not JSON, broken multipart framing)
         reason = "could not parse the request body" if "parsing the body" in message else message.rstrip(".")
         return JSONResponse(error_body(ErrorCode.VALIDATION_ERROR, f"body: {reason}", "body"), status_code=422)

@@ -14,7 +14,6 @@ is a few lines, and as middleware it refuses an upload before its body is read.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,28 +23,32 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.api_keys import CALLER_SCOPE_KEY
 from app.api.errors import error_response
+from app.api.routes_match import template_regex
 from app.errors import RateLimited
-from app.schemas import paths
+from app.schemas import nninteractive, paths
 
 LIMITED_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", paths.SESSIONS),
     ("POST", paths.OBJECT_BOX),
     ("POST", paths.OBJECT_CLICKS),
+    ("POST", paths.OBJECT_SCRIBBLE),
+    ("POST", paths.OBJECT_LASSO),
     ("POST", paths.OBJECT_UNDO),
     ("POST", paths.OBJECT_RESET),
     ("PUT", paths.OBJECT_MASK),
     ("POST", paths.SESSIONS_FROM_DICOMWEB),
     ("POST", paths.MONAILABEL_INFER),
     ("PUT", paths.MONAILABEL_SESSIONS),
+    *(("POST", nninteractive.NNINTERACTIVE_PREFIX + p) for p in (
+        nninteractive.PATH_CLAIM, nninteractive.PATH_SET_IMAGE, nninteractive.PATH_ADD_BBOX,
+        nninteractive.PATH_ADD_POINT, nninteractive.PATH_ADD_SCRIBBLE, nninteractive.PATH_ADD_LASSO,
+        nninteractive.PATH_ADD_INITIAL_SEG, nninteractive.PATH_PREDICT, nninteractive.PATH_UNDO,
+        nninteractive.PATH_RESET_INTERACTIONS)),
 )
 """(method, route template) pairs the limit applies to; everything else (reads, deletes, streams) is free."""
 
 
-def _template_regex(template: str) -> re.Pattern[str]:
-    return re.compile("^" + re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(template)) + "/?$")
-
-
-_LIMITED = tuple((method, _template_regex(t)) for method, t in LIMITED_ROUTES)
+_LIMITED = tuple((method, template_regex(t)) for method, t in LIMITED_ROUTES)
 
 
 def is_limited(method: str, path: str) -> bool:

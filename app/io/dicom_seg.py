@@ -4,7 +4,10 @@ A session created from a DICOM series keeps each slice's header (``LoadedVolume.
 dropped, ``headers[k]`` describing ``array[k]``). ``build_seg`` encodes a (D, H, W) array of object ids as
 one BINARY SEG with one segment per object id: frame k of segment s references ``headers[k]`` through its
 SOP Instance UID, and the SEG joins the source's study and frame of reference, so viewers (OHIF, 3D Slicer)
-overlay it on the series it came from. Empty frames are left out (highdicom's default).
+overlay it on the series it came from. Empty frames are left out (highdicom's default), and so are objects
+without a voxel: a segment no frame refers to is not valid DICOM (dciodvfy flags it) and viewers show it as
+a broken entry, so an empty object is simply not exported; a SEG with no voxel at all is refused.
+The series carries a SeriesDescription (``series_description``), which viewers list the series by.
 
 Segment numbers are 1..n in increasing object id order (DICOM requires consecutive numbers; object ids may
 have gaps); the object id is kept as the segment's Tracking ID ("object <id>").
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 SOFTWARE_NAME = "segvol-interactive"
 ALGORITHM_NAME = "SegVol + GRU corrector (interactive)"
+DEFAULT_SERIES_DESCRIPTION = "Segmentation (segvol-interactive)"
 SEG_SERIES_NUMBER = 1000  # a number viewers sort after the usual source series numbers
 # Attributes highdicom needs from the source images to place the frames (a SEG without them is unusable).
 _REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
@@ -36,6 +40,7 @@ def build_seg(
     mask_or_labelmap: np.ndarray,
     source_headers: Sequence[Dataset],
     labels: Mapping[int, str] | None = None,
+    series_description: str = DEFAULT_SERIES_DESCRIPTION,
 ) -> bytes:
     """Encode a mask or label map as a DICOM SEG file (Part 10 bytes).
 
@@ -44,8 +49,9 @@ def build_seg(
             (``array[k]`` is the image of ``source_headers[k]``, rows y, columns x); each non-zero value is
             an object id.
         source_headers: the D headers of the source series (pixel data not needed).
-        labels: object id -> segment label. Ids listed here become segments even when they have no voxel;
-            ids present in the array but not listed are labelled "object <id>". None: the ids present.
+        labels: object id -> segment label; ids present in the array but not listed are labelled
+            "object <id>". Ids without a voxel are left out (see the module docstring).
+        series_description: the SEG series' SeriesDescription (at most 64 characters, as DICOM's LO).
     Returns:
         The SEG instance, BINARY, one segment per object id, algorithm type SEMIAUTOMATIC.
     Raises:
@@ -58,12 +64,11 @@ def build_seg(
     array = np.asarray(mask_or_labelmap)
     headers = list(source_headers)
     _check_inputs(array, headers)
-    present = {int(v) for v in np.unique(array) if v != 0}
-    object_ids = sorted(present | {int(k) for k in (labels or {})})
+    if labels and min(int(k) for k in labels) < 1:
+        raise ValueError(f"labels: object ids must be >= 1, got {min(int(k) for k in labels)}")
+    object_ids = sorted(int(v) for v in np.unique(array) if v != 0)
     if not object_ids:
-        raise ValueError("mask: nothing to export (no object)")
-    if object_ids[0] < 1:
-        raise ValueError(f"labels: object ids must be >= 1, got {object_ids[0]}")
+        raise ValueError("mask: nothing to export (every object is empty)")
 
     # Object ids -> consecutive segment numbers 1..n, as a label map highdicom splits into segments.
     lookup = np.zeros(max(object_ids) + 1, dtype=np.uint16 if len(object_ids) > 255 else np.uint8)
@@ -102,7 +107,8 @@ def build_seg(
             device_serial_number="0",
             content_label="SEGMENTATION",
             content_description="Interactive segmentation",
-            omit_empty_frames=bool(present),  # a SEG needs at least one frame
+            series_description=series_description[:64],
+            omit_empty_frames=True,
         )
     except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the source headers
         raise ValueError(f"source_headers: cannot build a DICOM SEG referencing this series ({exc})") from None

@@ -11,8 +11,11 @@ before anything is inflated, then bytes counted while extracting), and header
 fields that point at other files (NRRD ``data file``, MetaImage ``ElementDataFile``) must stay inside the
 upload. Truncated files are refused: ITK zero-fills a short NIfTI (plain or gzip) and reports a short MetaImage
 with a misleading reason, so both are measured against what their header declares before ITK reads the
-voxels (NRRD's reader already reports a short read). Problems raise ``ValueError`` starting with "file: "
-(``VolumeTooLargeError`` for size limits).
+voxels (NRRD's reader already reports a short read). Compressed voxel data (``.nii.gz``, compressed
+MetaImage, gzip NRRD) is checked against ``max_volume_bytes`` and ``max_inflate_ratio`` from its header before
+anything is inflated, then inflated once into a plain file (``app.io.inflate``); spacing and direction are
+checked as the header states them (``app.io.header_geometry``), since ITK silently repairs some bad values.
+Problems raise ``ValueError`` starting with "file: " (``VolumeTooLargeError`` for size limits).
 
 CVPR 2025 challenge ``.npz`` (keys ``imgs`` (D, H, W) and ``spacing``): the challenge's own files store
 spacing in (x, y, z) order, the project's ``case.npz`` files in (z, y, x). With ``spacing_order="auto"``
@@ -40,6 +43,9 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
+from app.io.header_geometry import check_direction, check_header_geometry, read_nifti_header
+from app.io.inflate import TooLarge, check_declared, inflate_gzip_file, inflate_zlib
+
 if TYPE_CHECKING:
     from pydicom import Dataset
 
@@ -66,6 +72,8 @@ class VolumeLimits:
     max_zip_members: int = 4096
     max_unzipped_bytes: int = 2 << 30  # total bytes extracted from a zip
     max_zip_ratio: int = 200  # unpacked / stored bytes of one zip member (past 8 MiB unpacked)
+    max_volume_bytes: int = 1 << 30  # the voxels as the header declares them (what decoding allocates)
+    max_inflate_ratio: int | None = 200  # declared / compressed voxel bytes (past 8 MiB); None = not checked
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ def load_volume(
     *,
     limits: VolumeLimits = VolumeLimits(),  # noqa: B008 - frozen dataclass
     spacing_order: SpacingOrder = "auto",
+    expect_shape: tuple[int, int, int] | None = None,
 ) -> LoadedVolume:
     """Read and validate a 3D volume from a path or from uploaded bytes.
 
@@ -148,6 +157,8 @@ def load_volume(
         filename: the name whose extension picks the reader (defaults to the path's name).
         limits: size limits (file bytes before reading; voxels before pixel data is read).
         spacing_order: how a ``.npz`` stores ``spacing`` (see the module docstring).
+        expect_shape: NIfTI, NRRD and MetaImage only: refuse any other (D, H, W) from the header, before
+            the voxels are inflated or read.
     Raises:
         ValueError: "file: ..." for unreadable, non-3D, non-finite or otherwise invalid volumes.
         VolumeTooLargeError: past ``limits``.
@@ -166,7 +177,7 @@ def load_volume(
             suffix = ".nii.gz" if filename.lower().endswith(".nii.gz") else Path(filename).suffix.lower()
             path = Path(tmp) / f"volume{suffix}"
             path.write_bytes(data)
-            return _load_path(path, filename, kind, limits, spacing_order)
+            return _load_path(path, filename, kind, limits, spacing_order, expect_shape)
     path = Path(source)
     filename = filename or path.name
     try:
@@ -174,7 +185,7 @@ def load_volume(
     except OSError as exc:
         raise ValueError(f"file: cannot open {filename!r} ({exc.strerror})") from None
     _check_size(size, filename, limits)
-    return _load_path(path, filename, detect_format(filename), limits, spacing_order)
+    return _load_path(path, filename, detect_format(filename), limits, spacing_order, expect_shape)
 
 
 def _check_size(size: int, filename: str, limits: VolumeLimits) -> None:
@@ -185,7 +196,8 @@ def _check_size(size: int, filename: str, limits: VolumeLimits) -> None:
 
 
 def _load_path(
-    path: Path, filename: str, kind: str, limits: VolumeLimits, spacing_order: SpacingOrder
+    path: Path, filename: str, kind: str, limits: VolumeLimits, spacing_order: SpacingOrder,
+    expect_shape: tuple[int, int, int] | None = None,
 ) -> LoadedVolume:
     if kind == "npz":
         return _load_npz(path.read_bytes(), filename, limits, spacing_order)
@@ -196,7 +208,7 @@ def _load_path(
             return _load_extracted(root, filename, limits)
     if kind in ("nrrd", "metaimage"):
         _check_no_external_data(path, filename, kind)
-    return _read_with_sitk(path, filename, kind, limits)
+    return _read_with_sitk(path, filename, kind, limits, expect_shape)
 
 
 def load_mask(
@@ -205,15 +217,18 @@ def load_mask(
     """Read an uploaded binary mask for a session: npz (key ``mask``, or its only array), NIfTI or NRRD.
 
     Returns a uint8 (D, H, W) array of 0/1 with ``like.shape``. Raises ``ValueError("mask: ...")``.
+    The shape is checked from the file's header, before its voxels are inflated; a mask is mostly zeros, so
+    it may compress past ``limits.max_inflate_ratio``: its known shape bounds it instead.
     """
     kind = detect_format(filename)
+    limits = replace(limits, max_inflate_ratio=None)
     if kind == "npz":
         if len(source) > limits.max_bytes:
             raise VolumeTooLargeError(f"mask: {len(source)} bytes is over the {limits.max_bytes}-byte limit")
-        array = _npz_array(source, filename, ("mask",), limits, what="mask")
+        array = _npz_array(source, filename, ("mask",), limits, what="mask", expect_shape=like.shape)
     elif kind in ("nifti", "nrrd", "metaimage"):
         try:
-            array = load_volume(source, filename, limits=limits).array
+            array = load_volume(source, filename, limits=limits, expect_shape=like.shape).array
         except VolumeTooLargeError:
             raise
         except ValueError as exc:
@@ -266,7 +281,12 @@ def save_mask(
 # --- readers -----------------------------------------------------------------------------------------
 
 
-def _read_with_sitk(path: Path, filename: str, kind: str, limits: VolumeLimits) -> LoadedVolume:
+def _read_with_sitk(path: Path, filename: str, kind: str, limits: VolumeLimits,
+                    expect_shape: tuple[int, int, int] | None = None) -> LoadedVolume:
+    """Header checks (dimensions, sizes in voxels and bytes, geometry), one inflation, then the voxels.
+
+    ``expect_shape``: refuse any other (D, H, W) from the header, before a voxel is read (mask uploads).
+    """
     label = _FORMAT_LABEL[kind]
     reader = sitk.ImageFileReader()
     reader.SetImageIO(_IMAGE_IO[kind])
@@ -275,16 +295,80 @@ def _read_with_sitk(path: Path, filename: str, kind: str, limits: VolumeLimits) 
         reader.ReadImageInformation()
     except RuntimeError as exc:
         _check_complete(path, filename, kind, limits)  # a cut-off header is better reported as truncated
+        check_header_geometry(path, filename, kind)  # ITK's reason for a singular matrix is "(0 0 0)"
         raise ValueError(f"file: could not read {filename!r} as {label} ({_itk_reason(exc)})") from None
-    _check_header(filename, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), limits)
-    _check_complete(path, filename, kind, limits)
-    if kind == "nifti":
-        _check_nifti_finite(path, filename)
+    size = reader.GetSize()
+    _check_header(filename, reader.GetDimension(), size, reader.GetNumberOfComponents(), limits)
+    if expect_shape is not None and tuple(reversed(size)) != tuple(expect_shape):
+        raise ValueError(f"file: shape {tuple(reversed(size))} does not match the volume's {tuple(expect_shape)}")
+    declared = math.prod(int(n) for n in size) * reader.GetNumberOfComponents() * _pixel_bytes(reader.GetPixelID())
     try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise ValueError(f"file: could not read {filename!r} as {label} ({_itk_reason(exc)})") from None
+        check_declared(filename, declared, _stored_compressed_bytes(path, kind), limits.max_volume_bytes,
+                       limits.max_inflate_ratio)
+    except TooLarge as exc:
+        raise VolumeTooLargeError(str(exc)) from None
+    check_header_geometry(path, filename, kind)
+    with tempfile.TemporaryDirectory(prefix="inflate-") as tmp:
+        plain = _inflated_once(path, filename, kind, Path(tmp), declared)
+        _check_complete(plain, filename, kind, limits)
+        if kind == "nifti":
+            _check_nifti_finite(plain, filename)
+        reader.SetFileName(str(plain))
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise ValueError(f"file: could not read {filename!r} as {label} ({_itk_reason(exc)})") from None
     return _from_image(image, filename, kind, modality=None)
+
+
+def _pixel_bytes(pixel_id: int) -> int:
+    """Bytes per component of an ITK pixel type."""
+    return int(sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).itemsize)
+
+
+def _stored_compressed_bytes(path: Path, kind: str) -> int | None:
+    """The compressed bytes a volume's voxels are stored in (None when they are not compressed)."""
+    if kind == "nifti":
+        with path.open("rb") as fh:
+            return path.stat().st_size if fh.read(2) == _GZIP_MAGIC else None
+    if kind == "nrrd":
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16).split(b"\n\n", 1)[0]
+        match = re.search(rb"^encoding\s*:\s*(\w+)", head, re.MULTILINE | re.IGNORECASE)
+        compressed = match is not None and match.group(1).lower() in (b"gzip", b"gz", b"bzip2", b"bz2")
+        return path.stat().st_size if compressed else None
+    if kind == "metaimage":
+        layout = _metaimage_layout(path)
+        if layout is not None and layout.compressed:
+            return layout.stored_bytes
+    return None
+
+
+def _inflated_once(path: Path, filename: str, kind: str, tmp: Path, declared: int) -> Path:
+    """A plain copy of a gzip NIfTI or a compressed MetaImage in ``tmp``, inflated once; other files as they are."""
+    if kind == "nifti" and _stored_compressed_bytes(path, kind) is not None:
+        plain = tmp / "volume.nii"
+        header = _nifti_header_length(path)
+        cap = (header or 0) + declared + _TRAILING_SLACK_BYTES  # the header's vox_offset is checked next
+        with plain.open("wb") as out:
+            inflate_gzip_file(path, out, filename, cap)
+        return plain
+    if kind == "metaimage":
+        layout = _metaimage_layout(path)
+        if layout is not None and layout.compressed:
+            plain = tmp / "volume.mha"
+            with plain.open("wb") as out, layout.data_path.open("rb") as src:
+                out.write(layout.plain_header())
+                src.seek(layout.data_offset)
+                inflate_zlib(src, layout.stored_bytes, out, filename, layout.raw_bytes)
+            return plain
+    return path
+
+
+def _nifti_header_length(path: Path) -> int | None:
+    """``vox_offset`` of a gzip NIfTI, from its first inflated bytes only."""
+    header = read_nifti_header(path)
+    return int(header.get_data_offset()) if header is not None else None
 
 
 # --- truncated files ---------------------------------------------------------------------------------
@@ -330,6 +414,8 @@ def _check_nifti_complete(path: Path, filename: str, limits: VolumeLimits) -> No
             if n_voxels > limits.max_voxels:
                 return
             declared = int(header.get_data_offset()) + n_voxels * header.get_data_dtype().itemsize
+            if compressed and declared > limits.max_volume_bytes + int(header.get_data_offset()):
+                return  # past the byte limit: never inflated, the header check reports it
             have = len(head) if compressed else path.stat().st_size
             while compressed and have <= declared + _TRAILING_SLACK_BYTES and (chunk := stream.read(1 << 20)):
                 have += len(chunk)
@@ -425,19 +511,78 @@ def _check_metaimage_complete(path: Path, filename: str) -> None:
                          f"{declared}")
 
 
+@dataclass(frozen=True)
+class _MetaImageLayout:
+    """Where a MetaImage's binary voxels are and how they are stored (LOCAL or one data file beside it)."""
+
+    header_lines: tuple[tuple[str, bytes], ...]  # (field, the line as written), up to ElementDataFile
+    data_path: Path
+    data_offset: int
+    stored_bytes: int  # bytes of voxel data present in the file (compressed or not)
+    raw_bytes: int  # bytes the voxels take unpacked: prod(DimSize) * channels * element bytes
+    compressed: bool
+
+    def plain_header(self) -> bytes:
+        """The header of the same image with its voxels stored raw, right after it (ElementDataFile = LOCAL)."""
+        kept = [line for key, line in self.header_lines
+                if key not in ("CompressedData", "CompressedDataSize", "ElementDataFile")]
+        return b"".join(kept) + b"CompressedData = False\nElementDataFile = LOCAL\n"
+
+
+def _metaimage_layout(path: Path) -> _MetaImageLayout | None:
+    """The layout of a binary MetaImage with LOCAL data or one data file beside it; None for other layouts
+    (ASCII data, ``HeaderSize``, file lists, unknown element types), which ITK reads and checks itself."""
+    lines: list[tuple[str, bytes]] = []
+    fields: dict[str, str] = {}
+    header_bytes = 0
+    with path.open("rb") as fh:
+        while header_bytes <= _MAX_META_HEADER_BYTES and (line := fh.readline(_MAX_META_HEADER_BYTES)):
+            header_bytes += len(line)
+            match = _META_FIELD.match(line)
+            if match is None or not line.endswith(b"\n"):
+                return None
+            key = match.group(1).decode("latin-1")
+            fields[key] = match.group(2).decode("latin-1")
+            lines.append((key, line))
+            if key == "ElementDataFile":
+                break
+    target = fields.get("ElementDataFile")
+    if target is None or "HeaderSize" in fields or fields.get("BinaryData", "True").lower() != "true":
+        return None
+    if target.upper() == "LOCAL":
+        data_path, offset = path, header_bytes
+    elif re.fullmatch(r"[\w.\-]+", target) and (path.parent / target).is_file():
+        data_path, offset = path.parent / target, 0
+    else:
+        return None
+    try:
+        element_bytes = _MET_ELEMENT_BYTES[fields["ElementType"]]
+        dims = [int(v) for v in fields["DimSize"].split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return None
+    return _MetaImageLayout(tuple(lines), data_path, offset, data_path.stat().st_size - offset,
+                            math.prod(dims) * channels * element_bytes,
+                            fields.get("CompressedData", "False").lower() == "true")
+
+
 def _check_nifti_finite(path: Path, filename: str) -> None:
     """ITK's NIfTI reader silently turns NaN and +-inf into 0: look at the stored floats with nibabel."""
     import nibabel as nib  # server-side only; keeps the module importable without it until needed
 
+    n_bad = 0
     try:
         image: Any = nib.load(str(path))
-        if not np.issubdtype(image.get_data_dtype(), np.floating):
+        if not np.issubdtype(image.get_data_dtype(), np.floating) or len(image.shape) < 3:
             return
-        data = np.asanyarray(image.dataobj)
+        depth = image.shape[2]
+        step = max(1, (1 << 24) // max(1, math.prod(image.shape[:2])))  # ~16M voxels at a time: bounded memory
+        for k in range(0, depth, step):
+            slab = np.asanyarray(image.dataobj[:, :, k:k + step])
+            n_bad += int(slab.size - np.count_nonzero(np.isfinite(slab)))
     except Exception as exc:  # nibabel raises many types for corrupt files; ITK reports them next
         del exc
         return
-    n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if n_bad:
         raise ValueError(f"file: {n_bad} voxels are NaN or infinite")
 
@@ -546,8 +691,9 @@ def _guess_spacing_order(spacing: np.ndarray) -> Literal["zyx", "xyz"]:
     return "zyx"
 
 
-def _npz_array(raw: bytes, filename: str, keys: tuple[str, ...], limits: VolumeLimits, what: str) -> np.ndarray:
-    """One array of an npz, its size checked from the .npy header before the data is inflated."""
+def _npz_array(raw: bytes, filename: str, keys: tuple[str, ...], limits: VolumeLimits, what: str,
+               expect_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """One array of an npz, its size (and ``expect_shape``) checked from the .npy header before inflating."""
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             names = [n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")]
@@ -569,6 +715,8 @@ def _npz_array(raw: bytes, filename: str, keys: tuple[str, ...], limits: VolumeL
             if n_voxels > limits.max_voxels or n_voxels * dtype.itemsize > limits.max_unzipped_bytes:
                 raise VolumeTooLargeError(f"{what}: {key!r} of shape {shape} is over the "
                                           f"{limits.max_voxels}-voxel limit")
+            if expect_shape is not None and tuple(shape) != tuple(expect_shape):
+                raise ValueError(f"{what}: shape {tuple(shape)} does not match the volume's {tuple(expect_shape)}")
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             return np.asarray(npz[key])
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
@@ -625,6 +773,7 @@ def _validated(
         raise ValueError(f"file: spacing must be 3 positive finite values, got {tuple(spacing)}")
     if not all(np.isfinite(v) for v in (*origin, *direction)):
         raise ValueError("file: origin and direction must be finite")
+    check_direction(filename, direction, "as read")  # world-coordinate prompts invert it
     return LoadedVolume(np.ascontiguousarray(array), spacing, origin, tuple(direction), modality, kind)
 
 
@@ -726,9 +875,11 @@ def _copy_bounded(src: IO[bytes], out: IO[bytes], budget: int, filename: str,
 
 def _itk_reason(exc: RuntimeError) -> str:
     """The last meaningful line of an ITK exception, without source paths or the server's file paths."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Reason:")]
     text = lines[-1] if lines else "unreadable"
     text = re.sub(r"^.*?(ITK ERROR|sitk::ERROR):\s*", "", text)
     text = re.sub(r"\w+ImageIO\(0x[0-9a-f]+\):\s*", "", text)
     text = re.sub(r"(?<![\w.])/[^\s'\"]+", "the file", text)  # uploads live in temporary folders
+    # ITK appends the C library's errno text, "Reason: Success" when there was none: noise to a reader.
+    text = re.sub(r"\s*\(?Reason: [^)]*\)?\s*$", "", text).strip(" .:") or "unreadable"
     return text[:200]

@@ -39,6 +39,7 @@ from monai.transforms import Resize
 from torch.nn import functional as F
 
 from app.models import geometry as geo
+from app.models import regions
 from app.models.backbone import Backbone
 from app.models.corrector import GRUCorrector, apply_correction
 from app.models.label_map import (
@@ -63,6 +64,8 @@ from app.models.state import (
 
 OnChange = Callable[[Change], None]
 ZOOM_IN_MODES = ("auto", "windows", "resample")
+REGION_MODES = ("decoder", "both")
+"""Modes of a region prompt: its constraint rides on the decoder step, which therefore always runs."""
 
 
 class UnknownObjectError(KeyError):
@@ -294,6 +297,62 @@ class Predictor:
         return changes
 
     @torch.inference_mode()
+    def add_region(
+        self,
+        state: SessionState,
+        object_id: int,
+        region: np.ndarray,
+        label: int,
+        mode: str = "both",
+        on_change: OnChange | None = None,
+    ) -> list[Change]:
+        """Refine an object with a region prompt (a scribble's voxels or a filled lasso, ``app.models.regions``).
+
+        The region is fed as clicks are: ``regions.sample_clicks`` voxels of it join the object's clicks with
+        ``label`` (1 = foreground, 0 = background) and run the ``mode`` steps; the decoder step's result is then
+        constrained so that every voxel of the region has ``label`` (the user drew those voxels: the model may
+        decide the rest, not them). ``mode``: "decoder" or "both" (the constraint rides on the decoder step).
+        An object without a box or mask that gets a foreground region is given the region's grown bounding box
+        (``regions.box_around``) first, as the boxed models need one. One undo reverts the whole prompt.
+        """
+        _check_object_id(object_id)
+        flat = regions.normalise(region, state.shape)
+        if label not in (0, 1):
+            raise ValueError(f"label: expected 0 or 1, got {label!r}")
+        if mode not in REGION_MODES:
+            raise ValueError(f"mode: expected one of {list(REGION_MODES)} for a region, got {mode!r}")
+        obj = state.objects.get(object_id) or ObjectState(object_id=object_id)
+        if obj.logits is None:
+            mode = "decoder"  # nothing for the corrector to correct yet
+        if mode == "both" and self.corrector is None:
+            raise ValueError("mode: 'both' needs a corrector, and this predictor has none")
+        state.objects[object_id] = obj
+        self._push_undo(obj, f"region:{mode}")
+        if obj.box is None and obj.logits is None and label == 1:
+            obj.box = regions.box_around(flat, state.shape, state.spacing)
+        picked = regions.sample_clicks(flat, state.shape)
+        new_clicks = [Click(int(z), int(y), int(x), int(label)) for z, y, x in picked]
+        if obj.first_click is None:
+            obj.first_click = (new_clicks[0].z, new_clicks[0].y, new_clicks[0].x)
+        obj.clicks = obj.clicks + new_clicks
+        changes: list[Change] = []
+        if mode == "both":
+            changes.append(self._gru_step(state, obj))
+            if on_change is not None:
+                on_change(changes[-1])
+        timer = _Timer(self.device)
+        all_pts, all_labs = _click_arrays(self.exclusion_clicks(state, obj) + obj.clicks)
+        roi, logits = self._decode(state, obj, obj.box, all_pts, all_labs, timer, use_old=True)
+        roi, logits = self._constrain(state, roi, logits, flat, label)
+        timer.lap("constrain")
+        old_roi, old_logits = obj.roi, obj.logits
+        obj.roi, obj.logits = roi, logits
+        changes.append(self._finish(state, obj, "decoder", old_roi, old_logits, timer))
+        if on_change is not None:
+            on_change(changes[-1])
+        return changes
+
+    @torch.inference_mode()
     def set_mask(self, state: SessionState, object_id: int, mask: np.ndarray) -> Change:
         """Start an object from an existing (D, H, W) binary mask (clears its prompts and memory; undoable)."""
         _check_object_id(object_id)
@@ -488,6 +547,23 @@ class Predictor:
         timer.lap("diff")
         obj.version += 1
         return Change(obj.object_id, obj.version, "gru", indices, values, bbox, timer.ms)
+
+    def _constrain(self, state: SessionState, roi: Bounds, logits: torch.Tensor, flat: np.ndarray, label: int
+                   ) -> tuple[Bounds, torch.Tensor]:
+        """``logits`` over ``roi`` grown to cover the region, with the region's voxels set to ``label``."""
+        grown = geo.bounds_union(roi, regions.bounds(flat, state.shape))
+        assert grown is not None
+        if grown != roi:
+            out = torch.full(geo.bounds_shape(grown), self.config.background_logit, device=self.device)
+            rel = tuple(slice(roi[a] - grown[a], roi[a + 3] - grown[a]) for a in range(3))
+            out[rel] = logits
+        else:
+            out = logits.clone()  # never mutate a tensor an undo entry may hold
+        zyx = np.unravel_index(flat, state.shape)
+        local = np.ravel_multi_index(tuple(zyx[a] - grown[a] for a in range(3)), geo.bounds_shape(grown))
+        value = self.config.mask_logit if label == 1 else -self.config.mask_logit
+        out.view(-1)[torch.as_tensor(local, device=self.device)] = value
+        return grown, out
 
     def _logits_over(self, obj: ObjectState, roi: Bounds) -> torch.Tensor:
         """The object's logits on ``roi`` (which contains its current ROI), background where it had none."""

@@ -97,6 +97,13 @@ def detail_from_pydantic(errors: Sequence[Mapping[str, Any]]) -> ErrorDetail:
     if not errors:
         return ErrorDetail(code=ErrorCode.VALIDATION_ERROR.value, message="request: invalid", field=None)
     first = errors[0]
+    if first.get("type") == "json_invalid":  # FastAPI's loc is ("body", <character offset>): say so in words
+        loc_parts = list(first.get("loc", ()))
+        where = f" at character {loc_parts[-1]}" if len(loc_parts) > 1 else ""
+        reason = str((first.get("ctx") or {}).get("error", "")).strip()
+        detail = f" ({reason[:1].lower() + reason[1:]}{where})" if reason else where
+        return ErrorDetail(code=ErrorCode.VALIDATION_ERROR.value, message=f"body: not valid JSON{detail}",
+                           field="body")
     loc: Iterable[Any] = first.get("loc", ())
     parts = [str(p) for p in loc if str(p) not in _SKIPPED_LOC_PARTS]
     message = str(first.get("msg", "invalid"))

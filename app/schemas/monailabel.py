@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-INFER_OUTPUTS = ("image", "json", "all")
-InferOutput = Literal["image", "json", "all"]
+INFER_OUTPUTS = ("image", "json", "all", "dicom_seg")
+InferOutput = Literal["image", "json", "all", "dicom_seg"]
 
 DEEPEDIT_MODEL = "segvol"
 """The interactive model as MONAI Label type "deepedit" (OHIF point prompts send clicks per label)."""
@@ -38,6 +38,13 @@ class DatastoreInfo(BaseModel):
     completed: int = 0
     label_tags: dict[str, int] = Field(default_factory=dict)
     train: int = 0
+
+
+ACTIVE_LEARNING_STRATEGIES = {
+    "first": "the unlabelled datastore image uploaded first",
+    "random": "a random unlabelled datastore image",
+}
+"""``info.strategies``: how ``POST /activelearning/{strategy}`` picks the next image (Slicer's Next Sample)."""
 
 
 class AppInfo(BaseModel):
@@ -82,8 +89,29 @@ class StoredSeg(BaseModel):
     sop_instance_uid: str
 
 
+class DatastoreLabelSaved(BaseModel):
+    """``PUT /datastore/label`` of a datastore image: MONAI Label's ``{image, label}`` (the label id is the
+    image id, as upstream)."""
+
+    image: str
+    label: str
+
+
 class LabelSaved(StoredSeg):
-    """``PUT /datastore/label``: MONAI Label's ``{image, label}`` plus the stored SEG's UIDs."""
+    """``PUT /datastore/label`` of a DICOMweb series: MONAI Label's ``{image, label}`` plus the stored SEG's UIDs."""
 
     image: str
     label: str = Field(description="The stored SEG's SOP Instance UID.")
+
+
+class ImageAdded(BaseModel):
+    """``PUT /datastore/?image=...``."""
+
+    image: str
+
+
+class TrainStatus(BaseModel):
+    """``GET /train/``: this server does not train (``info.trainers`` is empty)."""
+
+    status: Literal["NOT_AVAILABLE"] = "NOT_AVAILABLE"
+    detail: str = "training is not offered by this server: info.trainers is empty"

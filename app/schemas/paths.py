@@ -29,14 +29,20 @@ OBJECT_CLICKS = OBJECT + "/clicks"
 OBJECT_UNDO = OBJECT + "/undo"
 OBJECT_RESET = OBJECT + "/reset"
 OBJECT_MASK = OBJECT + "/mask"
+OBJECT_SCRIBBLE = OBJECT + "/scribble"
+OBJECT_LASSO = OBJECT + "/lasso"
 
 # MONAI Label compatibility (outside /v1: OHIF's and Slicer's clients build these from the server URL).
 MONAILABEL_INFO = "/info/"
 MONAILABEL_INFER = "/infer/{model}"
 MONAILABEL_SESSIONS = "/session/"
 MONAILABEL_SESSION = "/session/{session_id}"
+MONAILABEL_DATASTORE = "/datastore/"
+MONAILABEL_DATASTORE_IMAGE = "/datastore/image"
 MONAILABEL_DATASTORE_LABEL = "/datastore/label"
-MONAILABEL_PREFIXES = ("/info", "/infer", "/session", "/datastore")
+MONAILABEL_ACTIVELEARNING = "/activelearning/{strategy}"
+MONAILABEL_TRAIN = "/train/"
+MONAILABEL_PREFIXES = ("/info", "/infer", "/session", "/datastore", "/activelearning", "/train")
 """Path prefixes of the MONAI Label routes (the gate matches on these)."""
 
 # --- headers, form fields, query parameters ----------------------------------------------------------

@@ -20,6 +20,9 @@ from app.schemas.sessions import Box6
 
 RefineMode = Literal["gru", "decoder", "both"]
 REFINE_MODES: tuple[str, ...] = ("gru", "decoder", "both")
+RegionMode = Literal["decoder", "both"]
+REGION_MODES: tuple[str, ...] = ("decoder", "both")
+"""Modes of a scribble or lasso (``app.schemas.regions``): the region constraint rides on the decoder step."""
 StepName = Literal["box", "gru", "decoder", "mask", "undo", "reset", "remove"]
 
 _AXES = ("z", "y", "x")

@@ -64,6 +64,7 @@ from app.errors import (
     StoreUnavailable,
     Unauthorized,
 )
+from app.models import regions
 from app.models.label_map import OverlapRule
 from app.schemas.diffs import ObjectRemoved
 from app.schemas.frames import mask_bbox
@@ -77,7 +78,7 @@ from app.sessions.metrics import ServiceMetrics
 from app.sessions.persistence import Persistence, ReplayError, VolumeMeta, replay_history
 from app.sessions.store import MetadataStore, OwnershipLost, PromptRecord, SessionRecord
 from app.sessions.subscribers import Close, Subscriber
-from app.sessions.validation import check_box, check_points
+from app.sessions.validation import check_box, check_points, check_region
 
 if TYPE_CHECKING:
     from app.models.predictor import Predictor
@@ -474,6 +475,18 @@ class SessionManager:
 
         args = {"points": [list(p) for p in pts], "labels": labs, "mode": mode}
         return await self._prompt(session, "clicks", object_id, args, run, creates=True)
+
+    async def add_region(self, session: Session, object_id: int, region: np.ndarray, label: int,
+                         mode: str = "both") -> PromptOutcome:
+        """Refine ``object_id`` with a region prompt: ``region`` = flat voxel indices of a scribble or a filled
+        lasso (``app.models.regions``), checked by ``check_region``; recorded as runs of flat indices."""
+        flat = check_region(region, label, mode, session.shape)
+
+        def run(on_change: Callable[[Change], None]) -> list[Change]:
+            return self.predictor.add_region(session.state, object_id, flat, label, mode=mode, on_change=on_change)
+
+        args = {"runs": regions.to_runs(flat), "label": label, "mode": mode}
+        return await self._prompt(session, "region", object_id, args, run, creates=True)
 
     async def set_mask(self, session: Session, object_id: int, mask: np.ndarray) -> PromptOutcome:
         """Start ``object_id`` from a (D, H, W) 0/1 mask."""

@@ -4,7 +4,8 @@ MONAI Label clients (OHIF's MONAI Label panel, 3D Slicer's MONAILabel module) ar
 ``POST /infer/{model}`` names the image and sends *all* clicks placed so far for a label. The bridge keeps
 a small map ``image key -> (our Session, label -> Track)`` so that each call only does what is new:
 
-* **image key**: ``dicomweb:<SeriesInstanceUID>`` (the id OHIF sends; the series is read from the DICOMweb
+* **image key**: ``datastore:<image id>`` (an image uploaded to the datastore, as Slicer does, read from its
+  file), ``dicomweb:<SeriesInstanceUID>`` (the id OHIF sends; the series is read from the DICOMweb
   server once) or ``upload:<session id>`` (an image uploaded with ``PUT /session/``, as Slicer does).
 * **Track**: the object id of the label in that session and the foreground/background click lists of the
   last call, in the order the client sent them.
@@ -34,10 +35,12 @@ closed to make room (once); a DICOMweb image whose session expired is simply loa
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -54,11 +57,21 @@ CLICK_BOX_MARGIN_MM = 10.0
 """Half-width added around the foreground clicks to make a label's box (a lesion-sized neighbourhood)."""
 CLICK_BOX_MIN_VOXELS = 2
 MAX_LABEL_CHARS = 64
+UNNAMED_TRACK_PREFIX = "unnamed@"
+"""Track key prefix of deepgrow calls without a label, then the first foreground click's (z, y, x)."""
 MAX_CLICKS = 64  # per list, as the v1 clicks route allows per request
 
 Point = tuple[int, int, int]
-Action = Literal["created", "incremental", "replayed", "unchanged"]
+Action = Literal["created", "incremental", "replayed", "unchanged", "cleared"]
 ImageLoader = Callable[[str], Awaitable[LoadedVolume]]
+
+
+@dataclass(frozen=True)
+class StoredImages:
+    """The datastore as the bridge sees it: whether it holds an image id, and how to read that image."""
+
+    has: Callable[[str], bool]
+    load: ImageLoader
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class ClickRequest:
     label: str
     foreground: tuple[Point, ...]
     background: tuple[Point, ...]
+    named: bool = True  # False: a deepgrow call without "label" (OHIF's), see MonaiLabelBridge._unnamed
 
 
 @dataclass
@@ -92,6 +106,11 @@ class ImageEntry:
     tracks: dict[str, Track] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
+    source_file: Path | None = None  # the uploaded file (PUT /session/), served by GET /session/{id}?image=true
+    expiry_s: float | None = None  # PUT /session/?expiry=: idle seconds before the bridge ends it
+
+    def expired(self, now: float) -> bool:
+        return self.expiry_s is not None and now - self.last_used > self.expiry_s
 
     def next_object_id(self) -> int:
         return max((t.object_id for t in self.tracks.values()), default=0) + 1
@@ -129,27 +148,25 @@ def parse_click_params(params: Mapping[str, Any], labels: Sequence[str], shape: 
 
     deepgrow style: ``{"foreground": [[i, j, k], ...], "background": [...], "label": name?}`` (Slicer, OHIF
     deepgrow): one request for ``label`` (default: the first configured label).
-    deepedit style: ``{"<label>": [[i, j, k], ...], ..., "background": [...]}`` (OHIF and Slicer deepedit):
-    one request per configured label with at least one click; background clicks are negative for each.
-    Raises ``InvalidInput`` naming ``params.<key>[n]``.
+    deepedit style: ``{"<label>": [[i, j, k], ...], ..., "background": [...], "label": name?}`` (OHIF and
+    Slicer deepedit): one request per configured label the params name (an empty list too: the viewer shows
+    no click of that label any more); background clicks are negative for each.
+    Either style may carry no click at all, or background clicks only (upstream runs both).
+    ``label`` must name a configured label; coordinates must be whole voxel indices (never rounded here: a
+    fractional index means the client mixed up world and voxel coordinates). Raises ``InvalidInput`` naming
+    ``params.<key>``.
     """
+    label = params.get("label")
+    if label is not None and (not isinstance(label, str) or label not in labels or label == "background"):
+        shown = str(label)[:MAX_LABEL_CHARS]
+        raise InvalidInput(f"params.label: unknown label {shown!r}; labels: {list(labels)}", field="params.label")
     if "foreground" in params:
-        label = params.get("label") or labels[0]
-        if not isinstance(label, str) or len(label) > MAX_LABEL_CHARS:
-            raise InvalidInput(f"params.label: expected a label name of at most {MAX_LABEL_CHARS} characters",
-                               field="params.label")
         fg = _points(params, "foreground", shape)
         bg = _points(params, "background", shape)
-        if not fg:
-            raise InvalidInput("params.foreground: at least one foreground click is needed",
-                               field="params.foreground")
-        return [ClickRequest(label, fg, bg)], "deepgrow"
+        return [ClickRequest(label or labels[0], fg, bg, named=label is not None)], "deepgrow"
     bg = _points(params, "background", shape)
-    requests = [ClickRequest(name, fg, bg) for name in labels if name != "background"
-                if (fg := _points(params, name, shape))]
-    if not requests:
-        raise InvalidInput(f"params.foreground: no clicks; send 'foreground' (deepgrow) or clicks under a label "
-                           f"name (deepedit), labels: {list(labels)}", field="params.foreground")
+    requests = [ClickRequest(name, _points(params, name, shape), bg) for name in labels
+                if name != "background" and name in params]
     return requests, "deepedit"
 
 
@@ -167,7 +184,11 @@ def _points(params: Mapping[str, Any], key: str, shape: tuple[int, int, int]) ->
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in p)):
             raise InvalidInput(f"params.{key}[{n}]: expected [i, j, k] voxel indices, got {str(p)[:60]}",
                                field=f"params.{key}")
-        i, j, k = (int(round(v)) for v in p)
+        if any(v != int(v) for v in p):
+            raise InvalidInput(f"params.{key}[{n}]: expected whole voxel indices [i, j, k], got {str(p)[:60]} "
+                               "(not rounded: send the voxel's index, not a world or sub-voxel position)",
+                               field=f"params.{key}")
+        i, j, k = (int(v) for v in p)
         if not (0 <= i < w and 0 <= j < h and 0 <= k < d):
             raise InvalidInput(f"params.{key}[{n}]: voxel (i, j, k) = ({i}, {j}, {k}) is outside the image of "
                                f"size (i, j, k) = ({w}, {h}, {d})", field=f"params.{key}")
@@ -182,11 +203,15 @@ def _extends(old: tuple[Point, ...], new: tuple[Point, ...]) -> bool:
 class MonaiLabelBridge:
     """The image map behind the MONAI Label routes (event loop thread only)."""
 
-    def __init__(self, manager: SessionManager, labels: Sequence[str], load_image: ImageLoader | None) -> None:
+    def __init__(self, manager: SessionManager, labels: Sequence[str], load_image: ImageLoader | None,
+                 stored: StoredImages | None = None) -> None:
         self.manager = manager
         self.labels = list(labels)
         self._load_image = load_image
+        self._stored = stored
         self._entries: dict[str, ImageEntry] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # sessions ended for their expiry, being closed
+        self._files: tempfile.TemporaryDirectory[str] | None = None  # uploads kept for ?image=true; removed at exit
         self._opening: dict[str, asyncio.Lock] = {}
 
     # --- images ---------------------------------------------------------------------------------------------
@@ -195,29 +220,46 @@ class MonaiLabelBridge:
         return len(self._entries)
 
     async def image(self, image_id: str) -> ImageEntry:
-        """The entry of a DICOMweb image id (a SeriesInstanceUID), loading it on first use or after expiry."""
-        key = f"dicomweb:{image_id}"
+        """The entry of an image id, loading it on first use or after expiry: an image of the datastore
+        (``PUT /datastore/``, as Slicer uploads) if it holds that id, else a DICOMweb SeriesInstanceUID."""
+        if self._stored is not None and self._stored.has(image_id):
+            key, load = f"datastore:{image_id}", self._stored.load
+        elif self._load_image is not None:
+            key, load = f"dicomweb:{image_id}", self._load_image
+        else:
+            raise InvalidInput(f"image: {image_id[:80]!r} is not in the datastore and no DICOMweb server is "
+                               "configured (dicomweb_url); upload the image (PUT /datastore/ or PUT /session/)",
+                               field="image")
         entry = self._live(key)
         if entry is not None:
             return entry
-        if self._load_image is None:
-            raise InvalidInput(f"image: {image_id[:80]!r} is unknown and no DICOMweb server is configured "
-                               "(dicomweb_url); upload the image with PUT /session/ and pass its session_id",
-                               field="image")
         lock = self._opening.setdefault(key, asyncio.Lock())
         async with lock:  # two first calls for one image open one session
             entry = self._live(key)
             if entry is None:
-                await self.ensure_room()  # before the series is transferred
-                loaded = await self._load_image(image_id)
+                await self.ensure_room()  # before the image is transferred or read
+                loaded = await load(image_id)
                 entry = await self._open(key, image_id, loaded)
         self._opening.pop(key, None)
         return entry
+
+    async def forget_stored(self, image_id: str) -> None:
+        """End the session of a datastore image (its file was replaced: the next call loads the new one)."""
+        entry = self._entries.get(f"datastore:{image_id}")
+        if entry is not None:
+            await self.remove(entry)
 
     async def upload(self, loaded: LoadedVolume, name: str, *, key: str | None = None) -> ImageEntry:
         """A new entry for an uploaded image: ``PUT /session/`` (key ``upload:<new id>``) or an image sent
         with ``/infer`` (``key``: its content digest, so that a repeated file finds its entry)."""
         return await self._open(key or f"upload:{uuid.uuid4()}", name, loaded)
+
+    def file_for(self, name: str) -> Path:
+        """A fresh path for keeping an uploaded file (the caller writes it and sets ``entry.source_file``);
+        the file goes with its entry, the folder with the process."""
+        if self._files is None:
+            self._files = tempfile.TemporaryDirectory(prefix="segsvc-monailabel-")
+        return Path(self._files.name) / f"{uuid.uuid4().hex}-{Path(name).name or 'image'}"
 
     def keyed(self, key: str) -> ImageEntry | None:
         """The live entry of ``key``, if any."""
@@ -232,11 +274,25 @@ class MonaiLabelBridge:
         return entry
 
     async def remove(self, entry: ImageEntry) -> None:
-        self._entries.pop(entry.key, None)
+        self._forget(entry)
         try:
             await self.manager.close(entry.session)
         except ServiceError:
             pass  # already ended
+
+    def _forget(self, entry: ImageEntry) -> None:
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        if entry.source_file is not None:
+            entry.source_file.unlink(missing_ok=True)
+
+    def _prune(self) -> None:
+        """Forget the entries whose sessions ended unseen (the reaper's idle expiry), with their kept files."""
+        for entry in list(self._entries.values()):
+            try:
+                self.manager.get(entry.session.session_id)
+            except ServiceError:
+                self._forget(entry)
 
     def _live(self, key: str) -> ImageEntry | None:
         entry = self._entries.get(key)
@@ -245,9 +301,15 @@ class MonaiLabelBridge:
         try:
             self.manager.get(entry.session.session_id)
         except ServiceError:  # expired or closed: forget it
-            del self._entries[key]
+            self._forget(entry)
             return None
-        entry.last_used = time.monotonic()
+        now = time.monotonic()
+        if entry.expired(now):  # the client's own expiry (PUT /session/?expiry=): end it now
+            task = asyncio.get_running_loop().create_task(self.remove(entry))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return None
+        entry.last_used = now
         return entry
 
     async def ensure_room(self) -> None:
@@ -260,6 +322,7 @@ class MonaiLabelBridge:
                 raise
 
     async def _open(self, key: str, name: str, loaded: LoadedVolume) -> ImageEntry:
+        self._prune()
         geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
         await self.ensure_room()
         try:
@@ -287,17 +350,66 @@ class MonaiLabelBridge:
     # --- inference ------------------------------------------------------------------------------------------
 
     async def infer(self, entry: ImageEntry, params: Mapping[str, Any]) -> InferResult:
-        """Apply the clicks of ``params`` to ``entry``'s objects (incrementally when possible)."""
+        """Apply the clicks of ``params`` to ``entry``'s objects (incrementally when possible).
+
+        Values in the reply: deepgrow style answers its one label as 1 (what deepgrow-type clients expect,
+        whatever the label's index); deepedit style answers every configured label with ``label_value``.
+        ``label_names`` always maps every label of the request (deepgrow) or of the model (deepedit), so a
+        client never has to guess which segment a value belongs to.
+        """
         requests, style = parse_click_params(params, self.labels, entry.meta.shape)
         async with entry.lock:
             self.manager.mark_used(entry.session)
-            results = [await self._apply(entry, r) for r in requests]
-            shown = [r.label for r in requests] if style == "deepgrow" else [
-                name for name in self.labels if name in entry.tracks]
-            labelmap, names, centroids = await self._paint(entry, shown)
+            if style == "deepgrow" and not requests[0].named:
+                requests = self._unnamed(requests[0])
+            results = [r for req in requests if (r := await self._apply(entry, req)) is not None]
+            if style == "deepgrow":
+                track = requests[0].label if requests else None
+                values = {track: 1} if track is not None else {}
+                labelmap, centroids = await self._paint(entry, values)
+                # An unnamed call's result is named after the first label (the viewer files it itself).
+                shown = requests[0].label if requests and requests[0].named else self.labels[0]
+                names = {"background": 0, shown: 1}
+                centroids = {shown: centroids[track]} if track in centroids else {}
+            else:
+                values = {name: label_value(name, self.labels) for name in self.labels if name != "background"}
+                labelmap, centroids = await self._paint(entry, values)
+                names = {"background": 0, **values}
         return InferResult(labelmap, names, centroids, entry.meta, entry.session.session_id, results)
 
-    async def _apply(self, entry: ImageEntry, req: ClickRequest) -> TrackResult:
+    @staticmethod
+    def _unnamed(req: ClickRequest) -> list[ClickRequest]:
+        """The track of a deepgrow call that names no label (OHIF's deepgrow sends none, whichever of its
+        labels is selected). Filing every such call under the first label made each label switch in the
+        viewer replay that one object with the other label's clicks, losing the first label's work. Each
+        label of the viewer starts with a foreground click of its own and keeps it first, so the first
+        foreground click identifies the label: the same first click continues its object (incrementally, or
+        replayed when a later click changed), another first click starts another object. Without a
+        foreground click nothing is segmented, and no object is touched."""
+        if not req.foreground:
+            return []
+        z, y, x = req.foreground[0]
+        return [ClickRequest(f"{UNNAMED_TRACK_PREFIX}{z},{y},{x}", req.foreground, req.background, named=False)]
+
+    async def _clicks_absent(self, entry: ImageEntry, req: ClickRequest) -> TrackResult | None:
+        """A label with no foreground click. Background clicks alone outline nothing, so the label is empty:
+        its object, if any, is removed ("cleared"; the viewer no longer shows a click of it).
+
+        Upstream deepedit segments a label without clicks automatically; this model needs a prompt. The seam
+        for that is here: a label's name can become a SegVol text prompt for the label's object, once the
+        model takes text; until then a label without foreground clicks has no object.
+        """
+        track = entry.tracks.pop(req.label, None)
+        if track is None:
+            return None
+        session = entry.session
+        if session.state is not None and track.object_id in session.state.objects:
+            await self.manager.remove_object(session, track.object_id)
+        return TrackResult(req.label, track.object_id, session.versions.get(track.object_id, 0), "cleared", 0)
+
+    async def _apply(self, entry: ImageEntry, req: ClickRequest) -> TrackResult | None:
+        if not req.foreground:
+            return await self._clicks_absent(entry, req)
         session = entry.session
         track = entry.tracks.get(req.label)
         alive = track is not None and session.state is not None and track.object_id in session.state.objects
@@ -330,27 +442,29 @@ class MonaiLabelBridge:
         return TrackResult(req.label, track.object_id, outcome.version, action,
                            len(req.foreground) + len(req.background))
 
-    async def _paint(self, entry: ImageEntry, labels: list[str]
-                     ) -> tuple[np.ndarray, dict[str, int], dict[str, list[int]]]:
-        values = {name: label_value(name, self.labels) for name in labels}
+    async def _paint(self, entry: ImageEntry, values: Mapping[str, int]
+                     ) -> tuple[np.ndarray, dict[str, list[int]]]:
+        """The label map of the labels in ``values`` that have an object (value per label), and the
+        centroid of each label that has voxels."""
+        shown = [name for name in values if name in entry.tracks]
         dtype = np.uint8 if max(values.values(), default=0) <= 255 else np.uint16
-        name_of = {entry.tracks[name].object_id: name for name in labels}
+        name_of = {entry.tracks[name].object_id: name for name in shown}
+        if not name_of:
+            return np.zeros(entry.meta.shape, dtype=dtype), {}
         # Overlaps: the service's rule (the most confident object wins), then object ids -> label values.
         object_labels, _versions = await self.manager.segmentation(entry.session, object_ids=list(name_of))
-        lut = np.zeros(max(name_of, default=0) + 1, dtype=dtype)
+        lut = np.zeros(max(name_of) + 1, dtype=dtype)
         for oid, name in name_of.items():
             lut[oid] = values[name]
         labelmap = lut[object_labels]
-        names: dict[str, int] = {"background": 0}
         centroids: dict[str, list[int]] = {}
-        for name in labels:
+        for name in shown:
             where = np.nonzero(object_labels == entry.tracks[name].object_id)
             if not where[0].size:
                 continue
-            names[name] = values[name]
             z, y, x = (int(round(float(np.mean(a)))) for a in where)
             centroids[name] = [values[name], x, y, z]  # [value, i, j, k], as MONAI Label reports them
-        return labelmap, names, centroids
+        return labelmap, centroids
 
     def labelmap_names(self, values: Sequence[int]) -> dict[int, str]:
         """Segment names of label map values (configured labels by value; others "label <v>")."""

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from app.errors import CapacityExceeded, StoreUnavailable
+from app.models import regions
 from app.sessions.store import PromptRecord, SessionRecord
 
 if TYPE_CHECKING:
@@ -269,6 +270,9 @@ def _apply(predictor: Predictor, state: SessionState, prompt: PromptRecord,
         case "clicks":
             changes = predictor.add_clicks(state, oid, args["points"], args["labels"], mode=args["mode"])
             return changes[-1].version
+        case "region":  # a scribble or a lasso (app.models.regions), recorded as runs of flat indices
+            region = regions.from_runs(args["runs"])
+            return predictor.add_region(state, oid, region, args["label"], mode=args["mode"])[-1].version
         case "mask":
             return predictor.set_mask(state, oid, load_mask(args["sha256"])).version
         case "undo":

@@ -96,7 +96,7 @@ class PromptRecord:
     """One acknowledged prompt, as appended to a session's history.
 
     Attributes:
-        op: "box" | "clicks" | "undo" | "reset" | "mask".
+        op: "box" | "clicks" | "region" (scribble or lasso) | "undo" | "reset" | "mask" | "remove".
         object_id: the object it changed.
         args: the prompt's JSON arguments (box, points/labels/mode, mask digest, ...).
         version: the object's version after the prompt.

@@ -25,6 +25,9 @@ def test_routes_answer_404_until_enabled(service_predictor) -> None:  # noqa: AN
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         assert c.put("/session/", files=[("files", ("v.nrrd", b"x"))]).status_code == 404
         assert c.put("/datastore/label", params={"image": "1.2.3"}).status_code == 404
+        assert c.get("/datastore/").status_code == 404
+        assert c.post("/activelearning/first", json={}).status_code == 404
+        assert c.get("/train/").status_code == 404
         assert c.get("/healthz").status_code == 200
 
 
@@ -36,6 +39,9 @@ def test_api_keys_apply_unless_the_routes_are_opened(service_predictor) -> None:
         assert c.get("/info/", headers={"X-API-Key": "wrong"}).json()["error"]["code"] == "invalid_api_key"
         assert c.get("/info/", headers={"X-API-Key": KEY}).status_code == 200
         assert c.post("/infer/segvol", data={"params": "{}"}).status_code == 401
+        for path in ("/datastore/", "/train/"):  # Slicer's datastore and training calls are gated alike
+            assert c.get(path).status_code == 401
+        assert c.post("/activelearning/first", json={}).status_code == 401
     with make_client(service_predictor, **keys, monailabel_open=True) as c:
         assert c.get("/info/").status_code == 200  # opened: no key asked
         assert c.post("/v1/sessions").status_code == 401  # the v1 API still needs one
@@ -61,7 +67,9 @@ def test_without_dicomweb_an_image_id_needs_an_uploaded_session(service_predicto
                    data={"params": json.dumps({"foreground": [[1, 1, 1]]})})
         assert r.status_code == 422 and "dicomweb_url" in r.json()["error"]["message"]
         r = c.put("/datastore/label", params={"image": "1.2.3"}, files={"label": ("label.bin", b"\0")})
-        assert r.status_code == 404 and "dicomweb_url" in r.json()["error"]["message"]
+        error = r.json()["error"]  # neither in a datastore (there is none) nor on a DICOMweb server
+        assert r.status_code == 422 and error["field"] == "image" and "dicomweb_url" in error["message"]
+        assert c.get("/datastore/").status_code == 404  # no storage_dir: no datastore
         r = c.post("/v1/sessions/dicomweb", data={"series_uid": "1.2.3"})
         assert r.status_code == 404
 

@@ -30,8 +30,10 @@ def client(orthanc: Orthanc, service_predictor) -> Iterator[TestClient]:  # noqa
     # Independent objects: these tests compare each label with a fresh one-object v1 session, while every label
     # of one image shares a session; in an exclusive session the other labels' clicks would enter the result
     # (what that does is tested in tests/models/test_exclusive_objects.py).
+    # Each test clicks a label of its own (a label name outside these is refused: issue 18, item 14).
     settings = test_settings(monailabel_enabled=True, dicomweb_url=orthanc.dicomweb, max_sessions=8,
-                             exclusive_objects=False)
+                             exclusive_objects=False, monailabel_labels=[
+                                 "object", "placement", "placement2", "incremental", "upload-twin"])
     with TestClient(create_app(settings, predictor=service_predictor)) as c:
         yield c
 
@@ -133,7 +135,8 @@ def test_output_all_is_the_multipart_reply_both_viewers_parse(client: TestClient
     filename, kind, payload = parts["params"]
     assert filename is None and kind == "application/json"  # a form field, not a file
     reply = json.loads(payload)
-    assert reply["label_names"] == {"background": 0, "object": 1}
+    assert reply["label_names"] == {"background": 0, "object": 1, "placement": 2, "placement2": 3,
+                                    "incremental": 4, "upload-twin": 5}  # deepedit: every label of the model
     value, ci, cj, ck = reply["centroids"]["object"]
     assert value == 1 and 0 <= ci < SHAPE[2] and 0 <= cj < SHAPE[1] and 0 <= ck < SHAPE[0]
     filename, kind, payload = parts["image"]
@@ -232,7 +235,8 @@ def test_bad_requests_name_their_field(client: TestClient, ct_series: CtSeries) 
     assert r.status_code == 422 and r.json()["error"]["field"] == "image"
     r = client.post(DEEPGROW, params={"image": ct_series.series_uid}, data={"params": "{not json"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "params"
-    r = client.post(DEEPGROW, params={"image": ct_series.series_uid}, data={"params": json.dumps({"foreground": []})})
+    r = client.post(DEEPGROW, params={"image": ct_series.series_uid},
+                    data={"params": json.dumps({"foreground": [[1, 1, 1.5]]})})
     assert r.status_code == 422 and r.json()["error"]["field"] == "params.foreground"
     assert client.post("/infer/nope", params={"image": ct_series.series_uid}).status_code == 404
     assert client.post(DEEPGROW, data={"params": "{}"}).status_code == 422

@@ -20,8 +20,6 @@ from tests.volumes import SHAPE, npz_bytes, synthetic_volume  # noqa: F401  (re-
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 240.0
-TEST_MODEL = ("--config", "segvol-test", "--random-weights")  # tiny and fast: most tests need no more
-SHIPPED_MODEL: tuple[str, ...] = ()  # the default configuration with the weights in app/models/weights/
 
 
 @dataclass
@@ -41,16 +39,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TEST_MODEL_FLAGS = ("--config", "segvol-test", "--random-weights")
+
+
 def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None,
-                 model: tuple[str, ...] = TEST_MODEL) -> Server:
-    """Start ``python -m app`` with ``model`` (default: the tiny ``segvol-test`` with random weights;
-    ``SHIPPED_MODEL``: what ``python -m app`` serves) and wait until /readyz answers 200."""
+                 model_flags: tuple[str, ...] = TEST_MODEL_FLAGS) -> Server:
+    """Start ``python -m app`` (by default ``--config segvol-test --random-weights``; ``model_flags=()`` serves
+    the shipped default model) and wait until /readyz answers 200."""
     port = _free_port()
     log_path = log_dir / f"server-{port}.log"
     # Hermetic: no inherited service settings, only what this test asks for.
     inherited = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SEGSVC_")}
     full_env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *model,
+    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *model_flags,
            "--log-level", "warning", *flags]
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -109,8 +110,9 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     started: list[Server] = []
     log_dir = tmp_path_factory.mktemp("servers")
 
-    def make(*flags: str, env: dict[str, str] | None = None, model: tuple[str, ...] = TEST_MODEL) -> Server:
-        server = start_server(log_dir, *flags, env=env, model=model)
+    def make(*flags: str, env: dict[str, str] | None = None, model_flags: tuple[str, ...] = TEST_MODEL_FLAGS
+             ) -> Server:
+        server = start_server(log_dir, *flags, env=env, model_flags=model_flags)
         started.append(server)
         return server
 

@@ -4,6 +4,8 @@ Each one is refused (a 4xx naming ``file``, or an error message / a close code o
 stream), and afterwards the server still answers ``/healthz`` and a session created before is untouched:
 same mask, same version, and it still answers a click. ``test_bad_inputs.py`` covers the everyday bad
 inputs (half a .nii.gz, 2D, a NaN npz, oversize body, bad prompts); these are the crafted ones.
+Decompression bombs also have the server's peak resident memory measured (``VmHWM``) and kept under 2 GB.
+``docs/security.md`` lists every input class with the test that shows what the server does.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import gzip
 import io
 import json
 import tempfile
+import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +50,10 @@ def _sitk_bytes(array: np.ndarray, suffix: str, compress: bool = False) -> bytes
         return path.read_bytes()
 
 
-def _nifti_claiming(shape: tuple[int, int, int]) -> bytes:
-    """A .nii.gz whose header declares ``shape`` float32 voxels, followed by 64 bytes of data."""
+def _nifti_claiming(shape: tuple[int, int, int], dtype: type = np.float32) -> bytes:
+    """A .nii.gz whose header declares ``shape`` voxels of ``dtype``, followed by 64 bytes of data."""
     header = nib.Nifti1Header()
-    header.set_data_dtype(np.float32)
+    header.set_data_dtype(dtype)
     header.set_data_shape(shape)
     header["vox_offset"] = 352
     header["magic"] = b"n+1"
@@ -120,6 +124,45 @@ def _declaring(unpacked: int, really: int) -> bytes:
     return bytes(data)
 
 
+def _mha(*, fields: str = "", data: bytes | None = None, compressed: bytes | None = None) -> bytes:
+    """A float MetaImage of SMALL's shape with extra header ``fields``; raw ``data`` or ``compressed`` bytes."""
+    d, h, w = SMALL.shape
+    text = f"ObjectType = Image\nNDims = 3\nDimSize = {w} {h} {d}\nElementType = MET_FLOAT\n{fields}"
+    if compressed is not None:
+        text += f"CompressedData = True\nCompressedDataSize = {len(compressed)}\n"
+    body = compressed if compressed is not None else (data if data is not None else _small_float_bytes())
+    return (text + "ElementDataFile = LOCAL\n").encode() + body
+
+
+def _small_float_bytes() -> bytes:
+    return (SMALL.astype(np.float32) + 1).tobytes()
+
+
+def _corrupt_zlib() -> bytes:
+    """A zlib stream of SMALL whose deflate data is damaged in the middle; the header stays consistent."""
+    stream = bytearray(zlib.compress(_small_float_bytes()))
+    for i in range(len(stream) // 2, len(stream) // 2 + 24):
+        stream[i] ^= 0x5A
+    return bytes(stream)
+
+
+def _nrrd(fields: str) -> bytes:
+    d, h, w = SMALL.shape
+    text = f"NRRD0004\ntype: float\ndimension: 3\nsizes: {w} {h} {d}\n{fields}encoding: raw\nendian: little\n\n"
+    return text.encode() + _small_float_bytes()
+
+
+def _nifti_pixdim(first: float) -> bytes:
+    """A valid .nii.gz of SMALL whose pixdim[1] is ``first`` as stored (nibabel's own checks would repair it)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(SMALL.shape[::-1])
+    header["pixdim"] = [1.0, first, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    header["vox_offset"] = 352
+    header["magic"] = b"n+1"
+    return gzip.compress(header.binaryblock + bytes(4) + SMALL.astype(np.float32).tobytes())  # x fastest
+
+
 ESCAPED_NAME = f"escaped-{uuid.uuid4().hex}.dcm"
 SMALL = synthetic_volume()[:, :32, :32]
 
@@ -188,6 +231,35 @@ HOSTILE_UPLOADS: dict[str, Hostile] = {
                                                            "invalid_volume", "corrupt zip member"),
     "zip of 5000 members": Hostile("study.zip", lambda: _zip({f"series/{i}.dcm": b"" for i in range(5000)}), 422,
                                    "invalid_volume", "5000 members"),
+    # Geometry a world-coordinate prompt cannot invert, or that ITK would reject with a bare "(0 0 0)".
+    "MHA with a singular TransformMatrix": Hostile("v.mha", lambda: _mha(fields="TransformMatrix = 1 0 0 0 1 0 0 1 0\n"),
+                                                   422, "invalid_volume", "direction matrix (TransformMatrix"),
+    "MHA with a near-singular TransformMatrix": Hostile(
+        "v.mha", lambda: _mha(fields="TransformMatrix = 1 0 0 0 1 0 0 1 1e-9\n"), 422, "invalid_volume", "is singular"),
+    "MHA with a sheared TransformMatrix": Hostile(
+        "v.mha", lambda: _mha(fields="TransformMatrix = 1 0 0 0.5 1 0 0 0 1\n"), 422, "invalid_volume",
+        "is not orthonormal"),
+    "NRRD with sheared space directions": Hostile(
+        "v.nrrd", lambda: _nrrd("space: left-posterior-superior\nspace directions: (1,0,0) (0.3,1,0) (0,0,2)\n"), 422,
+        "invalid_volume", "is not orthonormal"),
+    # Corrupt compressed voxels are never turned into an image.
+    "MHA whose zlib stream is corrupt": Hostile("v.mha", lambda: _mha(compressed=_corrupt_zlib()), 422,
+                                                "invalid_volume", "compressed voxel data"),
+    "MHA whose zlib stream holds too few voxels": Hostile(
+        "v.mha", lambda: _mha(compressed=zlib.compress(_small_float_bytes()[:-400])), 422, "invalid_volume",
+        "inflates to"),
+    # Spacing is never silently replaced by 1.0.
+    **{f"NIfTI with pixdim {v}": Hostile("v.nii.gz", functools.partial(_nifti_pixdim, v), 422, "invalid_volume",
+                                         "spacing (pixdim") for v in (0.0, -1.0, float("nan"), float("inf"))},
+    "NRRD with a NaN spacing": Hostile("v.nrrd", lambda: _nrrd("spacings: nan 1 1\n"), 422, "invalid_volume",
+                                       "spacing (spacings"),
+    "NRRD with a negative spacing": Hostile("v.nrrd", lambda: _nrrd("spacings: -1 1 1\n"), 422, "invalid_volume",
+                                            "spacing (spacings"),
+    "MHA with a zero ElementSpacing": Hostile("v.mha", lambda: _mha(fields="ElementSpacing = 0 1 1\n"), 422,
+                                              "invalid_volume", "spacing (ElementSpacing"),
+    "NIfTI declaring 2 GiB of float64 voxels": Hostile(
+        "v.nii.gz", lambda: _nifti_claiming((512, 512, 1024), np.float64), 413, "payload_too_large",
+        "byte volume limit"),
 }
 
 
@@ -346,3 +418,196 @@ def test_a_message_past_the_size_limit_closes_the_stream_with_1009(server: Serve
             ws.recv(timeout=10)
         assert ws.close_code == StreamCloseCode.MESSAGE_TOO_BIG, (ws.close_code, ws.close_reason)
     bystander.check_unharmed(server)
+
+
+# --- decompression bombs: refused before inflating, peak server memory measured --------------------------
+
+PEAK_MEMORY_LIMIT_BYTES = 2 * 10**9
+BOMB_SHAPE_XYZ = (512, 512, 1024)  # 2^28 float32 voxels: 1 GiB, at the default voxel and volume-byte limits
+_ZEROS = bytes(16 << 20)
+
+
+def _peak_rss_bytes(server: Server) -> int:
+    """The server process's peak resident memory so far (VmHWM, which the kernel keeps for the process)."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return kib * 1024
+
+
+def _gzip_zeros(n_bytes: int) -> bytes:
+    """``n_bytes`` zero bytes as a valid multi-member gzip stream (members of 16 MiB, each ~16 KB): seconds
+    to build instead of deflating a gigabyte."""
+    member = gzip.compress(_ZEROS, 9)
+    return member * (n_bytes // len(_ZEROS))
+
+
+def _zlib_zeros(n_bytes: int) -> bytes:
+    """``n_bytes`` zero bytes as one valid zlib stream: one deflated 16 MiB block, flushed so that it stands
+    alone, repeated, then the stream's end and the Adler-32 of all of it."""
+    deflater = zlib.compressobj(9)
+    first = deflater.compress(_ZEROS) + deflater.flush(zlib.Z_FULL_FLUSH)
+    block = deflater.compress(_ZEROS) + deflater.flush(zlib.Z_FULL_FLUSH)
+    end = deflater.flush()[:-4]
+    checksum = 1
+    for _ in range(n_bytes // len(_ZEROS)):
+        checksum = zlib.adler32(_ZEROS, checksum)
+    return first + block * (n_bytes // len(_ZEROS) - 1) + end + checksum.to_bytes(4, "big")
+
+
+def _nifti_bomb(shape_xyz: tuple[int, int, int] = BOMB_SHAPE_XYZ) -> bytes:
+    """A valid .nii.gz of float32 zeros: every voxel is there, ~1000:1 compressed."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(shape_xyz)
+    header["vox_offset"] = 352
+    header["magic"] = b"n+1"
+    return gzip.compress(header.binaryblock + bytes(4)) + _gzip_zeros(4 * int(np.prod(shape_xyz)))
+
+
+def _mha_bomb() -> bytes:
+    """A valid compressed .mha of float32 zeros, header and CompressedDataSize consistent."""
+    data = _zlib_zeros(4 * int(np.prod(BOMB_SHAPE_XYZ)))
+    text = (f"ObjectType = Image\nNDims = 3\nDimSize = {' '.join(map(str, BOMB_SHAPE_XYZ))}\n"
+            f"ElementType = MET_FLOAT\nCompressedData = True\nCompressedDataSize = {len(data)}\n"
+            "ElementDataFile = LOCAL\n")
+    return text.encode() + data
+
+
+def _nrrd_bomb() -> bytes:
+    text = (f"NRRD0004\ntype: float\ndimension: 3\nsizes: {' '.join(map(str, BOMB_SHAPE_XYZ))}\n"
+            "encoding: gzip\nendian: little\n\n")
+    return text.encode() + _gzip_zeros(64 << 20)
+
+
+BOMBS: dict[str, tuple[str, Callable[[], bytes]]] = {
+    ".nii.gz of 1 GiB of zeros in 1 MB": ("bomb.nii.gz", _nifti_bomb),
+    "compressed .mha of 1 GiB of zeros in 1 MB": ("bomb.mha", _mha_bomb),
+    "gzip .nrrd declaring 1 GiB in 64 KB": ("bomb.nrrd", _nrrd_bomb),
+}
+
+
+@pytest.mark.parametrize("case", list(BOMBS))
+def test_decompression_bomb_is_refused_before_inflating(server: Server, bystander: Bystander, case: str) -> None:
+    filename, build = BOMBS[case]
+    content = build()
+    assert len(content) < 2 << 20, "must fit the test server's upload limit to reach the loader"
+    r = upload(server.url, filename=filename, content=content)
+    assert r.status_code == 413, (case, r.status_code, r.text)
+    error = r.json()["error"]
+    assert error["code"] == "payload_too_large" and error["field"] == "file", error
+    assert "decompression bomb" in error["message"], error
+    assert _peak_rss_bytes(server) < PEAK_MEMORY_LIMIT_BYTES, f"server peak RSS {_peak_rss_bytes(server)} bytes"
+    bystander.check_unharmed(server)
+
+
+def test_a_mask_upload_of_the_wrong_shape_is_refused_from_its_header(server: Server, bystander: Bystander) -> None:
+    """A 1 GiB .nii.gz mask for a small session: its header says the shape, nothing is inflated."""
+    created = upload(server.url)
+    assert created.status_code == 201, created.text
+    sid, token = created.json()["session_id"], created.json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        r = httpx.put(f"{server.url}/v1/sessions/{sid}/objects/1/mask", headers=headers, timeout=120,
+                      files={"file": ("mask.nii.gz", _nifti_bomb())})
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["field"] == "mask" and "does not match the volume's" in error["message"], error
+        assert _peak_rss_bytes(server) < PEAK_MEMORY_LIMIT_BYTES, f"server peak RSS {_peak_rss_bytes(server)}"
+    finally:
+        httpx.delete(f"{server.url}/v1/sessions/{sid}", headers=headers)
+    bystander.check_unharmed(server)
+
+
+# --- request bodies --------------------------------------------------------------------------------------
+
+
+def test_an_oversize_json_prompt_is_refused_with_413_before_it_is_parsed(server: Server, bystander: Bystander
+                                                                          ) -> None:
+    """1.5 MB of JSON: under the test server's 2 MB upload limit, far over the 1 MiB limit of other bodies."""
+    body = json.dumps({"points": [[10, 30, 30]] * 100_000, "labels": [1] * 100_000}).encode()
+    assert 1 << 20 < len(body) < 2 << 20
+    r = httpx.post(f"{bystander.base}/objects/1/clicks", content=body, timeout=60,
+                   headers={**bystander.headers, "Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error == {"code": "payload_too_large", "field": "body",
+                     "message": f"body: the request body is over the {1 << 20}-byte request body limit"}, error
+    bystander.check_unharmed(server)
+
+
+def test_a_body_that_is_not_json_is_explained_in_words(server: Server, bystander: Bystander) -> None:
+    r = httpx.post(f"{bystander.base}/objects/1/box", content=b'{"box": [1, 2,', timeout=30,
+                   headers={**bystander.headers, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "body" and error["message"].startswith("body: not valid JSON ("), error
+    assert "at character" in error["message"] and "JSON decode error" not in error["message"], error
+    bystander.check_unharmed(server)
+
+
+# --- resync flood ----------------------------------------------------------------------------------------
+
+RESYNC_PER_S, RESYNC_BURST = 2.0, 4  # app.config.Settings defaults
+
+
+def test_a_resync_flood_is_coalesced_per_session(server: Server, bystander: Bystander) -> None:
+    """50 resyncs at once build the burst's snapshots, then one more for all the others (coalesced, once the
+    budget refills): a handful, not 50 runs of the model thread every session shares. None is refused."""
+    sent = 50
+    with connect(bystander.ws_url, additional_headers=bystander.headers) as ws:
+        _hello(ws)
+        started = time.monotonic()
+        for _ in range(sent):
+            ws.send(json.dumps({"type": "resync", "object_id": 1}))
+        ws.send(json.dumps({"type": "ping"}))
+        snapshots, texts = 0, []
+        with pytest.raises(TimeoutError):  # nothing more once 3 s pass in silence
+            while True:
+                message = ws.recv(timeout=3)
+                if isinstance(message, bytes):
+                    snapshots += 1
+                else:
+                    texts.append(json.loads(message))
+        elapsed = time.monotonic() - started
+    assert texts == [{"type": "pong"}], texts
+    assert RESYNC_BURST + 1 <= snapshots <= RESYNC_BURST + RESYNC_PER_S * elapsed + 1, (snapshots, elapsed)
+    bystander.check_unharmed(server)
+
+
+# --- a server logging at info level, with a per-address rate limit ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def info_server(server_factory: Callable[..., Server]) -> Server:
+    """Logs every request and WebSocket handshake; 0.2 requests/s per client address, burst 2."""
+    return server_factory("--max-upload-bytes", str(2 << 20), "--no-warmup", "--log-level", "info",
+                          "--rate-limit", "0.2", "--rate-limit-burst", "2")
+
+
+def test_query_string_secrets_never_reach_the_log(info_server: Server) -> None:
+    created = upload(info_server.url)
+    assert created.status_code == 201, created.text
+    sid, token = created.json()["session_id"], created.json()["token"]
+    api_key = f"key-{uuid.uuid4().hex}"
+    base = f"{info_server.url}/v1/sessions/{sid}"
+    with connect(f"{base.replace('http://', 'ws://')}/stream?token={token}&api_key={api_key}") as ws:
+        _hello(ws)
+    httpx.get(f"{base}/objects?token={token}&api_key={api_key}", headers={"Authorization": f"Bearer {token}"})
+    httpx.delete(base, headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + 10
+    while "WebSocket" not in info_server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = info_server.log_path.read_text()
+    assert "WebSocket" in log and "/objects?" in log, "the handshake and the request are logged at info level"
+    assert token not in log and api_key not in log, "a secret reached the log"
+    assert "token=[redacted]" in log and "api_key=[redacted]" in log
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_does_not_pick_the_rate_limit_bucket(info_server: Server) -> None:
+    """Every request comes from 127.0.0.1 and claims another address: they share one bucket (burst 2)."""
+    statuses = [
+        httpx.post(f"{info_server.url}/v1/sessions", headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                   files={"file": ("v.npz", b"")}, timeout=30).status_code
+        for i in range(1, 7)
+    ]
+    assert 429 in statuses, statuses

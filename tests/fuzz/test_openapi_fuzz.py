@@ -96,9 +96,11 @@ class SessionPool:
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(service_predictor: Any) -> Iterator[Any]:
-    # MONAI Label routes on, so they are fuzzed rather than all answering "off" (404).
-    app = create_app(test_settings(max_sessions=64, monailabel_enabled=True), predictor=service_predictor)
+def fuzz_app(service_predictor: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    # MONAI Label routes on, with a datastore, so they are fuzzed rather than all answering "off" (404).
+    settings = test_settings(max_sessions=64, monailabel_enabled=True,
+                             monailabel_datastore=tmp_path_factory.mktemp("fuzz-datastore"))
+    app = create_app(settings, predictor=service_predictor)
     yield app
     asgi.shutdown_lifespans()
 

@@ -121,11 +121,22 @@ def test_binary_mask_gives_one_default_labelled_segment(series) -> None:  # noqa
     np.testing.assert_array_equal(seg_voxels(seg, sop_uids, 1), mask)
 
 
-def test_labelled_object_without_voxels_is_an_empty_segment(series) -> None:  # noqa: ANN001
-    seg = read_seg(build_seg(np.zeros(series.shape, np.uint8), series.dicom_headers, {3: "nothing yet"}))
-    assert seg.get_segment_description(1).segment_label == "nothing yet"
-    sop_uids = [h.SOPInstanceUID for h in series.dicom_headers]
-    assert not seg_voxels(seg, sop_uids, 1).any()
+def test_an_object_without_voxels_is_left_out_and_nothing_at_all_is_refused(series) -> None:  # noqa: ANN001
+    labels = np.zeros(series.shape, np.uint8)
+    labels[1, 2:4, 2:4] = 2
+    seg = read_seg(build_seg(labels, series.dicom_headers, {2: "liver", 3: "nothing yet"}))
+    assert seg.get_segment_numbers() == [1]  # a segment without a frame is not valid DICOM
+    assert seg.get_segment_description(1).segment_label == "liver"
+    with pytest.raises(ValueError, match=r"^mask: nothing to export"):
+        build_seg(np.zeros(series.shape, np.uint8), series.dicom_headers, {3: "nothing yet"})
+
+
+def test_the_seg_series_has_a_description(series) -> None:  # noqa: ANN001
+    labels = np.zeros(series.shape, np.uint8)
+    labels[1, 2:4, 2:4] = 1
+    assert read_seg(build_seg(labels, series.dicom_headers)).SeriesDescription == "Segmentation (segvol-interactive)"
+    seg = read_seg(build_seg(labels, series.dicom_headers, series_description="Liver, reader 2"))
+    assert seg.SeriesDescription == "Liver, reader 2"
 
 
 def test_bad_inputs_are_refused(series, tmp_path: Path) -> None:  # noqa: ANN001

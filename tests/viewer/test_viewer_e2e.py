@@ -306,3 +306,58 @@ def test_the_page_loads_without_the_key_then_asks_for_it(browser: Any, server: S
     errors = [e for e in errors if "401" not in e]  # the refused upload logs its 401
     assert not errors, errors
     page.close()
+
+
+def test_lasso_and_scribble_drawn_on_the_screen(browser: Any, server: Server, volume_file: Path) -> None:
+    page, errors, _ = open_page(browser, server.url)
+    regions: list[dict[str, Any]] = []
+    page.on("request", lambda r: regions.append({"op": r.url.rsplit("/", 1)[-1], "body": r.post_data_json})
+            if r.method == "POST" and r.url.rsplit("/", 1)[-1] in ("scribble", "lasso") else None)
+    sid, token = upload(page, volume_file)
+    z = SHAPE[0] // 2
+    screen = ScreenMap(canvas_pixels(page))
+    box = page.locator("#gl").bounding_box()
+
+    def drag(points: list[tuple[float, float]], button: str = "left") -> None:
+        (r, c), *rest = [screen.pixel(y, x) for y, x in points]
+        page.mouse.move(box["x"] + c, box["y"] + r)
+        page.mouse.down(button=button)
+        for r, c in rest:
+            page.mouse.move(box["x"] + c, box["y"] + r, steps=3)
+        page.mouse.up(button=button)
+
+    page.check("#box-mode")
+    drag([(14, 46), (28, 68)])
+    wait_for_version(page, 1)
+    page.uncheck("#box-mode")
+
+    # A background lasso (right button) around a square in the block's middle.
+    page.select_option("#draw", "lasso")
+    drag([(17, 52), (17, 60), (24, 60), (24, 52), (17, 52)], button="right")
+    page.wait_for_function("() => window.segViewer.state.busy === 0 && "
+                           "window.segViewer.state.mirror.versions.get(1) >= 3", timeout=WAIT_MS)
+    assert regions[-1]["op"] == "lasso"
+    body = regions[-1]["body"]
+    assert body["axis"] == 0 and body["index"] == z and body["label"] == 0 and body["mode"] == "both"
+    ys, xs = [v[0] for v in body["contour"]], [v[1] for v in body["contour"]]
+    assert (min(ys), max(ys), min(xs), max(xs)) == (17, 24, 52, 60), body["contour"]
+    mask, version = server_mask(server, sid, token)
+    assert not mask[z, 17:25, 52:61].any(), "the lasso's region is background on the server"
+    wait_for_version(page, version)
+    assert np.array_equal(page_mask(page), mask)
+
+    # A foreground scribble across it: every voxel the stroke crossed is the object's.
+    page.keyboard.press("s")  # the key switches the tool
+    assert page.input_value("#draw") == "scribble"
+    drag([(20, 50), (20, 62)])
+    page.wait_for_function(f"() => window.segViewer.state.busy === 0 && "
+                           f"window.segViewer.state.mirror.versions.get(1) > {version}", timeout=WAIT_MS)
+    body = regions[-1]["body"]
+    assert regions[-1]["op"] == "scribble" and body["label"] == 1
+    assert {tuple(v) for v in body["voxels"]} == {(z, 20, x) for x in range(50, 63)}
+    mask, version = server_mask(server, sid, token)
+    assert mask[z, 20, 50:63].all()
+    wait_for_version(page, version)
+    assert np.array_equal(page_mask(page), mask)
+    assert not errors, errors
+    page.close()

@@ -81,6 +81,15 @@ export class Api {
   clicks(objectId, points, labels, mode) {
     return this.request('POST', this.session(`/objects/${objectId}/clicks`), { json: { points, labels, mode } });
   }
+  scribble(objectId, voxels, label, mode) {
+    return this.request('POST', this.session(`/objects/${objectId}/scribble`), { json: { voxels, label, mode } });
+  }
+
+  lasso(objectId, axis, index, contour, label, mode) {
+    return this.request('POST', this.session(`/objects/${objectId}/lasso`),
+      { json: { axis, index, contour, label, mode } });
+  }
+
 
   undo(objectId) {
     return this.request('POST', this.session(`/objects/${objectId}/undo`));

@@ -102,3 +102,50 @@ export function niftiGeometry(shape, spacing) {
     affine: [-sx, 0, 0, 0, 0, -sy, 0, 0, 0, 0, sz, 0, 0, 0, 0, 1],
   };
 }
+
+/**
+ * The voxels a scribble stroke covers: the [z, y, x] positions the pointer visited, joined by straight
+ * segments (the pointer skips voxels when it moves fast), without repeats, in drawing order.
+ */
+export function strokeVoxels(points) {
+  const out = [];
+  const seen = new Set();
+  const add = (v) => {
+    const key = v.join(',');
+    if (!seen.has(key)) {
+      seen.add(key);
+      out.push(v);
+    }
+  };
+  points.forEach((p, n) => {
+    if (n === 0) {
+      add(p);
+      return;
+    }
+    const q = points[n - 1];
+    const steps = Math.max(...[0, 1, 2].map((a) => Math.abs(p[a] - q[a])));
+    for (let s = 1; s <= steps; s++) add([0, 1, 2].map((a) => Math.round(q[a] + ((p[a] - q[a]) * s) / steps) + 0));
+    if (steps === 0) add(p);
+  });
+  return out;
+}
+
+/**
+ * A lasso drawn on one slice: the slice's `axis` (the one the points share; else the one they vary least
+ * along), its `index`, and the `contour` in the two other axes in volume order (axis 0: [y, x]), consecutive
+ * repeats dropped. Throws when fewer than 3 vertices remain (a click, not a lasso).
+ */
+export function lassoFromPoints(points) {
+  const range = [0, 1, 2].map((a) => Math.max(...points.map((p) => p[a])) - Math.min(...points.map((p) => p[a])));
+  const axis = range.indexOf(Math.min(...range));
+  const index = Math.round(points.reduce((s, p) => s + p[axis], 0) / points.length);
+  const others = [0, 1, 2].filter((a) => a !== axis);
+  const contour = [];
+  for (const p of points) {
+    const v = others.map((a) => p[a]);
+    const last = contour[contour.length - 1];
+    if (!last || last[0] !== v[0] || last[1] !== v[1]) contour.push(v);
+  }
+  if (contour.length < 3) throw new Error('contour: a lasso needs at least 3 distinct vertices; drag around the region');
+  return { axis, index, contour };
+}

@@ -8,7 +8,9 @@
 import { DRAG_MODE, Niivue, NVImage } from '@niivue/niivue';
 
 import { Api, ApiError } from './api.js';
-import { boxFromCorners, checkDims, invert4, nativeToZYX, niftiGeometry, worldToNative, worldToZYX } from './coords.js';
+import {
+  boxFromCorners, checkDims, invert4, lassoFromPoints, nativeToZYX, niftiGeometry, strokeVoxels, worldToNative, worldToZYX,
+} from './coords.js';
 import { MaskMirror } from './mirror.js';
 import { readChallengeNpz } from './npz.js';
 
@@ -236,23 +238,72 @@ async function sendBox(fracStart, fracEnd) {
   });
 }
 
+// Scribbles and lassos: the page's own pointer handlers follow the drag (niivue reports only its ends) while
+// niivue's left and right buttons do nothing; the drawn [z, y, x] positions go out on release.
+const drawing = { points: null, label: 1 };
+
+const drawTool = () => $('draw').value;
+
+/** Region prompts need the decoder step: "gru" alone answers them as "both". */
+const regionMode = () => ($('mode').value === 'decoder' ? 'decoder' : 'both');
+
+function voxelAtEvent(e) {
+  const rect = $('gl').getBoundingClientRect();
+  const dpr = nv.uiData.dpr || 1;
+  const frac = nv.canvasPos2frac([(e.clientX - rect.left) * dpr, (e.clientY - rect.top) * dpr]);
+  return frac ? voxelAtFrac(frac) : null;
+}
+
+function startDrawing(e) {
+  if (!drawTool() || !state.back || !api.token || e.ctrlKey || (e.button !== 0 && e.button !== 2)) return;
+  drawing.points = [];
+  drawing.label = e.button === 2 ? 0 : 1;
+  followDrawing(e);
+}
+
+function followDrawing(e) {
+  if (!drawing.points) return;
+  const zyx = voxelAtEvent(e);
+  if (zyx) drawing.points.push(zyx);
+  setStatus(`${drawTool()}: ${drawing.points.length} points`);
+}
+
+async function finishDrawing() {
+  const points = drawing.points;
+  drawing.points = null;
+  if (!points || !points.length) return;
+  const tool = drawTool();
+  const what = drawing.label ? 'foreground' : 'background';
+  await busy(tool, async () => {
+    let reply;
+    if (tool === 'scribble') {
+      reply = await api.scribble(state.selected, strokeVoxels(points), drawing.label, regionMode());
+    } else {
+      const { axis, index, contour } = lassoFromPoints(points);
+      reply = await api.lasso(state.selected, axis, index, contour, drawing.label, regionMode());
+    }
+    setStatus(describeReply(`${what} ${tool} (${regionMode()})`, reply));
+  });
+}
+
 function applyMouseConfig() {
   const boxMode = $('box-mode').checked;
+  const left = drawTool() ? DRAG_MODE.none : boxMode ? DRAG_MODE.callbackOnly : DRAG_MODE.crosshair;
   nv.setMouseEventConfig({
     // Ctrl, not Shift: niivue treats Shift + left drag as a pan whatever the configured mode.
-    leftButton: { primary: boxMode ? DRAG_MODE.callbackOnly : DRAG_MODE.crosshair, withCtrl: DRAG_MODE.callbackOnly },
+    leftButton: { primary: left, withCtrl: DRAG_MODE.callbackOnly },
     rightButton: DRAG_MODE.none,
     centerButton: DRAG_MODE.pan,
   });
 }
 
 nv.onMouseUp = (ui) => {
-  if (ui.isDragging || !ui.fracPos) return; // drags are boxes (onDragRelease)
+  if (ui.isDragging || !ui.fracPos || drawTool()) return; // drags are boxes (onDragRelease); drawing: its own
   if ($('box-mode').checked && !ui.mouseButtonRightDown) return;
   sendClick(ui.fracPos, ui.mouseButtonRightDown ? 0 : 1);
 };
 
-nv.onDragRelease = (params) => {
+nv.onDragRelease = (params) => { // in draw mode only Ctrl + drag reaches here (the left button draws)
   const [a, b] = [params.fracStart, params.fracEnd];
   if (Math.abs(a[0] - b[0]) + Math.abs(a[1] - b[1]) + Math.abs(a[2] - b[2]) < 1e-6) return; // a click
   sendBox(a, b);
@@ -335,6 +386,7 @@ $('download').onclick = () => busy('download', async () => {
 });
 
 $('box-mode').onchange = applyMouseConfig;
+$('draw').onchange = applyMouseConfig;
 $('view').onchange = () => {
   const types = { axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal,
     multiplanar: nv.sliceTypeMultiplanar };
@@ -348,11 +400,18 @@ document.addEventListener('keydown', (e) => {
   else if (e.key === 'b') {
     $('box-mode').checked = !$('box-mode').checked;
     applyMouseConfig();
+  } else if (e.key === 's' || e.key === 'l') {
+    const tool = e.key === 's' ? 'scribble' : 'lasso';
+    $('draw').value = $('draw').value === tool ? '' : tool;
+    applyMouseConfig();
   }
 });
 
 async function init() {
   $('gl').addEventListener('contextmenu', (e) => e.preventDefault());
+  $('gl').addEventListener('pointerdown', startDrawing);
+  $('gl').addEventListener('pointermove', followDrawing);
+  window.addEventListener('pointerup', () => { finishDrawing().catch(showError); });
   await nv.attachTo('gl');
   nv.addColormap(OVERLAY_COLORMAP, {
     R: [0, 40, 255], G: [0, 120, 40], B: [0, 255, 40], A: [0, 160, 200], I: [0, 128, 255],

@@ -2,7 +2,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { boxFromCorners, checkDims, flatIndex, invert4, niftiGeometry, worldToNative, worldToZYX } from '../src/coords.js';
+import {
+  boxFromCorners, checkDims, flatIndex, invert4, lassoFromPoints, niftiGeometry, strokeVoxels, worldToNative, worldToZYX,
+} from '../src/coords.js';
 
 const SHAPE = [7, 11, 13]; // (D, H, W): all different, so a swapped axis cannot pass
 
@@ -67,4 +69,24 @@ test('a 2D box on a slice: inclusive, ordered, clamped, grown only along the sli
 test('niivue dims must be the session shape reversed', () => {
   checkDims([13, 11, 7], SHAPE);
   assert.throws(() => checkDims([7, 11, 13], SHAPE), /volume: the viewer's image is 7x11x13/);
+});
+
+test('a fast stroke is joined into a gapless line of voxels, without repeats', () => {
+  const voxels = strokeVoxels([[3, 2, 2], [3, 2, 2], [3, 2, 7], [3, 5, 7]]);
+  assert.deepEqual(voxels[0], [3, 2, 2]);
+  assert.equal(voxels.length, 6 + 3); // x 2..7 on row 2, then y 3..5 on column 7
+  for (let n = 1; n < voxels.length; n++) {
+    const step = [0, 1, 2].map((a) => Math.abs(voxels[n][a] - voxels[n - 1][a]));
+    assert.ok(Math.max(...step) === 1, `gap between ${voxels[n - 1]} and ${voxels[n]}`);
+  }
+});
+
+test('a lasso takes the slice its points share and the contour in the other axes', () => {
+  const axial = lassoFromPoints([[4, 1, 1], [4, 1, 1], [4, 1, 6], [4, 6, 6], [4, 6, 1]]);
+  assert.deepEqual(axial, { axis: 0, index: 4, contour: [[1, 1], [1, 6], [6, 6], [6, 1]] });
+  const sagittal = lassoFromPoints([[1, 2, 9], [5, 2, 9], [5, 6, 9]]);
+  assert.equal(sagittal.axis, 2);
+  assert.equal(sagittal.index, 9);
+  assert.deepEqual(sagittal.contour, [[1, 2], [5, 2], [5, 6]]);
+  assert.throws(() => lassoFromPoints([[0, 0, 0], [0, 0, 0], [0, 0, 1]]), /contour/);
 });

@@ -1,13 +1,14 @@
 """MONAI Label compatibility: the routes OHIF's MONAI Label panel and 3D Slicer's MONAILabel module call.
 
     GET    /info/                   app info: one interactive model, as "deepedit" and as "deepgrow"
-    POST   /infer/{model}           ?image=<SeriesInstanceUID>|&session_id=<id>&output=image|json|all
+    POST   /infer/{model}           ?image=<datastore id | SeriesInstanceUID>|&session_id=<id>
+                                    &output=image|json|all|dicom_seg
                                     form: params (JSON: foreground/background or clicks per label), file?
-    PUT    /session/                form: files (one image file, or the files of one DICOM series)
-    GET    /session/{id}            session info (404 when unknown or expired; ?image=true is not served)
+    PUT    /session/                ?expiry=<s>, form: files (one image file, or the files of one DICOM series)
+    GET    /session/{id}            session info (404 when unknown or expired); ?image=true: the uploaded file
     DELETE /session/{id}
-    PUT    /datastore/label         ?image=<SeriesInstanceUID>, form: label (.bin/.nrrd/.nii.gz), params
-                                    -> the label as a DICOM SEG stored on the DICOMweb server (STOW-RS)
+
+The datastore, active learning and training routes are in ``app.api.routes.monailabel_datastore``.
 
 The shapes follow MONAI Label's server (``monailabel/endpoints``): ``output=all`` (the default, as the
 Slicer client sends none) is ``multipart/form-data`` with a ``params`` part (application/json, no filename)
@@ -27,30 +28,31 @@ import io
 import json
 import time
 import zipfile
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 from urllib3.filepost import encode_multipart_formdata
 
 import app as app_package
 from app.api.deps import ManagerDep, SettingsDep
-from app.api.dicomweb_deps import BridgeDep, DicomwebDep, LimitsDep, dicomweb_errors
+from app.api.dicomweb_deps import BridgeDep, LimitsDep, OptionalDatastoreDep, dicomweb_errors
 from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_seg
 from app.errors import InvalidInput
-from app.io.label_files import decode_label_upload, encode_label_image
+from app.io.label_files import RESULT_DTYPES, RESULT_EXTENSIONS, encode_label_image
 from app.io.volumes import LoadedVolume, VolumeLimits, load_volume
 from app.schemas import paths
 from app.schemas.monailabel import (
+    ACTIVE_LEARNING_STRATEGIES,
     DEEPEDIT_MODEL,
     DEEPGROW_MODEL,
     AppInfo,
     DatastoreInfo,
     InferOutput,
-    LabelSaved,
     ModelInfo,
     SessionCreatedML,
     SessionInfoML,
@@ -68,7 +70,7 @@ _ERRORS = error_responses(
 
 
 @router.get(paths.MONAILABEL_INFO, summary="MONAI Label app info", responses=_ERRORS)
-async def info(bridge: BridgeDep, settings: SettingsDep) -> AppInfo:
+async def info(bridge: BridgeDep, settings: SettingsDep, datastore: OptionalDatastoreDep) -> AppInfo:
     labels = {"background": 0, **{name: label_value(name, bridge.labels) for name in bridge.labels}}
     description = (f"Interactive 3D segmentation ({settings.model_config_name}): clicks refine one object per "
                    "label and image; repeated clicks are applied incrementally.")
@@ -76,8 +78,12 @@ async def info(bridge: BridgeDep, settings: SettingsDep) -> AppInfo:
         DEEPEDIT_MODEL: ModelInfo(type="deepedit", labels=labels, description=description),
         DEEPGROW_MODEL: ModelInfo(type="deepgrow", labels=labels, description=description),
     }
+    # Slicer's "Next Sample" offers the strategies listed here, so they exist only with a datastore.
+    strategies = {name: {"description": text} for name, text in ACTIVE_LEARNING_STRATEGIES.items()
+                  } if datastore is not None else {}
+    stats = DatastoreInfo(**datastore.status()) if datastore is not None else DatastoreInfo(total=len(bridge))
     return AppInfo(name="segvol-interactive", description=description, version=app_package.__version__,
-                   labels=list(labels), models=models, datastore=DatastoreInfo(total=len(bridge)))
+                   labels=list(labels), models=models, strategies=strategies, datastore=stats)
 
 
 @router.post(paths.MONAILABEL_INFER, summary="Run the interactive model on an image with clicks",
@@ -88,7 +94,9 @@ async def infer(
     limits: LimitsDep,
     image: Annotated[str, Query(max_length=256, description="SeriesInstanceUID on the DICOMweb server.")] = "",
     session_id: Annotated[str, Query(max_length=64, description="From PUT /session/ (wins over image).")] = "",
-    output: Annotated[InferOutput | None, Query(description="image | json | all (default all).")] = None,
+    output: Annotated[InferOutput | None, Query(description="image | json | all (default all) | dicom_seg (a "
+                                                            "DICOM SEG of the result; images read from DICOM).")
+                      ] = None,
     params: Annotated[str, Form(max_length=1 << 20, description="JSON: clicks and result options.")] = "{}",
     file: Annotated[UploadFile | None, File(description="The image itself, instead of image/session_id.")] = None,
     label: Annotated[UploadFile | None, File(description="Not supported (scribbles).")] = None,
@@ -97,7 +105,7 @@ async def infer(
         raise HTTPException(404, f"model: no model {model[:64]!r}; models: {[DEEPEDIT_MODEL, DEEPGROW_MODEL]}")
     if label is not None:
         raise InvalidInput("label: label volumes (scribbles) are not supported by this model", field="label")
-    options = _parse_params(params)
+    options = parse_params(params)
     if session_id:
         entry = bridge.uploaded(session_id)
     elif file is not None:
@@ -106,9 +114,17 @@ async def infer(
         entry = await bridge.image(image)
     else:
         raise InvalidInput("image: give image (a SeriesInstanceUID), session_id or file", field="image")
+    # Everything the reply needs is checked before a click runs: a refused call leaves the labels as they were.
+    result_format = _result_format(options)
+    if output == "dicom_seg" and entry.session.dicom_headers is None:
+        raise InvalidInput(f"output: dicom_seg needs an image read from DICOM (a DICOMweb series or the files of "
+                           f"a DICOM series); {entry.name[:80]!r} is not", field="output")
     started = time.perf_counter()
     result = await bridge.infer(entry, options)
-    return await _infer_reply(result, options, output or "all", (time.perf_counter() - started) * 1e3)
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    if output == "dicom_seg":
+        return await _dicom_seg_reply(result, entry)
+    return await _infer_reply(result, result_format, output or "all", elapsed_ms)
 
 
 @router.put(paths.MONAILABEL_SESSIONS, summary="Upload an image for later /infer calls (MONAI Label session)",
@@ -117,20 +133,33 @@ async def create_session(
     bridge: BridgeDep,
     manager: ManagerDep,
     limits: LimitsDep,
+    settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="One image file, or the files of one DICOM series.")],
+    expiry: Annotated[int, Query(ge=0, description="Idle seconds before the session ends (0: the server's "
+                                                   "idle_timeout_s, also the most allowed).")] = 0,
 ) -> SessionCreatedML:
+    if expiry > settings.idle_timeout_s:
+        raise InvalidInput(f"expiry: at most {int(settings.idle_timeout_s)} s on this server (idle_timeout_s), "
+                           f"got {expiry}", field="expiry")
     await bridge.ensure_room()  # before the upload is decoded
-    loaded, name = await _read_files(files, limits)
+    loaded, name, data = await _read_files(files, limits)
     entry = await bridge.upload(loaded, name)
+    entry.expiry_s = float(expiry) if expiry else None
+    path = bridge.file_for(name)
+    await asyncio.to_thread(path.write_bytes, data)
+    entry.source_file = path
     return SessionCreatedML(session_id=_upload_id(entry), session_info=_session_info(entry, manager))
 
 
-@router.get(paths.MONAILABEL_SESSION, summary="MONAI Label session info", responses=_ERRORS)
+@router.get(paths.MONAILABEL_SESSION, summary="MONAI Label session info (?image=true: the uploaded image file)",
+            response_model=SessionInfoML, responses=_ERRORS)
 async def get_session(session_id: str, bridge: BridgeDep, manager: ManagerDep,
-                      image: bool = False) -> SessionInfoML:
-    if image:
-        raise InvalidInput("image: downloading the session's image is not supported", field="image")
-    return _session_info(bridge.uploaded(session_id), manager)
+                      image: bool = False) -> Any:
+    entry = bridge.uploaded(session_id)
+    if image:  # the file as uploaded (several DICOM files: the zip of them)
+        assert entry.source_file is not None  # every PUT /session/ keeps its upload
+        return FileResponse(entry.source_file, media_type="application/octet-stream", filename=entry.name)
+    return _session_info(entry, manager)
 
 
 @router.delete(paths.MONAILABEL_SESSION, summary="Delete a MONAI Label session", responses=_ERRORS)
@@ -141,46 +170,10 @@ async def delete_session(session_id: str, bridge: BridgeDep, manager: ManagerDep
     return info
 
 
-@router.put(paths.MONAILABEL_DATASTORE_LABEL, summary="Save a label: stored as DICOM SEG on the DICOMweb server (STOW-RS)",
-            responses=_ERRORS)
-async def save_label(
-    bridge: BridgeDep,
-    limits: LimitsDep,
-    source: DicomwebDep,
-    image: Annotated[str, Query(max_length=256, description="SeriesInstanceUID the label belongs to.")],
-    label: Annotated[UploadFile, File(description="label.bin (raw uint8, x fastest), .nrrd or .nii.gz")],
-    params: Annotated[str, Form(max_length=1 << 20)] = "{}",
-    tag: Annotated[str, Query(max_length=64, description="MONAI Label's label tag (ignored).")] = "",
-) -> LabelSaved:
-    options = _parse_params(params)
-    entry = await bridge.image(image)
-    data = await label.read()
-    try:
-        labelmap = await asyncio.to_thread(decode_label_upload, data, label.filename or "label.bin", entry.meta,
-                                           limits)
-    except ValueError as e:
-        raise InvalidInput(str(e), field="label") from None
-    present = [int(v) for v in np.unique(labelmap) if v != 0]
-    if not present:
-        raise InvalidInput("label: the label is empty; nothing to store", field="label")
-    names = bridge.labelmap_names(present)
-    for item in options.get("label_info") or []:  # Slicer: [{"name": ..., "idx": ...}]
-        if isinstance(item, dict) and isinstance(item.get("idx"), int) and isinstance(item.get("name"), str):
-            names[item["idx"]] = item["name"][:64]
-    headers = entry.session.dicom_headers
-    if headers is None:
-        raise InvalidInput(f"image: {image[:80]!r} was not read from DICOM", field="image")
-    seg = await dicom_seg(labelmap, headers, {v: names[v] for v in present})
-    with dicomweb_errors("image"):
-        stored = await asyncio.to_thread(source.store, seg)
-    return LabelSaved(image=image, label=stored.sop_instance_uid, study_instance_uid=stored.study_instance_uid,
-                      series_instance_uid=stored.series_instance_uid, sop_instance_uid=stored.sop_instance_uid)
-
-
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _parse_params(params: str) -> dict[str, Any]:
+def parse_params(params: str) -> dict[str, Any]:
     try:
         value = json.loads(params or "{}")
     except json.JSONDecodeError as e:
@@ -190,7 +183,41 @@ def _parse_params(params: str) -> dict[str, Any]:
     return value
 
 
-async def _infer_reply(result: InferResult, options: dict[str, Any], output: str, elapsed_ms: float) -> Response:
+@dataclass(frozen=True)
+class ResultFormat:
+    """How the result label map is written (MONAI Label's ``result_*`` params)."""
+
+    extension: str
+    dtype: str
+    compress: bool
+
+
+def _result_format(options: dict[str, Any]) -> ResultFormat:
+    extension = options.get("result_extension") or ".nrrd"
+    dtype = options.get("result_dtype") or "uint16"
+    if extension not in RESULT_EXTENSIONS:
+        raise InvalidInput(f"params.result_extension: expected one of {list(RESULT_EXTENSIONS)}, got "
+                           f"{str(extension)[:32]!r}", field="params.result_extension")
+    if dtype not in RESULT_DTYPES:
+        raise InvalidInput(f"params.result_dtype: expected one of {list(RESULT_DTYPES)}, got {str(dtype)[:32]!r}",
+                           field="params.result_dtype")
+    return ResultFormat(extension, dtype, bool(options.get("result_compress", False)))
+
+
+async def _dicom_seg_reply(result: InferResult, entry: ImageEntry) -> Response:
+    headers = entry.session.dicom_headers
+    assert headers is not None  # checked before the clicks ran
+    names = {value: name for name, value in result.label_names.items() if value}
+    present = {int(v) for v in np.unique(result.labelmap) if v}
+    if not present:
+        raise InvalidInput("output: the result is empty; a DICOM SEG needs at least one segmented voxel",
+                           field="output")
+    seg = await dicom_seg(result.labelmap, headers, {v: names.get(v, f"label {v}") for v in present})
+    return Response(seg, media_type="application/dicom",
+                    headers={"Content-Disposition": 'attachment; filename="label.dcm"'})
+
+
+async def _infer_reply(result: InferResult, fmt: ResultFormat, output: str, elapsed_ms: float) -> Response:
     reply = {
         "label_names": result.label_names,
         "centroids": result.centroids,
@@ -200,14 +227,13 @@ async def _infer_reply(result: InferResult, options: dict[str, Any], output: str
     }
     if output == "json":
         return JSONResponse(reply)
-    extension = str(options.get("result_extension") or ".nrrd")
-    dtype = str(options.get("result_dtype") or "uint16")
-    compress = bool(options.get("result_compress", False))
+    segments = {name: value for name, value in result.label_names.items() if value}
     try:
-        data = await asyncio.to_thread(encode_label_image, result.labelmap, result.meta, extension, dtype, compress)
+        data = await asyncio.to_thread(encode_label_image, result.labelmap, result.meta, fmt.extension, fmt.dtype,
+                                       fmt.compress, segments)
     except ValueError as e:
         raise InvalidInput(str(e), field=str(e).split(":", 1)[0]) from None
-    filename = "label" + extension
+    filename = "label" + fmt.extension
     if output == "image":
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
@@ -226,9 +252,13 @@ def _session_info(entry: ImageEntry, manager: SessionManager) -> SessionInfoML:
     now = int(time.time())
     idle_s = time.monotonic() - entry.last_used
     d, h, w = entry.meta.shape
+    expires_in = manager.expires_in_s(entry.session)
+    if entry.expiry_s is not None:
+        expires_in = min(expires_in, entry.expiry_s - idle_s)
     return SessionInfoML(name=_upload_id(entry), image=entry.name, meta={"size_ijk": [w, h, d]},
                          create_ts=int(entry.created_at), last_access_ts=int(now - idle_s),
-                         expiry=int(manager.expires_in_s(entry.session)))
+                         expiry=max(0, int(expires_in)))
+
 
 
 async def _entry_for_file(bridge: MonaiLabelBridge, file: UploadFile, limits: VolumeLimits) -> ImageEntry:
@@ -242,17 +272,20 @@ async def _entry_for_file(bridge: MonaiLabelBridge, file: UploadFile, limits: Vo
     return entry
 
 
-async def _read_files(files: list[UploadFile], limits: VolumeLimits) -> tuple[LoadedVolume, str]:
+async def _read_files(files: list[UploadFile], limits: VolumeLimits) -> tuple[LoadedVolume, str, bytes]:
+    """The volume of ``PUT /session/``'s files, its name and the bytes it was read from."""
     if not files:
         raise InvalidInput("files: no file uploaded", field="files")
     if len(files) == 1:
         data = await files[0].read()
-        return await _load_bytes(data, files[0].filename or "", limits, field="files"), files[0].filename or ""
+        name = files[0].filename or ""
+        return await _load_bytes(data, name, limits, field="files"), name, data
     buf = io.BytesIO()  # several files: the slices of one DICOM series, read as a zip of them
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for k, f in enumerate(files):
             zf.writestr(f"{k:05d}.dcm", await f.read())
-    return await _load_bytes(buf.getvalue(), "series.zip", limits, field="files"), "series.zip"
+    data = buf.getvalue()
+    return await _load_bytes(data, "series.zip", limits, field="files"), "series.zip", data
 
 
 async def _load_bytes(data: bytes, filename: str, limits: VolumeLimits, field: str = "file") -> LoadedVolume:

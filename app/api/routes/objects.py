@@ -1,4 +1,4 @@
-"""Objects of a session: box, clicks, undo, reset, start from a mask, download the mask, remove.
+"""Objects of a session: box, clicks, scribble, lasso, undo, reset, start from a mask, download the mask, remove.
 
 Every mask-changing route replies with ``PromptReply``: the object's new version, the net count and bbox of
 changed voxels, and each model step with its timings; the changed voxels themselves go out on the
@@ -19,11 +19,12 @@ from app.api.deps import ManagerDep, ObjectIdPath, SessionDep, SettingsDep
 from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
-from app.io.volumes import VolumeLimits, save_mask
+from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply
+from app.schemas.regions import LassoRequest, ScribbleRequest
 from app.sessions.manager import PromptOutcome, Session
-from app.sessions.validation import world_box_to_voxel, world_to_voxel
+from app.sessions.validation import lasso_region, scribble_region, world_box_to_voxel, world_to_voxel
 
 router = APIRouter(tags=["objects"])
 
@@ -78,6 +79,22 @@ async def add_clicks(session: SessionDep, manager: ManagerDep, object_id: Object
     return prompt_reply(await manager.add_clicks(session, object_id, points, body.labels, mode=body.mode))
 
 
+@router.post(paths.OBJECT_SCRIBBLE, summary="Refine an object with a scribble (painted voxels with a label)",
+             responses=_PROMPT_ERRORS)
+async def add_scribble(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ScribbleRequest
+                       ) -> PromptReply:
+    region = scribble_region(body.voxels, session.shape)
+    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode))
+
+
+@router.post(paths.OBJECT_LASSO, summary="Refine an object with a lasso (a filled contour on one slice)",
+             responses=_PROMPT_ERRORS)
+async def add_lasso(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: LassoRequest
+                    ) -> PromptReply:
+    region = await asyncio.to_thread(lasso_region, body.axis, body.index, body.contour, session.shape)
+    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode))
+
+
 @router.post(paths.OBJECT_UNDO, summary="Undo the object's last prompt",
              responses={**_ACTION_ERRORS, **error_responses(409)})
 async def undo(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> PromptReply:
@@ -98,7 +115,7 @@ async def put_mask(
     object_id: ObjectIdPath,
     file: Annotated[UploadFile, File(description="A (D, H, W) 0/1 mask of the volume's shape.")],
 ) -> PromptReply:
-    limits = VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    limits = settings.volume_limits
     mask = await read_mask(file, volume_meta(session), limits)
     return prompt_reply(await manager.set_mask(session, object_id, mask))
 

@@ -13,7 +13,7 @@ from app.api.errors import error_responses
 from app.api.uploads import read_volume
 from app.errors import InvalidInput
 from app.io.dicom_seg import build_seg
-from app.io.volumes import VolumeLimits, VolumeMeta, save_mask
+from app.io.volumes import VolumeMeta, save_mask
 from app.schemas import paths
 from app.schemas.prompts import MaskFormat, OverlapRule
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
@@ -76,7 +76,7 @@ async def create_session(
     session_id: RouterSessionIdDep = None,
 ) -> SessionCreated:
     manager.check_room_for_session()  # refuse early, before decoding the upload
-    limits = VolumeLimits(max_bytes=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    limits = settings.volume_limits
     loaded = await read_volume(file, limits, spacing_order)
     geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
     session, token = await manager.create(loaded.array, geometry, modality=modality or loaded.modality,
