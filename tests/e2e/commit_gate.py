@@ -78,7 +78,11 @@ class CommitGate:
                 downstream, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # Redis is down (the test stopped it): the server sees a refused connection
+                _close(downstream)
+                continue
             with self._lock:
                 self._sockets += [downstream, upstream]
             threading.Thread(target=self._pump, args=(downstream, upstream, True), daemon=True).start()

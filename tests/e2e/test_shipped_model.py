@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from client import Client, Session
-from tests.e2e.conftest import SHARED_REDIS_URL, SHIPPED_MODEL, Server, kill_server
+from tests.e2e.conftest import SHARED_REDIS_URL, Server, kill_server
 from tests.volumes import synthetic_volume
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
+SHIPPED_MODEL: tuple[str, ...] = ()  # no model flags: what `python -m app` serves
 BOX = [6, 20, 20, 17, 43, 43]  # around the synthetic volume's bright block
 CLICKS = [((10, 30, 30), 1, "gru"), ((12, 25, 38), 0, "both"), ((8, 40, 24), 1, "decoder"),
           ((11, 44, 32), 1, "both")]
@@ -47,7 +48,7 @@ def test_the_shipped_model_serves_box_clicks_undo_and_restores_bit_identical(
     flags = ("--no-warmup", "--redis-url", SHARED_REDIS_URL, "--storage-dir", str(tmp_path / "storage"),
              "--log-level", "info")
     env = {"SEGSVC_REDIS_PREFIX": redis_prefix}
-    first = server_factory(*flags, env=env, model=SHIPPED_MODEL)
+    first = server_factory(*flags, env=env, model_flags=SHIPPED_MODEL)
     with Client(first.url, timeout=300) as api:
         session = api.create_session(synthetic_volume(), spacing=(2.0, 1.0, 1.0))
         assert session.created is not None and session.created.config == "compact"
@@ -74,7 +75,7 @@ def test_the_shipped_model_serves_box_clicks_undo_and_restores_bit_identical(
         assert before["versions"] == {1: 1 + 1 + 2 + 1 + 2 + 1, 2: 1}
 
     kill_server(first)  # no shutdown hook: only what was acknowledged survives
-    second = server_factory(*flags, env=env, model=SHIPPED_MODEL)
+    second = server_factory(*flags, env=env, model_flags=SHIPPED_MODEL)
     with Client(second.url, timeout=300) as api:
         restored = api.session(session.session_id, session.token)
         _assert_same(_state(restored), before)
