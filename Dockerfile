@@ -6,8 +6,9 @@
 #   docker run --rm --gpus all -p 8000:8000 segvol-interactive:cu128 python -m app --host 0.0.0.0 --device cuda:0
 #
 # torch is installed first from the PyTorch index of TORCH_VARIANT (cpu, cu126, cu128, ...; TORCH_INDEX_URL
-# overrides the whole URL), at the version pyproject.toml pins; the project install that follows is the exact
-# command CI runs (.ci/run) and keeps that build, as a local version label (+cpu, +cu128) satisfies the pin.
+# overrides the whole URL), at the version pyproject.toml pins; the project install that follows is the README's
+# install command, exactly (no extras: CI proves each run that it serves, .ci/readme_install_check.sh), and keeps
+# that build, as a local version label (+cpu, +cu128) satisfies the pin.
 # See docs/deploy.md.
 FROM python:3.11-slim
 
@@ -27,7 +28,7 @@ RUN python3 -m pip install torch==2.13.0 --index-url "${TORCH_INDEX_URL}"
 # /workspace: the challenge evaluator mounts its inputs/ and outputs/ here and runs `sh predict.sh`.
 WORKDIR /workspace
 COPY . .
-RUN python3 -m pip install -q -e '.[dev]'
+RUN python3 -m pip install -e .
 
 RUN useradd --create-home --uid 10001 --user-group segsvc \
     && mkdir -p /data \

@@ -8,6 +8,7 @@
     python -m app --api-key-hash "$(python -m app hash-key < key.txt)" --rate-limit 5   # API key + limit
     python -m app hash-key < key.txt                          # print the sha256 of a key read from stdin
     python -m app --nninteractive                             # + nnInteractive's protocol at /nninteractive
+    python -m app sample-volume ct.nii.gz                     # write a synthetic CT to try the service on
 
 Flags override the environment (``SEGSVC_*``, ``REDIS_URL``), which overrides the defaults. Run one such
 process per device; put several behind a router that pins each session id to its process.
@@ -120,10 +121,29 @@ def hash_key_command(stdin: str) -> str:
     return hash_api_key(key)
 
 
+def sample_volume_command(argv: Sequence[str]) -> str:
+    """``python -m app sample-volume [PATH]``: write the synthetic CT (default ``ct.nii.gz``); a summary."""
+    from app.io.sample_volume import ORGAN_BOX, ORGAN_CENTER, SHAPE, SPACING, write_sample_volume
+
+    p = argparse.ArgumentParser(prog="python -m app sample-volume",
+                                description="Write a small synthetic CT (no patient data) to try the service on.")
+    p.add_argument("path", nargs="?", default="ct.nii.gz", help="output file: .nii.gz, .nii, .nrrd or .mha")
+    args = p.parse_args(argv)
+    try:
+        out = write_sample_volume(args.path)
+    except ValueError as err:
+        p.error(str(err))
+    return (f"{out}: synthetic CT, shape (D, H, W) {SHAPE}, spacing (sz, sy, sx) {SPACING} mm; "
+            f"one organ in the voxel box {list(ORGAN_BOX)}, centre {list(ORGAN_CENTER)}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hash-key"]:
         print(hash_key_command(sys.stdin.read()))
+        return
+    if argv[:1] == ["sample-volume"]:
+        print(sample_volume_command(argv[1:]))
         return
 
     import uvicorn

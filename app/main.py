@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
         "the WebSocket stream carries the changed voxels. Every route except health and metrics needs "
         "`Authorization: Bearer <token>` of the session, and `X-API-Key` when the server has API keys.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN; app.api.routes.docs serves offline ones instead
+        redoc_url=None,
     )
     app.state.settings = settings
     # Resync snapshots run on the model thread every session shares: a per-session budget keeps one client's

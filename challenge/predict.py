@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,15 +80,21 @@ def replay_case(predictor: Predictor, case: ChallengeCase, *, mode: str = "both"
 
 
 def write_segs(path: Path, segs: np.ndarray) -> None:
-    """Write ``segs`` as ``path`` (npz, key ``segs``) atomically: a reader never sees half a file."""
+    """Write ``segs`` as ``path`` (npz, key ``segs``) atomically: a reader never sees half a file.
+
+    The file gets the ordinary permissions of a new file (0666 less the umask), like any other output the
+    evaluator collects: ``tempfile.mkstemp`` would leave it 0600, unreadable to an evaluator running as
+    another user. The temporary name is unique to this process and opened exclusively ("x"), so two writers
+    never share it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.npz.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             np.savez_compressed(f, segs=segs)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -12,22 +12,29 @@
 
 ``AsyncClient`` / ``AsyncSession`` / ``AsyncMaskStream`` offer the same calls as coroutines.
 
-Exceptions (every error the SDK raises for a failed call derives from ``SegError``, which carries
-``status``, ``code``, ``message`` and ``field`` from the server's error body):
+Exceptions: every error the SDK raises derives from ``SegError``, which carries ``status``, ``code``,
+``message`` and ``field`` from the server's error body (``status`` is None for an error found locally):
 
     SegError
-    ├── AuthenticationError   401/403  missing or wrong session token or server API key
-    ├── NotFoundError         404      unknown session, object or route
-    ├── SessionExpiredError   410      the session expired or was closed
-    ├── ValidationError       400/409/413/422  bad input; ``field`` names it ("box", "points", "file", ...)
-    ├── RateLimitedError      429      over the rate limit; ``retry_after`` seconds
-    ├── ServerBusyError       503      at capacity; ``retry_after`` seconds
-    ├── ServerError           other 5xx
-    ├── TransportError        no reply: connection refused/reset, timeout
-    └── StreamError           the diff stream closed (``close_code``) or failed
+    ├── AuthenticationError       401/403  missing or wrong session token or server API key
+    ├── NotFoundError             404      unknown object or route
+    │   ├── SessionClosedError    404      the session was closed or deleted (also a SessionExpiredError)
+    │   └── NoLocalMaskError      -        a stream holds no mask of that object yet (also a KeyError)
+    ├── SessionExpiredError       410      the session is gone: it expired (or, as SessionClosedError, closed)
+    ├── ValidationError           400/409/413/422, or local  bad input; ``field`` names it ("box", "format",
+    │                                       "volume", ...)
+    ├── RateLimitedError          429      over the rate limit; ``retry_after`` seconds
+    ├── ServerBusyError           503      at capacity; ``retry_after`` seconds
+    ├── ServerError               other 5xx
+    ├── UnexpectedReplyError      2xx      a reply the SDK cannot read (a proxy in between, another version)
+    ├── TransportError            -        no usable reply: connection refused/reset, timeout, undecodable
+    ├── StreamError               -        the diff stream closed (``close_code``) or failed
+    └── VersionTimeoutError       -        ``wait_for_version`` timed out (also a TimeoutError)
 
-Invalid arguments are caught locally with the server's own validation (same ``ValidationError``) before
-anything is sent. ``wait_for_version`` raises the built-in ``TimeoutError`` when the version does not arrive.
+A session that no longer exists raises ``SessionExpiredError`` from every call, whether it expired (410) or
+was closed (``SessionClosedError``, 404). Invalid arguments (a box of the wrong size, an unknown mask format,
+a volume file that cannot be read) are caught locally, with the server's own validation where there is one,
+as a ``ValidationError`` before anything is sent. Any other 4xx status raises ``SegError`` itself.
 """
 
 from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, StepReply
@@ -35,15 +42,19 @@ from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
 from client._async import AsyncClient, AsyncSession
 from client._errors import (
     AuthenticationError,
+    NoLocalMaskError,
     NotFoundError,
     RateLimitedError,
     SegError,
     ServerBusyError,
     ServerError,
+    SessionClosedError,
     SessionExpiredError,
     StreamError,
     TransportError,
+    UnexpectedReplyError,
     ValidationError,
+    VersionTimeoutError,
 )
 from client._mirror import MaskMirror
 from client._stream import AsyncMaskStream, MaskStream
@@ -58,6 +69,7 @@ __all__ = [
     "MaskFormat",
     "MaskMirror",
     "MaskStream",
+    "NoLocalMaskError",
     "NotFoundError",
     "ObjectInfo",
     "OverlapRule",
@@ -67,11 +79,14 @@ __all__ = [
     "ServerBusyError",
     "ServerError",
     "Session",
+    "SessionClosedError",
     "SessionCreated",
     "SessionExpiredError",
     "SessionInfo",
     "StepReply",
     "StreamError",
     "TransportError",
+    "UnexpectedReplyError",
     "ValidationError",
+    "VersionTimeoutError",
 ]

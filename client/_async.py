@@ -42,7 +42,7 @@ class AsyncClient:
     async def _send(self, request: Request) -> httpx.Response:
         try:
             return await self._http.request(request.method, request.path, **request.kwargs())
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # transport failures, and a reply httpx cannot decode or follow
             raise TransportError(f"{request.method} {request.path}: {exc!r}") from exc
 
     async def create_session(self, volume: VolumeInput, *, spacing: Sequence[float] | None = None,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from app.schemas.errors import ErrorCode
 from app.schemas.paths import RETRY_AFTER_HEADER
+
+SESSION_NOT_FOUND = ErrorCode.SESSION_NOT_FOUND.value
 
 
 class SegError(Exception):
@@ -28,11 +31,27 @@ class AuthenticationError(SegError):
 
 
 class NotFoundError(SegError):
-    """404: unknown session, object or route."""
+    """404: unknown object or route (a session that is gone raises ``SessionClosedError``, also one of these);
+    or, with ``status`` None, a stream holding no local mask of the object (``NoLocalMaskError``)."""
 
 
 class SessionExpiredError(SegError):
-    """410: the session expired (idle too long) or was closed."""
+    """The session is gone, so every further call on it fails the same way: 410, it expired (idle too long,
+    or past its maximum age, or not restored after a server restart); or ``SessionClosedError`` (404), it
+    was closed or deleted. Catch this one class to handle a session that no longer exists."""
+
+
+class SessionClosedError(SessionExpiredError, NotFoundError):
+    """404 ``session_not_found``: the session was closed (``Session.close()``, here or by another holder of
+    its token) or deleted. A ``SessionExpiredError`` (the session is gone) and a ``NotFoundError`` (404)."""
+
+
+class NoLocalMaskError(NotFoundError, KeyError):
+    """A stream holds no local mask of the object (no frame of it arrived yet, or it was removed); no request
+    was sent, ``status`` is None. Also a ``KeyError``, as a lookup in the stream's masks."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
 
 
 class ValidationError(SegError):
@@ -61,7 +80,18 @@ class ServerError(SegError):
 
 
 class TransportError(SegError):
-    """No HTTP reply: connection refused or reset, timeout."""
+    """No usable HTTP reply: connection refused or reset, timeout, a body that cannot be decoded, a redirect
+    loop."""
+
+
+class UnexpectedReplyError(SegError):
+    """A 2xx reply the SDK cannot read (not the JSON or npz the route answers with): a proxy answering in
+    the server's place, or a server of an incompatible version. ``status`` is the reply's status."""
+
+
+class VersionTimeoutError(SegError, TimeoutError):
+    """``wait_for_version`` gave up: the stream did not deliver that version within ``timeout`` seconds.
+    Also the built-in ``TimeoutError``."""
 
 
 class StreamError(SegError):
@@ -106,6 +136,8 @@ def error_from_reply(status: int, content: bytes, headers: Mapping[str, str]) ->
         return ServerBusyError(message, retry_after=_retry_after(headers), status=status, code=code, field=field)
     if status == 429:
         return RateLimitedError(message, retry_after=_retry_after(headers), status=status, code=code, field=field)
+    if status == 404 and code == SESSION_NOT_FOUND:
+        return SessionClosedError(message, status=status, code=code, field=field)
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else SegError)
     return cls(message, status=status, code=code, field=field)
 

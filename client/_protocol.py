@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -31,9 +31,10 @@ from app.schemas.prompts import (
 )
 from app.schemas.regions import LassoRequest, ScribbleRequest
 from app.schemas.sessions import SessionCreated, SessionInfo
-from client._errors import SegError, ValidationError, error_from_reply
+from client._errors import UnexpectedReplyError, ValidationError, error_from_reply
 
 VolumeInput = np.ndarray | str | os.PathLike[str]
+_Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,28 @@ def create_session(
             raise ValidationError("spacing: only for numpy volumes; a file carries its own spacing",
                                   field="spacing")
         file_path = Path(volume)
-        files = {paths.UPLOAD_FILE_FIELD: (file_path.name, file_path.read_bytes(), "application/octet-stream")}
+        try:
+            content = file_path.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"volume: cannot read {str(file_path)!r}: {exc.strerror or exc}",
+                                  field="volume") from None
+        files = {paths.UPLOAD_FILE_FIELD: (file_path.name, content, "application/octet-stream")}
     return Request("POST", paths.SESSIONS, files=files, data=data)
 
 
+def _reply(model: type[_Model], response: httpx.Response) -> _Model:
+    """The 2xx reply's JSON as ``model`` (typed errors for a non-2xx or an unreadable reply)."""
+    content = check(response).content
+    try:
+        return model.model_validate_json(content)
+    except pydantic.ValidationError as exc:
+        raise UnexpectedReplyError(f"reply: not a {model.__name__} ({exc.error_count()} problems, first: "
+                                   f"{exc.errors()[0]['msg']}): {content[:80]!r}",
+                                   status=response.status_code) from None
+
+
 def parse_created(response: httpx.Response) -> SessionCreated:
-    return SessionCreated.model_validate_json(check(response).content)
+    return _reply(SessionCreated, response)
 
 
 def session_info(sid: str, token: str) -> Request:
@@ -132,7 +149,7 @@ def session_info(sid: str, token: str) -> Request:
 
 
 def parse_info(response: httpx.Response) -> SessionInfo:
-    return SessionInfo.model_validate_json(check(response).content)
+    return _reply(SessionInfo, response)
 
 
 def close_session(sid: str, token: str) -> Request:
@@ -207,11 +224,19 @@ def set_mask(sid: str, token: str, oid: int, mask: np.ndarray) -> Request:
 
 
 def parse_prompt(response: httpx.Response) -> PromptReply:
-    return PromptReply.model_validate_json(check(response).content)
+    return _reply(PromptReply, response)
+
+
+def _format(fmt: MaskFormat | str) -> str:
+    try:
+        return MaskFormat(fmt).value
+    except ValueError:
+        raise ValidationError(f"format: expected one of {[f.value for f in MaskFormat]}, got {fmt!r}",
+                              field="format") from None
 
 
 def get_mask(sid: str, token: str, oid: int, fmt: MaskFormat | str) -> Request:
-    fmt_value = MaskFormat(fmt).value
+    fmt_value = _format(fmt)
     return Request("GET", _object_path(paths.OBJECT_MASK, sid, oid), params={paths.FORMAT_QUERY: fmt_value},
                    headers=auth_headers(token))
 
@@ -223,7 +248,7 @@ def get_segmentation(sid: str, token: str, fmt: MaskFormat | str, overlap: Overl
     except ValueError:
         raise ValidationError(f"overlap: expected one of {[r.value for r in OverlapRule]}, got {overlap!r}",
                               field="overlap") from None
-    params = {paths.FORMAT_QUERY: MaskFormat(fmt).value, paths.OVERLAP_QUERY: rule}
+    params = {paths.FORMAT_QUERY: _format(fmt), paths.OVERLAP_QUERY: rule}
     return Request("GET", paths.SEGMENTATION.format(session_id=sid), params=params, headers=auth_headers(token))
 
 
@@ -234,4 +259,5 @@ def parse_npz(response: httpx.Response, key: str) -> np.ndarray:
         with np.load(io.BytesIO(content), allow_pickle=False) as npz:
             return np.asarray(npz[key])
     except (ValueError, OSError, KeyError) as exc:
-        raise SegError(f"reply: not an npz with key {key!r} ({exc})", status=response.status_code) from None
+        raise UnexpectedReplyError(f"reply: not an npz with key {key!r} ({exc})",
+                                   status=response.status_code) from None

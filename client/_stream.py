@@ -21,7 +21,16 @@ from websockets.sync.client import connect as sync_connect
 
 from app.schemas.diffs import PingMessage
 from app.schemas.paths import STREAM, StreamCloseCode
-from client._errors import AuthenticationError, NotFoundError, SegError, SessionExpiredError, StreamError
+from client._errors import (
+    AuthenticationError,
+    NoLocalMaskError,
+    NotFoundError,
+    SegError,
+    SessionClosedError,
+    SessionExpiredError,
+    StreamError,
+    VersionTimeoutError,
+)
 from client._mirror import MaskMirror
 from client._protocol import api_key_headers, auth_headers
 
@@ -41,7 +50,7 @@ def stream_url(base_url: str, session_id: str) -> str:
 
 _CLOSE_ERRORS: dict[int, type[SegError]] = {
     StreamCloseCode.UNAUTHORIZED: AuthenticationError,
-    StreamCloseCode.NOT_FOUND: NotFoundError,
+    StreamCloseCode.NOT_FOUND: SessionClosedError,  # the stream closes 4404 only for a session that is gone
     StreamCloseCode.SESSION_EXPIRED: SessionExpiredError,
 }
 
@@ -61,8 +70,9 @@ def _close_exc(ws: ClientConnection | AsyncConnection) -> Exception | None:
     return getattr(getattr(ws, "protocol", None), "close_exc", None)
 
 
-def _open_error(exc: Exception) -> Exception:
+def _open_error(exc: Exception) -> SegError:
     status = getattr(getattr(exc, "response", None), "status_code", None)
+    # A session that is gone is reported after the handshake (close code 4404/4410); a 404 here is a wrong URL.
     classes = {401: AuthenticationError, 403: AuthenticationError, 404: NotFoundError, 410: SessionExpiredError}
     if status in classes:
         return classes[status](f"stream: handshake refused with HTTP {status}", status=status)
@@ -92,7 +102,7 @@ class _MirrorView:
     def _mask_copy(self, object_id: int) -> np.ndarray:
         mask = self._mirror.masks.get(object_id)
         if mask is None:
-            raise KeyError(f"object_id: no local mask for object {object_id}")
+            raise NoLocalMaskError(f"object_id: no local mask for object {object_id}", field="object_id")
         return mask.copy()
 
     def _reached(self, object_id: int, version: int) -> bool:
@@ -179,8 +189,9 @@ class MaskStream(_MirrorView):
     def wait_for_version(self, object_id: int, version: int, timeout: float = 10.0) -> np.ndarray:
         """Block until the local mask of ``object_id`` is at ``version`` or later; return a copy of it.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds; if the stream closed first, ``SessionExpiredError``
-        (close code 4410), ``NotFoundError`` (4404), ``AuthenticationError`` (4401) or ``StreamError``.
+        Raises ``VersionTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds; if the stream closed
+        first, ``SessionExpiredError`` (close code 4410), ``SessionClosedError`` (4404), ``AuthenticationError``
+        (4401) or ``StreamError``.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -190,7 +201,7 @@ class MaskStream(_MirrorView):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     have = self._mirror.versions.get(object_id, 0)
-                    raise TimeoutError(f"object {object_id}: version {version} not reached in {timeout} s "
+                    raise VersionTimeoutError(f"object {object_id}: version {version} not reached in {timeout} s "
                                        f"(local version {have})")
                 self._cond.wait(left)
             return self._mask_copy(object_id)
@@ -201,10 +212,16 @@ class MaskStream(_MirrorView):
         """Ask for a snapshot of one object (or of all)."""
         with self._cond:
             self._mirror.pending_resync.update([object_id] if object_id is not None else self._mirror.masks)
-            self._ws.send(MaskMirror.resync_message(object_id, None if object_id is None else self._mirror.versions.get(object_id)))
+            self._send(MaskMirror.resync_message(object_id, None if object_id is None else self._mirror.versions.get(object_id)))
 
     def ping(self) -> None:
-        self._ws.send(PingMessage().model_dump_json())
+        self._send(PingMessage().model_dump_json())
+
+    def _send(self, message: str) -> None:
+        try:
+            self._ws.send(message)
+        except websockets.exceptions.ConnectionClosed as exc:  # the reason the server gave, as a typed error
+            raise self._error or _closed_error(exc) from None
 
     def close(self) -> None:
         self._closed = True
@@ -304,7 +321,7 @@ class AsyncMaskStream(_MirrorView):
                 await asyncio.wait_for(self._cond.wait_for(done), timeout)
         except asyncio.TimeoutError:
             have = self._mirror.versions.get(object_id, 0)
-            raise TimeoutError(f"object {object_id}: version {version} not reached in {timeout} s "
+            raise VersionTimeoutError(f"object {object_id}: version {version} not reached in {timeout} s "
                                f"(local version {have})") from None
         if not self._reached(object_id, version):
             assert self._error is not None
@@ -315,12 +332,19 @@ class AsyncMaskStream(_MirrorView):
         if self._ws is None:
             raise StreamError("stream: not open")
         self._mirror.pending_resync.update([object_id] if object_id is not None else self._mirror.masks)
-        await self._ws.send(MaskMirror.resync_message(object_id, None if object_id is None else self._mirror.versions.get(object_id)))
+        await self._send(MaskMirror.resync_message(object_id, None if object_id is None else self._mirror.versions.get(object_id)))
 
     async def ping(self) -> None:
         if self._ws is None:
             raise StreamError("stream: not open")
-        await self._ws.send(PingMessage().model_dump_json())
+        await self._send(PingMessage().model_dump_json())
+
+    async def _send(self, message: str) -> None:
+        assert self._ws is not None
+        try:
+            await self._ws.send(message)
+        except websockets.exceptions.ConnectionClosed as exc:  # the reason the server gave, as a typed error
+            raise self._error or _closed_error(exc) from None
 
     async def close(self) -> None:
         self._closed = True

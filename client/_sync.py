@@ -44,7 +44,7 @@ class Client:
     def _send(self, request: Request) -> httpx.Response:
         try:
             return self._http.request(request.method, request.path, **request.kwargs())
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # transport failures, and a reply httpx cannot decode or follow
             raise TransportError(f"{request.method} {request.path}: {exc!r}") from exc
 
     def create_session(self, volume: VolumeInput, *, spacing: Sequence[float] | None = None,

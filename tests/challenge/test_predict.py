@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from challenge.case import read_case
-from challenge.predict import SESSION_SEED, replay_case
+from challenge.predict import SESSION_SEED, replay_case, write_segs
 from evaluation.cases import box_from_challenge, box_from_mask
 from evaluation.click_rule import Click, next_click
 
@@ -230,3 +230,17 @@ def test_invalid_box_falls_back_to_the_clicks(tmp_path: Path, service_predictor,
     p.add_box(state, 2, list(box_from_challenge(good)))
     expected = p.get_label_map(state, [1, 2])
     np.testing.assert_array_equal(segs, expected)
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path: Path) -> None:
+    """An output is readable by the evaluator like any new file (0666 less the umask), not 0600."""
+    old_umask = os.umask(0o022)
+    try:
+        out = tmp_path / "outputs" / "case_001.npz"
+        write_segs(out, np.ones((2, 3, 4), dtype=np.uint8))
+    finally:
+        os.umask(old_umask)
+    assert out.stat().st_mode & 0o777 == 0o644
+    with np.load(out) as npz:
+        assert npz["segs"].shape == (2, 3, 4)
+    assert [p.name for p in out.parent.iterdir()] == ["case_001.npz"]  # no temporary file left behind

@@ -16,6 +16,7 @@ from client import (
     SegError,
     ServerBusyError,
     ServerError,
+    SessionClosedError,
     SessionExpiredError,
     TransportError,
     ValidationError,
@@ -79,7 +80,8 @@ def test_bad_arguments_fail_locally_with_the_field_named(api: ForcedReplies, cli
     [
         (400, {}, ValidationError, "validation_error"),
         (401, {}, AuthenticationError, "unauthorized"),
-        (404, {}, NotFoundError, "session_not_found"),
+        (404, {}, SessionClosedError, "session_not_found"),
+        (404, {}, NotFoundError, "object_not_found"),
         (409, {}, ValidationError, "nothing_to_undo"),
         (410, {}, SessionExpiredError, "session_expired"),
         (413, {}, ValidationError, "payload_too_large"),

@@ -16,9 +16,11 @@ from client import (
     AuthenticationError,
     MaskMirror,
     MaskStream,
-    NotFoundError,
+    NoLocalMaskError,
+    SessionClosedError,
     SessionExpiredError,
     StreamError,
+    VersionTimeoutError,
 )
 from tests.client.fake_stream import FakeStreamServer
 
@@ -102,19 +104,21 @@ def test_duplicates_are_ignored_and_removed_objects_dropped(server: FakeStreamSe
                 break
             time.sleep(0.01)
         assert 1 not in stream.versions()
-        with pytest.raises(KeyError, match="object_id: no local mask"):
+        with pytest.raises(NoLocalMaskError, match="object_id: no local mask") as info:
             stream.mask(1)
+        assert isinstance(info.value, KeyError) and str(info.value) == "object_id: no local mask for object 1"
     assert not [m for m in server.received if m["type"] == "resync"]
 
 
 def test_wait_for_a_version_that_never_comes_times_out(server: FakeStreamServer) -> None:
-    with open_stream(server) as stream, pytest.raises(TimeoutError, match="version 3 not reached"):
+    with open_stream(server) as stream, pytest.raises(VersionTimeoutError, match="version 3 not reached") as info:
         stream.wait_for_version(1, 3, timeout=0.2)
+    assert isinstance(info.value, TimeoutError)
 
 
 @pytest.mark.parametrize(
     ("code", "error"),
-    [(4410, SessionExpiredError), (4404, NotFoundError), (4401, AuthenticationError), (4503, StreamError),
+    [(4410, SessionExpiredError), (4404, SessionClosedError), (4401, AuthenticationError), (4503, StreamError),
      (1011, StreamError)],
 )
 def test_server_close_codes_surface_as_typed_errors(server: FakeStreamServer, code: int, error: type) -> None:

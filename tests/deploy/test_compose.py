@@ -1,7 +1,8 @@
-"""Container files: the compose file validates, and the image installs the project exactly as CI does.
+"""Container files: the compose file validates, and the image installs the project exactly as the README does.
 
 No container engine runs in CI, so the image is never built there; what keeps it honest is that its install
-step is the very command CI runs (checked here), and ``docker-compose config`` validates the compose file.
+step is the README's install command (checked here), which ``.ci/readme_install_check.sh`` runs in a fresh
+virtual environment on every CI run, and ``docker-compose config`` validates the compose file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
+
+from tests.readme_snippets import install_and_serve
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -133,20 +136,27 @@ def _pip_installs(shell: str) -> list[list[str]]:
 
 
 def _ci_pip_installs() -> list[list[str]]:
-    lines = [ln for ln in (REPO / ".ci" / "run").read_text().splitlines() if not ln.lstrip().startswith("#")]
+    lines = [ln for ln in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+             if not ln.lstrip().startswith("#")]
     return _pip_installs("\n".join(lines))
 
 
-def test_dockerfile_installs_the_project_with_the_ci_command() -> None:
+def test_ci_installs_the_project_once_and_pins_its_extra_test_tools() -> None:
     # Test-only tools CI adds without their requirements (MONAI Label's client class, pyproject.toml's dev
     # extra says why) are not part of the image; each is pinned.
     tools = [cmd for cmd in _ci_pip_installs() if "--no-deps" in cmd]
     assert all(any("==" in word for word in cmd) for cmd in tools), f"unpinned test tools: {tools}"
     ci = [cmd for cmd in _ci_pip_installs() if "--no-deps" not in cmd]
     assert len(ci) == 1, f".ci/run should install the project once, found {ci}"
+
+
+def test_dockerfile_installs_the_project_with_the_readme_command() -> None:
+    """The image installs the project exactly as a new user does (``.ci/readme_install_check.sh`` proves on
+    every CI run that this command, in a fresh virtual environment, serves)."""
+    readme_install, _ = install_and_serve((REPO / "README.md").read_text(encoding="utf-8"))
     image = [cmd for keyword, args in _dockerfile_instructions() if keyword == "RUN" for cmd in _pip_installs(args)]
     project = [cmd for cmd in image if not any(word.startswith("torch") for word in cmd)]
-    assert project == ci, f"the image installs the project with {project}, CI with {ci}"
+    assert project == [shlex.split(readme_install)], f"the image installs the project with {project}"
 
 
 def test_dockerfile_preinstalls_the_pinned_torch_from_the_variant_index() -> None:

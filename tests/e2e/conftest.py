@@ -47,12 +47,17 @@ def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None,
     """Start ``python -m app`` (by default ``--config segvol-test --random-weights``; ``model_flags=()`` serves
     the shipped default model) and wait until /readyz answers 200."""
     port = _free_port()
+    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *model_flags,
+           "--log-level", "warning", *flags]
+    return start_server_command(log_dir, cmd, port, env=env)
+
+
+def start_server_command(log_dir: Path, cmd: list[str], port: int, *, env: dict[str, str] | None = None) -> Server:
+    """Run ``cmd``, a server that listens on 127.0.0.1:``port``, and wait until /readyz answers 200."""
     log_path = log_dir / f"server-{port}.log"
     # Hermetic: no inherited service settings, only what this test asks for.
     inherited = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SEGSVC_")}
     full_env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *model_flags,
-           "--log-level", "warning", *flags]
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
