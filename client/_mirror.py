@@ -7,7 +7,10 @@ requests). Rules, per object with local version ``v``:
 - diff with ``base_version == v``: apply, ``v = frame.version``; a new object starts at ``v = 0``, zeros;
 - diff with ``version <= v``: already applied (duplicate), ignored;
 - any other diff: a version gap (a frame was missed) -> ask for a resync once and drop that object's diffs
-  until the snapshot arrives (the server sends in order, so nothing after the snapshot is lost).
+  until the snapshot arrives (the server sends in order, so nothing after the snapshot is lost);
+- hello (every connection, reconnects included): an object whose server version differs from ``v`` in either
+  direction is resynced, and an object the server no longer lists is dropped. A server behind the mirror
+  (restored from an older history) would otherwise have its next real frame taken for a duplicate.
 """
 
 from __future__ import annotations
@@ -57,9 +60,13 @@ class MaskMirror:
         if isinstance(msg, StreamHello):
             self.session_id = msg.session_id
             self.shape = (int(msg.shape[0]), int(msg.shape[1]), int(msg.shape[2]))
-            missing = [oid for oid, v in msg.objects.items() if v > self.versions.get(oid, 0)]
-            if missing:
-                self.pending_resync.update(missing)
+            for oid in [o for o in self.versions if o not in msg.objects]:  # gone on the server
+                self.masks.pop(oid, None)
+                self.versions.pop(oid, None)
+                self.pending_resync.discard(oid)
+            differ = [oid for oid, v in msg.objects.items() if v != self.versions.get(oid, 0)]
+            if differ:
+                self.pending_resync.update(differ)
                 return [self.resync_message(None)]
         elif isinstance(msg, ObjectRemoved):
             self.masks.pop(msg.object_id, None)

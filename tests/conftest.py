@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.skip_budget import SkipCounter, budget_from_env
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; the only tests a CPU-only CI may skip")
+    config.pluginmanager.register(SkipCounter(budget_from_env()), "skip_budget")
+
 
 @pytest.fixture(scope="session")
 def service_predictor():  # noqa: ANN201 - torch is imported lazily

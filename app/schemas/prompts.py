@@ -144,7 +144,7 @@ class ClicksRequest(BaseModel):
     mode: RefineMode = Field(
         default="both",
         description='"gru": the corrector only (fast); "decoder": the mask decoder only; "both": gru then decoder '
-        "(two versions, each streamed as it lands).",
+        "(two versions, each streamed once the prompt is recorded).",
     )
     world: bool = Field(default=False, strict=True,
                         description="Points are LPS millimetres instead of voxel indices.")

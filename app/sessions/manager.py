@@ -20,7 +20,9 @@ a client that disconnects cannot leave the model state ahead of the prompt histo
 
 Acknowledgement: the prompt is appended to the store's history (with the object's new version) *before*
 the reply is sent. If that append fails the session is closed (its device state would no longer match
-its history) and the client gets ``StoreUnavailable``. With ``Persistence`` (``Settings.storage_dir``) the
+its history) and the client gets ``StoreUnavailable``. The stream follows the same rule: a prompt's frames
+are queued to the subscribers only once its history append succeeded, so no client ever holds a version that
+the store never recorded (a restore would take it back). With ``Persistence`` (``Settings.storage_dir``) the
 uploaded volume and every uploaded mask are on disk before their reply too, and ``restore`` rebuilds a
 session of a previous process from them and its history (``app.sessions.persistence``).
 
@@ -482,7 +484,7 @@ class SessionManager:
         labels: Sequence[int],
         mode: str = "both",
     ) -> PromptOutcome:
-        """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed as it lands."""
+        """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed once the prompt is recorded."""
         pts, labs = check_points(points, labels, session.shape)
         if mode not in REFINE_MODES:
             raise InvalidInput(f"mode: expected one of {list(REFINE_MODES)}, got {mode!r}", field="mode")
@@ -675,18 +677,21 @@ class SessionManager:
         needs_undo: bool = False,
         before: Callable[[], Awaitable[None]] | None = None,
     ) -> PromptOutcome:
-        """Run one mutating prompt: session lock -> device work (streamed) -> history append -> outcome.
+        """Run one mutating prompt: session lock -> device work -> history append -> frames -> outcome.
 
         ``before`` runs under the session lock once the prompt was admitted, before any state changes (what
         the replay of this prompt needs on disk is written there)."""
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        # Frames wait here until the prompt is in the history: a client must never see a version that a store
+        # failure, a lost ownership or a crash before the commit would take back (a restore replays only
+        # what the history holds, and mirrors take a frame they already hold for a duplicate).
+        ready: list[tuple[Change, bytes | None]] = []
 
         def on_change(change: Change) -> None:  # device thread: version bookkeeping + frame encoding
             base = session.versions.get(change.object_id, 0)
             session.versions[change.object_id] = change.version
             frame = encode_change(change, shape=session.shape, base_version=base) if session.subscribers else None
-            loop.call_soon_threadsafe(self._published, session, change, frame)
+            ready.append((change, frame))
 
         def device_work() -> tuple[list[Change], int]:
             changes = run(on_change)
@@ -717,6 +722,8 @@ class SessionManager:
             prompt = PromptRecord(op=op, object_id=object_id, args=args, version=changes[-1].version,
                                   at=time.time())
             await self._commit(session, prompt)
+            for change, frame in ready:  # recorded: the steps' frames may leave now, in the order they ran
+                self._published(session, change, frame)
             session.last_used_mono = self._clock()
             session.change_order[object_id] = next(self._change_seq)
             self.metrics.prompts.labels(op=op).inc()
@@ -770,7 +777,7 @@ class SessionManager:
         await self._end(session, "moved")
 
     def _published(self, session: Session, change: Change, frame: bytes | None) -> None:
-        """Event loop side of a step: metrics, and the frame to every subscriber."""
+        """A recorded step: metrics, and its frame to every subscriber (event loop thread)."""
         self.metrics.observe_timings(change.step, change.timings_ms)
         if frame is not None and not session.closed:
             session.broadcast(frame)

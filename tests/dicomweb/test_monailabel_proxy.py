@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -19,6 +18,7 @@ import SimpleITK as sitk
 
 from app.config import hash_api_key
 from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.nginx_router import nginx_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def proxy(service: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    nginx = shutil.which("nginx")
+    nginx = nginx_binary()
     if nginx is None:
         pytest.skip("nginx is not installed (Debian package 'nginx')")
     root = tmp_path_factory.mktemp("nginx")

@@ -45,12 +45,12 @@ def test_every_model_method_runs_the_protocol(predictor: Predictor, case: EvalCa
     for name, r in results.items():
         assert r.method == name and len(r.dsc) == len(r.nsd) == len(r.running_time) == 6
         assert all(0.0 <= v <= 1.0 for v in r.dsc + r.nsd)
-        assert r.running_time[0] > 0.0  # encoding + boxes
     # Round 1 is the same box prediction for every method; backbone keeps it for all rounds.
     first = results["backbone"].dsc[0]
     assert all(r.dsc[0] == pytest.approx(first) for r in results.values())
     assert results["backbone"].dsc == pytest.approx([first] * 6)
-    assert results["backbone"].running_time[1:] == pytest.approx([0.0] * 5, abs=0.05)
+    # What is timed, and where encoding goes: tests/evaluation/test_runner.py, with an injected clock (a
+    # wall-clock bound here would fail on a loaded machine and pass on a broken runner).
 
 
 def test_runs_are_reproducible(predictor: Predictor, case: EvalCase) -> None:

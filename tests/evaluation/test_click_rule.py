@@ -130,3 +130,26 @@ def test_matches_the_official_algorithm_on_random_errors(seed: int) -> None:
     assert expected is not None and click is not None
     assert (click.point, click.label) == expected
     assert pred[click.point] != gt[click.point]  # always inside the error
+
+
+def test_a_single_voxel_error_is_clicked_on_that_voxel() -> None:
+    """The smallest error (one voxel, so every component has size 1) is still found, not the background."""
+    gt = np.zeros((6, 7, 8), dtype=bool)
+    gt[1:5, 2:6, 2:7] = True
+    pred = gt.copy()
+    pred[3, 4, 4] = False  # one missed voxel inside the object
+    assert next_click(pred, gt) == Click((3, 4, 4), 1)
+    pred = gt.copy()
+    pred[0, 0, 7] = True  # one stray voxel in a corner of the volume
+    assert next_click(pred, gt) == Click((0, 0, 7), 0)
+
+
+def test_masks_given_as_0_1_numbers_are_read_as_booleans() -> None:
+    gt = np.zeros((6, 7, 8), dtype=bool)
+    gt[1:5, 2:6, 2:7] = True
+    pred = gt.copy()
+    pred[1:5, 2:6, 5:7] = False
+    expected = next_click(pred, gt)
+    assert expected is not None and expected.label == 1
+    for dtype in (np.float32, np.uint8):
+        assert next_click(pred.astype(dtype), gt.astype(dtype)) == expected, dtype

@@ -67,6 +67,30 @@ def test_surface_dice_anisotropic_spacing_follows_the_axis_order(
     assert surface_dice(_cube(), _cube(shift), spacing) == pytest.approx(expected, abs=1e-6)
 
 
+def _blobs(shape_of_one: np.ndarray, corners: list[tuple[int, int, int]]) -> np.ndarray:
+    out = np.zeros((40, 40, 40), dtype=bool)
+    d, h, w = shape_of_one.shape
+    for z, y, x in corners:
+        out[z:z + d, y:y + h, x:x + w] |= shape_of_one
+    return out
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (5.0, 0.7, 0.7), (2.5, 1.0, 3.0)])
+def test_surface_dice_of_matched_and_unmatched_copies_is_their_area_ratio(spacing: tuple[float, ...]) -> None:
+    """Derived by hand, whatever the surface-element weights: copies of one shape placed far apart (> 2 mm at
+    any spacing here) all have the same surface area S. A copy in both masks has all of its surface within
+    tolerance, a copy in one mask only has none. NSD = (S_gt within + S_pred within) / (S_gt + S_pred)."""
+    shape = np.zeros((5, 6, 4), dtype=bool)
+    shape[1:4, 1:5, 1:3] = True
+    shape[0, 2:4, 1:3] = True  # not a plain box: edges and corners of several kinds
+    a, b, c = (2, 2, 2), (2, 20, 25), (25, 10, 5)
+    gt, pred = _blobs(shape, [a, b]), _blobs(shape, [a])
+    assert surface_dice(gt, pred, spacing) == pytest.approx((1 + 1) / (2 + 1), abs=1e-6)  # 2S / 3S
+    pred = _blobs(shape, [a, c])  # one matched copy each, one stray copy each
+    assert surface_dice(gt, pred, spacing) == pytest.approx((1 + 1) / (2 + 2), abs=1e-6)
+    assert surface_dice(gt, _blobs(shape, [c]), spacing) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_surface_dice_of_masks_touching_the_volume_border() -> None:
     gt = np.zeros((4, 6, 6), dtype=bool)
     gt[0:2, 1:5, 1:5] = True
@@ -141,6 +165,9 @@ def test_runtime_budget_zeroes_a_case_over_90_s_per_class() -> None:
     assert row["DSC_Final"] == 0.95 and row["NSD_1"] == 0.4
     assert row["DSC_AUC"] == pytest.approx(0.5 * 0.6 + 0.7 + 0.8 + 0.9 + 0.5 * 0.95)
     assert row["runtime_upperbound"] == 180.0 and row["num_class"] == 2
+    assert row["NSD_Final"] == 0.85 and row["NSD_AUC"] == pytest.approx(0.5 * 0.5 + 0.6 + 0.7 + 0.8 + 0.5 * 0.85)
+    assert (row["CaseName"], row["method"], row["modality"], row["over_budget"]) == ("case", "m", "CT", False)
+    assert [row[f"RunningTime_{i}"] for i in range(1, 7)] == [30.0] * 6
 
     over = _result([30.0] * 5 + [30.5])
     assert over.over_budget
@@ -157,3 +184,12 @@ def test_row_has_the_official_columns_in_order() -> None:
     assert list(row) == CSV_COLUMNS
     official = ["CaseName", "TotalRunningTime", *[f"RunningTime_{i}" for i in range(1, 7)], "DSC_AUC", "NSD_AUC"]
     assert CSV_COLUMNS[: len(official)] == official
+
+
+def test_round_scores_use_the_tolerance_they_are_given() -> None:
+    """A one-voxel shift along a 5 mm axis is out of a 2 mm tolerance on the shifted faces, within 5 mm."""
+    gt = _cube().astype(np.uint8) * 4
+    pred = _cube((1, 0, 0)).astype(np.uint8) * 4
+    (_, nsd_2mm), (_, nsd_5mm) = (round_scores(gt, pred, [4], (5.0, 1.0, 1.0), tol) for tol in (2.0, 5.0))
+    assert nsd_2mm < 1.0 and nsd_5mm == pytest.approx(1.0)
+    assert class_round_scores(gt, pred, [4], (5.0, 1.0, 1.0), 5.0)[1] == pytest.approx([1.0])

@@ -75,7 +75,7 @@ def test_box_fill_rounds_scores_and_clicks() -> None:
     assert all(0.0 < n <= 1.0 for n in result.nsd)
     assert result.class_nsd[0][0] == pytest.approx(1.0) and np.mean(result.class_nsd[0]) == pytest.approx(result.nsd[0])
     assert result.n_clicks == [0, 1, 1, 1, 1, 1]  # the cuboid is perfect: only the ball gets clicks
-    assert len(result.running_time) == 6 and all(t >= 0.0 for t in result.running_time)
+    assert len(result.running_time) == 6  # each slot's value: test_only_the_methods_work_is_timed
     assert (result.case_name, result.method, result.modality, result.classes) == ("synthetic", "box_fill", "MR", [3, 5])
 
 
@@ -145,3 +145,65 @@ def test_click_contract_per_round_is_recorded() -> None:
     clicked = [(o[1], f[1]) for o, f in zip(oracle.class_obeyed, oracle.class_fixed, strict=True) if o[1] is not None]
     assert clicked and all(o == 1.0 and f == 1.0 for o, f in clicked)
     assert oracle.class_dsc[-1][1] > ignoring.class_dsc[-1][1]
+
+
+class _TickingClock:
+    """Time that moves only when the method works: each call of the timed session adds its cost."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _TimedSession(_RecordingSession):
+    COSTS = {"add_box": 1.0, "add_click": 0.5, "label_map": 0.25}
+
+    def __init__(self, shape: tuple[int, ...], clock: _TickingClock) -> None:
+        super().__init__(shape, [])
+        self._clock = clock
+
+    def add_box(self, object_id: int, box: Box) -> None:
+        self._clock.now += self.COSTS["add_box"]
+        super().add_box(object_id, box)
+
+    def add_click(self, object_id: int, click: Click) -> None:
+        self._clock.now += self.COSTS["add_click"]
+        self._masks.setdefault(object_id, np.zeros(self._shape, np.uint8))  # a click starts an unboxed object
+        super().add_click(object_id, click)
+
+    def label_map(self, object_ids: Sequence[int], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        self._clock.now += self.COSTS["label_map"]
+        return super().label_map(object_ids, shape, dtype)
+
+
+class _TimedMethod:
+    """Opening a session (encoding the volume) costs 8; the click rule and the scoring cost nothing."""
+
+    name = "timed"
+    OPEN_COST = 8.0
+
+    def __init__(self, clock: _TickingClock) -> None:
+        self.clock = clock
+
+    def open(self, image: np.ndarray, spacing: tuple[float, float, float]) -> _TimedSession:
+        self.clock.now += self.OPEN_COST
+        return _TimedSession(image.shape, self.clock)
+
+
+@pytest.mark.parametrize("boxes", [True, False], ids=["box_round", "no_box"])
+def test_only_the_methods_work_is_timed_and_encoding_goes_to_the_first_prompting_round(boxes: bool) -> None:
+    clock = _TickingClock()
+    result = run_case(_TimedMethod(clock), _case(boxes=boxes), clock=clock)
+    cost = _TimedSession.COSTS
+    expected = []
+    for round_index, n_clicks in enumerate(result.n_clicks):
+        if round_index == 0:
+            expected.append(2 * cost["add_box"] + cost["label_map"] if boxes else 0.0)
+        else:
+            expected.append(n_clicks * cost["add_click"] + cost["label_map"])
+    first_prompting = 0 if boxes else 1
+    expected[first_prompting] += _TimedMethod.OPEN_COST
+    assert result.running_time == pytest.approx(expected)
+    assert sum(result.running_time) == pytest.approx(clock.now - 100.0)  # every unit of work is charged once

@@ -301,6 +301,7 @@ def test_build_without_clicks_and_rejects_bad_roi():
         build_corrector_input(logits, (3, 0, 0, 5, 2, 2), (4, 4, 4), *no_clicks, (1, 1, 1), cfg, _gen())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     g = _gen(0)

@@ -135,6 +135,20 @@ def test_version_gap_raises_and_leaves_the_mask_untouched() -> None:
         apply_diff(np.zeros((10, 10, 11), np.uint8), frame, current_version=8)
 
 
+@pytest.mark.parametrize("current", [9, 12], ids=["duplicate", "stale"])
+def test_a_frame_behind_the_mask_raises_and_leaves_the_mask_untouched(current: int) -> None:
+    """The version never goes backwards: a frame already applied (or older) is refused like a gap."""
+    old = ball((10, 10, 10), (5, 5, 5), 2)
+    idx, val = changes(old, ball((10, 10, 10), (5, 5, 5), 4))
+    frame = decode_diff(encode_diff(idx, val, object_id=4, version=9, base_version=8, shape=old.shape))
+    mask = old.copy()
+    with pytest.raises(VersionMismatchError) as info:
+        apply_diff(mask, frame, current_version=current)
+    assert (info.value.expected, info.value.got) == (current, 8)
+    np.testing.assert_array_equal(mask, old)
+    assert apply_diff(mask, frame, current_version=8) == 9  # the matching base applies
+
+
 def test_blob_change_frame_is_far_smaller_than_the_compressed_whole_mask() -> None:
     shape = (64, 128, 128)
     before = ball(shape, (32, 64, 64), 20)
@@ -157,12 +171,16 @@ def test_encode_change_reads_a_predictor_change() -> None:
         values: np.ndarray
         bbox: tuple[int, int, int, int, int, int] | None
 
-    change = FakeChange(7, 3, "box", np.array([5, 6, 7, 40], np.int64), np.array([1, 1, 1, 1], np.uint8),
+    change = FakeChange(7, 3, "box", np.array([5, 6, 7, 40], np.int64), np.array([1, 0, 1, 1], np.uint8),
                         (0, 1, 0, 0, 8, 0))
     frame = decode_diff(encode_change(change, shape=(2, 10, 5), base_version=2))
     assert (frame.object_id, frame.version, frame.base_version, frame.step) == (7, 3, 2, "box")
     assert frame.bbox == (0, 1, 0, 0, 8, 0)
-    np.testing.assert_array_equal(frame.indices, change.indices)
+    # What a consumer sees: applied on version 2 of a mask, exactly the change's voxels take its values.
+    mask = np.zeros((2, 10, 5), np.uint8)
+    mask.reshape(-1)[[6, 41]] = 1  # voxel 6 is switched off by the change, 41 is left alone
+    assert apply_diff(mask, frame, current_version=2) == 3
+    assert sorted(np.flatnonzero(mask).tolist()) == [5, 7, 40, 41]
 
 
 @pytest.mark.parametrize(

@@ -362,3 +362,61 @@ async def test_a_session_closed_by_a_store_outage_comes_back_after_a_restart(man
     assert (await restore_sessions(second)).restored == [session.session_id]
     mask, version = await second.get_mask(second.authenticate(session.session_id, token), 1)
     assert version == acknowledged[1] == 1 and np.array_equal(mask, acknowledged[0])
+
+
+@pytest.mark.anyio
+async def test_a_restore_replays_with_the_sessions_own_seed_and_undo_goes_on(managers,  # noqa: ANN001
+                                                                           store: MetadataStore) -> None:
+    first = managers(store, seed=3)
+    session, token = await first.create(_volume(), GEOMETRY)
+    await first.add_box(session, 1, BOX)
+    masks = [await first.get_mask(session, 1)]
+    for point, label in [((10, 30, 30), 1), ((12, 25, 38), 0), ((8, 40, 24), 1)]:
+        await first.add_clicks(session, 1, [point], [label], mode="gru")  # sampled with the session's seed
+        masks.append(await first.get_mask(session, 1))
+
+    second = managers(store, seed=4)  # today's seed differs from the one the session was created with
+    assert (await restore_sessions(second)).restored == [session.session_id]
+    restored = second.authenticate(session.session_id, token)
+    mask, version = await second.get_mask(restored, 1)
+    assert version == masks[-1][1] and np.array_equal(mask, masks[-1][0])
+    for expected_mask, expected_version in reversed(masks[:-1]):  # the undo stack came back too
+        await second.undo(restored, 1)
+        mask, version = await second.get_mask(restored, 1)
+        assert np.array_equal(mask, expected_mask) and version > expected_version  # undo is a new version
+
+
+class _VersionsAhead(InProcessStore):
+    """A store whose versions hash says more than its history holds (a history entry lost)."""
+
+    async def object_versions(self, session_id: str) -> dict[int, int]:
+        return {oid: v + 1 for oid, v in (await super().object_versions(session_id)).items()}
+
+
+@pytest.mark.anyio
+async def test_a_replay_that_misses_the_stored_versions_is_refused(managers) -> None:  # noqa: ANN001
+    store = _VersionsAhead()
+    first = managers(store)
+    session, token = await first.create(_volume(), GEOMETRY)
+    await first.add_box(session, 1, BOX)
+    second = managers(store)
+    summary = await restore_sessions(second)
+    assert summary.failed == [session.session_id] and not summary.restored
+    with pytest.raises(SessionExpired, match=r"versions: replay and store differ.*\{1: \(1, 2\)\}"):
+        second.authenticate(session.session_id, token)
+
+
+@pytest.mark.anyio
+async def test_short_of_room_the_most_recently_used_session_is_restored(managers,  # noqa: ANN001
+                                                                        store: MetadataStore) -> None:
+    first = managers(store)
+    older, older_token = await first.create(_volume(), GEOMETRY)
+    recent, recent_token = await first.create(_volume(1), GEOMETRY)
+    await store.touch_session(older.session_id, time.time() - 20)
+    await store.touch_session(recent.session_id, time.time() - 5)
+    second = managers(store, max_sessions=1)
+    summary = await restore_sessions(second)
+    assert summary.restored == [recent.session_id] and summary.failed == [older.session_id]
+    assert second.authenticate(recent.session_id, recent_token).session_id == recent.session_id
+    with pytest.raises(SessionExpired, match="could not be restored"):
+        second.authenticate(older.session_id, older_token)

@@ -6,7 +6,10 @@
  * - diff with base_version == v: apply, v = frame.version (a new object starts at v = 0, all zeros);
  * - diff with version <= v: a duplicate, ignored;
  * - any other diff: a frame was missed -> ask for a resync once and drop that object's diffs until the
- *   snapshot arrives (frames on one connection are in order, so nothing after the snapshot is lost).
+ *   snapshot arrives (frames on one connection are in order, so nothing after the snapshot is lost);
+ * - hello (every connection, reconnects included): an object whose server version differs from v in either
+ *   direction is resynced, and an object the server no longer lists is dropped (a server restored from an
+ *   older history would otherwise have its next real frame taken for a duplicate).
  * `onText` / `onBinary` return the JSON strings to send back.
  */
 import { applyFrame, decodeFrame } from './frames.js';
@@ -43,11 +46,20 @@ export class MaskMirror {
     if (msg.type === 'hello') {
       this.sessionId = msg.session_id;
       this.shape = msg.shape.map(Number);
-      const missing = Object.entries(msg.objects || {})
-        .filter(([oid, v]) => v > (this.versions.get(Number(oid)) || 0))
+      const listed = msg.objects || {};
+      [...this.versions.keys()]
+        .filter((oid) => !(String(oid) in listed))
+        .forEach((oid) => {
+          this.masks.delete(oid);
+          this.versions.delete(oid);
+          this.pendingResync.delete(oid);
+          this.listeners.forEach((fn) => fn(oid, null));
+        });
+      const differ = Object.entries(listed)
+        .filter(([oid, v]) => v !== (this.versions.get(Number(oid)) || 0))
         .map(([oid]) => Number(oid));
-      if (missing.length) {
-        missing.forEach((oid) => this.pendingResync.add(oid));
+      if (differ.length) {
+        differ.forEach((oid) => this.pendingResync.add(oid));
         return [MaskMirror.resyncMessage(null)];
       }
     } else if (msg.type === 'removed') {

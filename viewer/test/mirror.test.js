@@ -67,3 +67,33 @@ test('a removed object is dropped; a bad frame asks for a full resync', async ()
   assert.equal(JSON.parse(replies[0]).type, 'resync');
   assert.match(m.errors[0], /^frame: short header/);
 });
+
+test('a hello behind the mirror (the server restored an older history) resyncs instead of taking the next frame for a duplicate', async () => {
+  const m = new MaskMirror();
+  m.onText(HELLO);
+  for (const name of ['seq_1_box', 'seq_2_gru']) await m.onBinary(bin(name));
+  assert.equal(m.versions.get(5), 2);
+  // Reconnected: the server only recorded version 1 of object 5.
+  const hello = JSON.parse(HELLO);
+  hello.objects = { 5: 1 };
+  assert.deepEqual(m.onText(JSON.stringify(hello)).map(JSON.parse), [{ type: 'resync', object_id: null, from_version: null }]);
+  assert.ok(m.pendingResync.has(5));
+  // The server's next real version 2 is not ignored as a duplicate: it waits for the snapshot instead.
+  assert.deepEqual(await m.onBinary(bin('seq_2_gru')), []);
+  assert.equal(m.framesApplied, 2);
+});
+
+test('a hello equal to the mirror asks for nothing; an object the hello no longer lists is dropped', async () => {
+  const m = new MaskMirror();
+  m.onText(HELLO);
+  await m.onBinary(bin('seq_1_box'));
+  const hello = JSON.parse(HELLO);
+  hello.objects = { 5: 1 };
+  assert.deepEqual(m.onText(JSON.stringify(hello)), []);
+  const dropped = [];
+  m.onChange((oid, frame) => dropped.push([oid, frame]));
+  assert.deepEqual(m.onText(HELLO), []);
+  assert.equal(m.masks.has(5), false);
+  assert.equal(m.versions.has(5), false);
+  assert.deepEqual(dropped, [[5, null]]);
+});
