@@ -17,7 +17,14 @@ from starlette.requests import HTTPConnection
 
 from app.config import Settings
 from app.errors import InvalidInput
-from app.schemas.paths import BEARER_PREFIX, MAX_OBJECT_ID, MIN_OBJECT_ID, SESSION_ID_HEADER
+from app.schemas.paths import (
+    BEARER_PREFIX,
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_OBJECT_ID,
+    MIN_OBJECT_ID,
+    SESSION_ID_HEADER,
+)
 from app.sessions.manager import Session, SessionManager
 from app.sessions.services import Services
 
@@ -92,3 +99,23 @@ def router_session_id(
 
 
 RouterSessionIdDep = Annotated[str | None, Depends(router_session_id)]
+
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def idempotency_key(
+    value: Annotated[str | None, Header(alias=IDEMPOTENCY_KEY_HEADER, description=(
+        "Optional client-chosen id of this prompt (1-128 of A-Z a-z 0-9 _ . : -, e.g. a uuid4): a retry with the "
+        "same id returns the recorded reply and is not applied again."))] = None,
+) -> str | None:
+    """The prompt's idempotency key, checked before anything else runs (None: no exactly-once guarantee)."""
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(value):
+        raise InvalidInput(f"{IDEMPOTENCY_KEY_HEADER}: must be 1-128 characters of A-Z a-z 0-9 _ . : -",
+                           field=IDEMPOTENCY_KEY_HEADER)
+    return value
+
+
+IdempotencyKeyDep = Annotated[str | None, Depends(idempotency_key)]

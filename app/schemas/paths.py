@@ -53,6 +53,10 @@ RETRY_AFTER_HEADER = "Retry-After"
 OBJECT_VERSION_HEADER = "X-Object-Version"
 """Sent with a mask download: the object's version the mask corresponds to."""
 REQUEST_ID_HEADER = "X-Request-ID"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+"""Optional on every mask-changing prompt: a client-chosen id; a retry with the same id gets the recorded
+reply and is never applied twice (docs/service.md, "Exactly-once prompts")."""
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 SESSION_ID_HEADER = "X-Session-Id"
 """Set by the router in front of several replicas on ``POST /v1/sessions``: the id the new session gets
 (read only with ``Settings.trust_session_id_header``)."""

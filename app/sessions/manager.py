@@ -47,7 +47,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -72,6 +72,7 @@ from app.schemas.prompts import REFINE_MODES
 from app.sessions.changes import Bbox, net_change
 from app.sessions.diffs import encode_change, encode_snapshot
 from app.sessions.executor import DeviceExecutor
+from app.sessions.idempotency import RecordedReply, recorded_reply, replies_from_history, request_fingerprint
 from app.sessions.locks import SESSION_LEVEL, OrderedLock
 from app.sessions.memory import release_free_memory
 from app.sessions.metrics import ServiceMetrics
@@ -137,6 +138,8 @@ class Session:
         dicom_headers: the source series' slice headers (pydicom Datasets without pixel data, in the
             volume's axis-0 order) when the session was created from DICOM; kept in memory only, so a
             session restored after a restart has None (DICOM SEG export needs them).
+        replies: idempotency key -> the reply its prompt got (``app.sessions.idempotency``); rebuilt from the
+            history on restore.
     """
 
     record: SessionRecord
@@ -150,6 +153,7 @@ class Session:
     subscribers: set[Subscriber] = field(default_factory=set)
     closed: bool = False
     dicom_headers: tuple[Any, ...] | None = None
+    replies: dict[str, RecordedReply] = field(default_factory=dict)
 
     @property
     def session_id(self) -> str:
@@ -168,18 +172,50 @@ class Session:
 
 
 @dataclass(frozen=True)
+class StepOutcome:
+    """One model step of an acknowledged prompt: the object's version after it, its changed voxel count and
+    their inclusive bbox (None when nothing changed), its stage timings."""
+
+    step: str
+    version: int
+    changed: int
+    bbox: Bbox | None
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
 class PromptOutcome:
     """The result of one acknowledged prompt.
 
-    ``changed``/``bbox`` are the net change of the whole request; ``changes`` has one entry per model step.
+    ``changed``/``bbox`` are the net change of the whole request; ``steps`` has one entry per model step.
+    ``replayed``: a retry with a known idempotency key, answered from the history (nothing ran).
     """
 
     object_id: int
     version: int
     changed: int
     bbox: Bbox | None
-    changes: list[Change]
+    steps: list[StepOutcome]
     timings_ms: dict[str, float]
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The reply as recorded with the prompt's idempotency key (``replayed`` is not part of it)."""
+        d = asdict(self)
+        del d["replayed"]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PromptOutcome:
+        """A recorded reply, marked ``replayed``."""
+
+        def box(b: Any) -> Bbox | None:
+            return None if b is None else tuple(int(v) for v in b)  # type: ignore[return-value]
+
+        steps = [StepOutcome(s["step"], int(s["version"]), int(s["changed"]), box(s["bbox"]), dict(s["timings_ms"]))
+                 for s in d["steps"]]
+        return cls(int(d["object_id"]), int(d["version"]), int(d["changed"]), box(d["bbox"]), steps,
+                   dict(d["timings_ms"]), replayed=True)
 
 
 @dataclass(frozen=True)
@@ -355,6 +391,7 @@ class SessionManager:
                                  created_mono=now - max(0.0, now_wall - record.created_at),
                                  last_used_mono=now - max(0.0, now_wall - record.last_used_at))
         session.versions = versions
+        session.replies = replies_from_history(history)
         last_change = {p.object_id: i for i, p in enumerate(history)}
         for oid in sorted(versions, key=lambda o: last_change.get(o, -1)):  # label-map overlap order
             session.change_order[oid] = next(self._change_seq)
@@ -446,7 +483,8 @@ class SessionManager:
 
     # --- prompts --------------------------------------------------------------------------------------------
 
-    async def add_box(self, session: Session, object_id: int, box: Sequence[int]) -> PromptOutcome:
+    async def add_box(self, session: Session, object_id: int, box: Sequence[int], *, key: str | None = None
+                      ) -> PromptOutcome:
         """Segment ``object_id`` from an inclusive voxel box; restarts the object."""
         b = check_box(box, session.shape)
 
@@ -455,11 +493,11 @@ class SessionManager:
             on_change(change)
             return [change]
 
-        return await self._prompt(session, "box", object_id, {"box": list(b)}, run, creates=True)
+        return await self._prompt(session, "box", object_id, {"box": list(b)}, run, creates=True, key=key)
 
     async def add_text(self, session: Session, object_id: int, text: str, box: Sequence[int] | None = None,
                        points: Sequence[Sequence[int]] | None = None, labels: Sequence[int] | None = None,
-                       ) -> PromptOutcome:
+                       *, key: str | None = None) -> PromptOutcome:
         """Segment ``object_id`` by its name (SegVol's text prompt), optionally with a box and clicks."""
         if not self.predictor.supports_text:
             raise InvalidInput(f"text: the loaded model ({self.predictor.config_name}) takes no text prompts; it "
@@ -474,7 +512,7 @@ class SessionManager:
 
         args = {"text": text, "box": list(b) if b is not None else None, "points": [list(p) for p in pts],
                 "labels": list(labs)}
-        return await self._prompt(session, "text", object_id, args, run, creates=True)
+        return await self._prompt(session, "text", object_id, args, run, creates=True, key=key)
 
     async def add_clicks(
         self,
@@ -483,6 +521,8 @@ class SessionManager:
         points: Sequence[Sequence[int]],
         labels: Sequence[int],
         mode: str = "both",
+        *,
+        key: str | None = None,
     ) -> PromptOutcome:
         """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed once the prompt is recorded."""
         pts, labs = check_points(points, labels, session.shape)
@@ -493,10 +533,10 @@ class SessionManager:
             return self.predictor.add_clicks(session.state, object_id, pts, labs, mode=mode, on_change=on_change)
 
         args = {"points": [list(p) for p in pts], "labels": labs, "mode": mode}
-        return await self._prompt(session, "clicks", object_id, args, run, creates=True)
+        return await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key)
 
     async def add_region(self, session: Session, object_id: int, region: np.ndarray, label: int,
-                         mode: str = "both") -> PromptOutcome:
+                         mode: str = "both", *, key: str | None = None) -> PromptOutcome:
         """Refine ``object_id`` with a region prompt: ``region`` = flat voxel indices of a scribble or a filled
         lasso (``app.models.regions``), checked by ``check_region``; recorded as runs of flat indices."""
         flat = check_region(region, label, mode, session.shape)
@@ -505,9 +545,10 @@ class SessionManager:
             return self.predictor.add_region(session.state, object_id, flat, label, mode=mode, on_change=on_change)
 
         args = {"runs": regions.to_runs(flat), "label": label, "mode": mode}
-        return await self._prompt(session, "region", object_id, args, run, creates=True)
+        return await self._prompt(session, "region", object_id, args, run, creates=True, key=key)
 
-    async def set_mask(self, session: Session, object_id: int, mask: np.ndarray) -> PromptOutcome:
+    async def set_mask(self, session: Session, object_id: int, mask: np.ndarray, *, key: str | None = None
+                       ) -> PromptOutcome:
         """Start ``object_id`` from a (D, H, W) 0/1 mask."""
         if tuple(mask.shape) != session.shape:
             raise InvalidInput(
@@ -522,10 +563,10 @@ class SessionManager:
             return [change]
 
         args = {"sha256": digest, "voxels": int(np.count_nonzero(m))}
-        return await self._prompt(session, "mask", object_id, args, run, creates=True,
+        return await self._prompt(session, "mask", object_id, args, run, creates=True, key=key,
                                   before=lambda: self._persist_mask(session, m))
 
-    async def undo(self, session: Session, object_id: int) -> PromptOutcome:
+    async def undo(self, session: Session, object_id: int, *, key: str | None = None) -> PromptOutcome:
         """Put the object back as it was before its last prompt."""
 
         def run(on_change: Callable[[Change], None]) -> list[Change]:
@@ -533,9 +574,9 @@ class SessionManager:
             on_change(change)
             return [change]
 
-        return await self._prompt(session, "undo", object_id, {}, run, creates=False, needs_undo=True)
+        return await self._prompt(session, "undo", object_id, {}, run, creates=False, needs_undo=True, key=key)
 
-    async def reset(self, session: Session, object_id: int) -> PromptOutcome:
+    async def reset(self, session: Session, object_id: int, *, key: str | None = None) -> PromptOutcome:
         """Empty the object (undoable)."""
 
         def run(on_change: Callable[[Change], None]) -> list[Change]:
@@ -543,7 +584,7 @@ class SessionManager:
             on_change(change)
             return [change]
 
-        return await self._prompt(session, "reset", object_id, {}, run, creates=False)
+        return await self._prompt(session, "reset", object_id, {}, run, creates=False, key=key)
 
     async def remove_object(self, session: Session, object_id: int) -> int:
         """Clear and forget the object (not undoable); subscribers get a ``removed`` message. Returns the
@@ -676,12 +717,16 @@ class SessionManager:
         creates: bool,
         needs_undo: bool = False,
         before: Callable[[], Awaitable[None]] | None = None,
+        key: str | None = None,
     ) -> PromptOutcome:
         """Run one mutating prompt: session lock -> device work -> history append -> frames -> outcome.
 
         ``before`` runs under the session lock once the prompt was admitted, before any state changes (what
-        the replay of this prompt needs on disk is written there)."""
+        the replay of this prompt needs on disk is written there). ``key``: the client's idempotency key; a
+        key already in the history returns the reply recorded with it, with no device work and no new version
+        (checked under the session lock, so two concurrent retries apply the prompt once)."""
         started = time.perf_counter()
+        fingerprint = request_fingerprint(op, object_id, args)
         # Frames wait here until the prompt is in the history: a client must never see a version that a store
         # failure, a lost ownership or a crash before the commit would take back (a restore replays only
         # what the history holds, and mirrors take a frame they already hold for a duplicate).
@@ -698,6 +743,9 @@ class SessionManager:
             return changes, session.state.nbytes
 
         async def body() -> PromptOutcome:
+            if (reply := recorded_reply(session.replies, key, fingerprint)) is not None:
+                session.last_used_mono = self._clock()
+                return PromptOutcome.from_json(reply)
             if object_id in session.state.objects:
                 if needs_undo and not session.state.objects[object_id].undo_stack:
                     raise NothingToUndo(f"object_id: nothing to undo for object {object_id}", field="object_id")
@@ -719,18 +767,23 @@ class SessionManager:
                 await self._end_locked(session, "error")
                 raise
             session.nbytes = nbytes
+            changed, bbox = net_change(changes, session.shape)
+            timings = {f"{c.step}.{k}": v for c in changes for k, v in c.timings_ms.items()}
+            timings["total"] = (time.perf_counter() - started) * 1e3  # the recorded reply's total: without the commit
+            steps = [StepOutcome(c.step, c.version, c.count, c.bbox, dict(c.timings_ms)) for c in changes]
+            outcome = PromptOutcome(object_id, changes[-1].version, changed, bbox, steps, timings)
             prompt = PromptRecord(op=op, object_id=object_id, args=args, version=changes[-1].version,
-                                  at=time.time())
+                                  at=time.time(), key=key, reply=outcome.to_json() if key is not None else None)
             await self._commit(session, prompt)
+            if key is not None:
+                session.replies[key] = RecordedReply(fingerprint, prompt.reply)  # type: ignore[arg-type]
             for change, frame in ready:  # recorded: the steps' frames may leave now, in the order they ran
                 self._published(session, change, frame)
             session.last_used_mono = self._clock()
             session.change_order[object_id] = next(self._change_seq)
             self.metrics.prompts.labels(op=op).inc()
-            changed, bbox = net_change(changes, session.shape)
-            timings = {f"{c.step}.{k}": v for c in changes for k, v in c.timings_ms.items()}
             timings["total"] = (time.perf_counter() - started) * 1e3
-            return PromptOutcome(object_id, changes[-1].version, changed, bbox, changes, timings)
+            return outcome
 
         # Shielded: a disconnecting client must not interrupt a prompt between the device and the store.
         task = asyncio.ensure_future(self._locked(session, body))

@@ -101,6 +101,9 @@ class PromptRecord:
         args: the prompt's JSON arguments (box, points/labels/mode, mask digest, ...).
         version: the object's version after the prompt.
         at: Unix time in seconds.
+        key: the client's idempotency key of the request, None when it sent none.
+        reply: the reply the client got (``PromptOutcome.to_json``), kept with ``key`` so that a retry of the
+            request gets it again after a restart; None without a key.
     """
 
     op: str
@@ -108,6 +111,8 @@ class PromptRecord:
     args: dict[str, Any] = field(default_factory=dict)
     version: int = 0
     at: float = 0.0
+    key: str | None = None
+    reply: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -116,7 +121,7 @@ class PromptRecord:
     def from_json(cls, text: str) -> PromptRecord:
         d = json.loads(text)
         return cls(op=d["op"], object_id=int(d["object_id"]), args=d["args"], version=int(d["version"]),
-                   at=float(d["at"]))
+                   at=float(d["at"]), key=d.get("key"), reply=d.get("reply"))
 
 
 @runtime_checkable

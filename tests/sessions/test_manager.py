@@ -178,7 +178,7 @@ async def test_prompts_are_recorded_before_the_reply(make_manager) -> None:  # n
     box = await manager.add_box(session, 1, [6, 20, 20, 17, 43, 43])
     clicks = await manager.add_clicks(session, 1, [(12, 30, 30)], [1], mode="both")
     undo = await manager.undo(session, 1)
-    assert [c.step for c in clicks.changes] == ["gru", "decoder"]
+    assert [c.step for c in clicks.steps] == ["gru", "decoder"]
     assert box.version < clicks.version < undo.version
     history = await store.prompt_history(session.session_id)
     assert [(p.op, p.version) for p in history] == [("box", box.version), ("clicks", clicks.version),

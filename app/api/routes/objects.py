@@ -15,7 +15,7 @@ from typing import Annotated, TypedDict
 import numpy as np
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from app.api.deps import ManagerDep, ObjectIdPath, SessionDep, SettingsDep
+from app.api.deps import IdempotencyKeyDep, ManagerDep, ObjectIdPath, SessionDep, SettingsDep
 from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
@@ -43,8 +43,8 @@ def prompt_reply(outcome: PromptOutcome) -> PromptReply:
         version=outcome.version,
         changed=outcome.changed,
         bbox=outcome.bbox,
-        steps=[StepReply(step=c.step, version=c.version, changed=c.count, bbox=c.bbox,  # type: ignore[arg-type]
-                         timings_ms=c.timings_ms) for c in outcome.changes],
+        steps=[StepReply(step=c.step, version=c.version, changed=c.changed, bbox=c.bbox,  # type: ignore[arg-type]
+                         timings_ms=c.timings_ms) for c in outcome.steps],
         timings_ms=outcome.timings_ms,
     )
 
@@ -62,55 +62,58 @@ def _geometry(session: Session) -> _WorldFrame:
 
 @router.post(paths.OBJECT_BOX, summary="Segment an object from a 3D box (restarts the object)",
              responses=_PROMPT_ERRORS)
-async def add_box(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: BoxRequest
-                  ) -> PromptReply:
+async def add_box(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: BoxRequest,
+                  key: IdempotencyKeyDep = None) -> PromptReply:
     box = world_box_to_voxel(body.box, **_geometry(session)) if body.world else list(body.voxel_box())
-    return prompt_reply(await manager.add_box(session, object_id, box))
+    return prompt_reply(await manager.add_box(session, object_id, box, key=key))
 
 
 @router.post(paths.OBJECT_TEXT, summary="Segment an object by its name, optionally with a box and clicks (SegVol's "
              "text prompt; restarts the object)", responses=_PROMPT_ERRORS)
-async def add_text(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: TextRequest
-                   ) -> PromptReply:
-    return prompt_reply(await manager.add_text(session, object_id, body.text, body.box, body.points, body.labels))
+async def add_text(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: TextRequest,
+                   key: IdempotencyKeyDep = None) -> PromptReply:
+    return prompt_reply(await manager.add_text(session, object_id, body.text, body.box, body.points, body.labels,
+                                               key=key))
 
 
 @router.post(paths.OBJECT_CLICKS, summary="Refine an object with clicks", responses=_PROMPT_ERRORS)
-async def add_clicks(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ClicksRequest
-                     ) -> PromptReply:
+async def add_clicks(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ClicksRequest,
+                     key: IdempotencyKeyDep = None) -> PromptReply:
     points: list[tuple[int, int, int]]
     if body.world:
         points = [(int(z), int(y), int(x)) for z, y, x in world_to_voxel(body.points, **_geometry(session))]
     else:
         points = body.voxel_points()
-    return prompt_reply(await manager.add_clicks(session, object_id, points, body.labels, mode=body.mode))
+    return prompt_reply(await manager.add_clicks(session, object_id, points, body.labels, mode=body.mode, key=key))
 
 
 @router.post(paths.OBJECT_SCRIBBLE, summary="Refine an object with a scribble (painted voxels with a label)",
              responses=_PROMPT_ERRORS)
-async def add_scribble(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ScribbleRequest
-                       ) -> PromptReply:
+async def add_scribble(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: ScribbleRequest,
+                       key: IdempotencyKeyDep = None) -> PromptReply:
     region = scribble_region(body.voxels, session.shape)
-    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode))
+    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode, key=key))
 
 
 @router.post(paths.OBJECT_LASSO, summary="Refine an object with a lasso (a filled contour on one slice)",
              responses=_PROMPT_ERRORS)
-async def add_lasso(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: LassoRequest
-                    ) -> PromptReply:
+async def add_lasso(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, body: LassoRequest,
+                    key: IdempotencyKeyDep = None) -> PromptReply:
     region = await asyncio.to_thread(lasso_region, body.axis, body.index, body.contour, session.shape)
-    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode))
+    return prompt_reply(await manager.add_region(session, object_id, region, body.label, mode=body.mode, key=key))
 
 
 @router.post(paths.OBJECT_UNDO, summary="Undo the object's last prompt",
              responses={**_ACTION_ERRORS, **error_responses(409)})
-async def undo(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> PromptReply:
-    return prompt_reply(await manager.undo(session, object_id))
+async def undo(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, key: IdempotencyKeyDep = None
+               ) -> PromptReply:
+    return prompt_reply(await manager.undo(session, object_id, key=key))
 
 
 @router.post(paths.OBJECT_RESET, summary="Empty the object (undoable)", responses=_ACTION_ERRORS)
-async def reset(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> PromptReply:
-    return prompt_reply(await manager.reset(session, object_id))
+async def reset(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath, key: IdempotencyKeyDep = None
+                ) -> PromptReply:
+    return prompt_reply(await manager.reset(session, object_id, key=key))
 
 
 @router.put(paths.OBJECT_MASK, summary="Start the object from an existing mask (npz key 'mask', nii.gz, nrrd)",
@@ -121,10 +124,11 @@ async def put_mask(
     settings: SettingsDep,
     object_id: ObjectIdPath,
     file: Annotated[UploadFile, File(description="A (D, H, W) 0/1 mask of the volume's shape.")],
+    key: IdempotencyKeyDep = None,
 ) -> PromptReply:
     limits = settings.volume_limits
     mask = await read_mask(file, volume_meta(session), limits)
-    return prompt_reply(await manager.set_mask(session, object_id, mask))
+    return prompt_reply(await manager.set_mask(session, object_id, mask, key=key))
 
 
 @router.get(
