@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import pydantic
 
 from app.schemas import paths
 from app.schemas.errors import detail_from_pydantic
-from app.schemas.paths import API_KEY_HEADER
+from app.schemas.paths import API_KEY_HEADER, IDEMPOTENCY_KEY_HEADER
 from app.schemas.prompts import (
     BoxRequest,
     ClicksRequest,
@@ -61,6 +62,33 @@ class Request:
 
 def auth_headers(token: str) -> dict[str, str]:
     return {paths.AUTHORIZATION_HEADER: paths.BEARER_PREFIX + token}
+
+
+def prompt_headers(token: str) -> dict[str, str]:
+    """Headers of a mask-changing prompt: the token and a fresh idempotency key. The key makes the request
+    safe to resend: the server applies it once and answers a resend with the reply it recorded."""
+    return {**auth_headers(token), IDEMPOTENCY_KEY_HEADER: str(uuid.uuid4())}
+
+
+DEFAULT_RETRIES = 3
+"""Resends of a keyed prompt after a connection error, by default."""
+RETRY_BASE_DELAY_S = 0.1
+"""Backoff before resend n (0-based): RETRY_BASE_DELAY_S * 2**n."""
+_RESENDABLE_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError)
+"""Connect/read/write errors and a connection closed before the reply: the request may or may not have
+been applied. Not timeouts (the server may still be working on it; a resend would wait behind it) and
+never an HTTP error reply."""
+
+
+def should_resend(request: Request, exc: httpx.RequestError, resends_done: int, retries: int) -> bool:
+    """Whether to send ``request`` again after ``exc``: only requests carrying an idempotency key (the server
+    applies those at most once), only on connection errors, at most ``retries`` times."""
+    return (IDEMPOTENCY_KEY_HEADER in request.headers and isinstance(exc, _RESENDABLE_ERRORS)
+            and resends_done < retries)
+
+
+def resend_delay(resends_done: int) -> float:
+    return RETRY_BASE_DELAY_S * 2 ** resends_done
 
 
 def api_key_headers(api_key: str | None) -> dict[str, str]:
@@ -172,7 +200,7 @@ def _object_path(template: str, sid: str, oid: int) -> str:
 def box(sid: str, token: str, oid: int, box_: Sequence[float] | np.ndarray, world: bool) -> Request:
     body = _validated(BoxRequest, box=_plain(box_), world=world)
     return Request("POST", _object_path(paths.OBJECT_BOX, sid, oid), json=body.model_dump(),
-                   headers=auth_headers(token))
+                   headers=prompt_headers(token))
 
 
 def clicks(
@@ -181,21 +209,21 @@ def clicks(
 ) -> Request:
     body = _validated(ClicksRequest, points=_plain(points), labels=_plain(labels), mode=mode, world=world)
     return Request("POST", _object_path(paths.OBJECT_CLICKS, sid, oid), json=body.model_dump(),
-                   headers=auth_headers(token))
+                   headers=prompt_headers(token))
 
 
 def scribble(sid: str, token: str, oid: int, voxels: Sequence[Sequence[int]] | np.ndarray, label: int,
              mode: RegionMode) -> Request:
     body = _validated(ScribbleRequest, voxels=_plain(voxels), label=label, mode=mode)
     return Request("POST", _object_path(paths.OBJECT_SCRIBBLE, sid, oid), json=body.model_dump(),
-                   headers=auth_headers(token))
+                   headers=prompt_headers(token))
 
 
 def lasso(sid: str, token: str, oid: int, axis: int, index: int, contour: Sequence[Sequence[float]] | np.ndarray,
           label: int, mode: RegionMode) -> Request:
     body = _validated(LassoRequest, axis=axis, index=index, contour=_plain(contour), label=label, mode=mode)
     return Request("POST", _object_path(paths.OBJECT_LASSO, sid, oid), json=body.model_dump(),
-                   headers=auth_headers(token))
+                   headers=prompt_headers(token))
 
 
 def text(sid: str, token: str, oid: int, name: str, box_: Sequence[int] | np.ndarray | None,
@@ -203,15 +231,15 @@ def text(sid: str, token: str, oid: int, name: str, box_: Sequence[int] | np.nda
     body = _validated(TextRequest, text=name, box=None if box_ is None else _plain(box_),
                       points=None if points is None else _plain(points), labels=None if labels is None else _plain(labels))
     return Request("POST", _object_path(paths.OBJECT_TEXT, sid, oid), json=body.model_dump(),
-                   headers=auth_headers(token))
+                   headers=prompt_headers(token))
 
 
 def undo(sid: str, token: str, oid: int) -> Request:
-    return Request("POST", _object_path(paths.OBJECT_UNDO, sid, oid), headers=auth_headers(token))
+    return Request("POST", _object_path(paths.OBJECT_UNDO, sid, oid), headers=prompt_headers(token))
 
 
 def reset(sid: str, token: str, oid: int) -> Request:
-    return Request("POST", _object_path(paths.OBJECT_RESET, sid, oid), headers=auth_headers(token))
+    return Request("POST", _object_path(paths.OBJECT_RESET, sid, oid), headers=prompt_headers(token))
 
 
 def remove(sid: str, token: str, oid: int) -> Request:
@@ -229,7 +257,7 @@ def set_mask(sid: str, token: str, oid: int, mask: np.ndarray) -> Request:
     arrays: dict[str, Any] = {paths.MASK_NPZ_KEY: arr.astype(np.uint8)}
     np.savez_compressed(buf, **arrays)
     files = {paths.UPLOAD_FILE_FIELD: ("mask.npz", buf.getvalue(), "application/x-npz")}
-    return Request("PUT", _object_path(paths.OBJECT_MASK, sid, oid), files=files, headers=auth_headers(token))
+    return Request("PUT", _object_path(paths.OBJECT_MASK, sid, oid), files=files, headers=prompt_headers(token))
 
 
 def parse_prompt(response: httpx.Response) -> PromptReply:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -30,22 +31,34 @@ class Client:
         headers: extra headers sent with every request.
         api_key: the server API key, sent as ``X-API-Key`` with every request and the stream (servers
             configured with ``api_key_hashes`` refuse requests without it).
+        retries: how often a mask-changing prompt (box, clicks, scribble, lasso, text, undo, reset, set_mask)
+            is resent after a connection error or a connection closed before the reply, with a backoff of
+            0.1 s, 0.2 s, 0.4 s, ... Each prompt carries a fresh ``Idempotency-Key`` (uuid4) and a resend
+            carries the same one, so the server applies the prompt exactly once and answers a resend of an
+            applied prompt with the reply it recorded, also after a server restart. HTTP error replies and
+            timeouts are never resent; other requests are never resent. 0 turns resending off.
     """
 
     def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None,
                  timeout: float = DEFAULT_TIMEOUT, headers: dict[str, str] | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, retries: int = proto.DEFAULT_RETRIES) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retries = retries
         self.api_key = api_key
         headers = {**(headers or {}), **proto.api_key_headers(api_key)}
         self._http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout,
                                   headers=headers)
 
     def _send(self, request: Request) -> httpx.Response:
-        try:
-            return self._http.request(request.method, request.path, **request.kwargs())
-        except httpx.RequestError as exc:  # transport failures, and a reply httpx cannot decode or follow
-            raise TransportError(f"{request.method} {request.path}: {exc!r}") from exc
+        resends = 0
+        while True:
+            try:
+                return self._http.request(request.method, request.path, **request.kwargs())
+            except httpx.RequestError as exc:  # transport failures, and a reply httpx cannot decode or follow
+                if not proto.should_resend(request, exc, resends, self.retries):
+                    raise TransportError(f"{request.method} {request.path}: {exc!r}") from exc
+            time.sleep(proto.resend_delay(resends))  # the same request, the same idempotency key
+            resends += 1
 
     def create_session(self, volume: VolumeInput, *, spacing: Sequence[float] | None = None,
                        modality: str | None = None, exclusive_objects: bool | None = None) -> Session:
