@@ -769,7 +769,9 @@ class SessionManager:
             session.nbytes = nbytes
             changed, bbox = net_change(changes, session.shape)
             timings = {f"{c.step}.{k}": v for c in changes for k, v in c.timings_ms.items()}
-            timings["total"] = (time.perf_counter() - started) * 1e3  # the recorded reply's total: without the commit
+            # "total" ends before the history append: the reply is recorded with the prompt, and a resend of the
+            # prompt gets exactly the reply the first send got.
+            timings["total"] = (time.perf_counter() - started) * 1e3
             steps = [StepOutcome(c.step, c.version, c.count, c.bbox, dict(c.timings_ms)) for c in changes]
             outcome = PromptOutcome(object_id, changes[-1].version, changed, bbox, steps, timings)
             prompt = PromptRecord(op=op, object_id=object_id, args=args, version=changes[-1].version,
@@ -782,7 +784,6 @@ class SessionManager:
             session.last_used_mono = self._clock()
             session.change_order[object_id] = next(self._change_seq)
             self.metrics.prompts.labels(op=op).inc()
-            timings["total"] = (time.perf_counter() - started) * 1e3
             return outcome
 
         # Shielded: a disconnecting client must not interrupt a prompt between the device and the store.
