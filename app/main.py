@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=[paths.AUTHORIZATION_HEADER, API_KEY_HEADER, "Content-Type"],
+            allow_headers=[paths.AUTHORIZATION_HEADER, API_KEY_HEADER, paths.IDEMPOTENCY_KEY_HEADER, "Content-Type"],
             # Content-Disposition: the file name of downloads (MONAI Label results, labels, session images).
             expose_headers=[paths.OBJECT_VERSION_HEADER, paths.RETRY_AFTER_HEADER, "X-Object-Versions",
                             "Content-Disposition"],
