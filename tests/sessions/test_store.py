@@ -65,6 +65,22 @@ async def test_prompt_history_is_append_only_and_ordered(store: MetadataStore) -
     assert got is not None and got.last_used_at == 1004.0
 
 
+async def test_a_prompts_idempotency_key_and_reply_are_kept(store: MetadataStore) -> None:
+    await store.create_session(_record())
+    reply = {"object_id": 1, "version": 1, "changed": 7, "bbox": [1, 2, 3, 4, 5, 6],
+             "steps": [{"step": "box", "version": 1, "changed": 7, "bbox": [1, 2, 3, 4, 5, 6],
+                        "timings_ms": {"encode": 1.5}}], "timings_ms": {"box.encode": 1.5, "total": 2.0}}
+    keyed = PromptRecord(op="box", object_id=1, args={"box": [1, 2, 3, 4, 5, 6]}, version=1, at=1001.0,
+                         key="4f1c-retry", reply=reply)
+    await store.commit_prompt("s1", keyed)
+    assert await store.prompt_history("s1") == [keyed]
+
+
+def test_a_prompt_record_written_before_keys_existed_still_reads() -> None:
+    old = '{"op":"undo","object_id":2,"args":{},"version":5,"at":12.0}'
+    assert PromptRecord.from_json(old) == PromptRecord(op="undo", object_id=2, version=5, at=12.0)
+
+
 async def test_commit_on_unknown_session_fails_and_creates_nothing(store: MetadataStore) -> None:
     with pytest.raises(SessionRecordLost, match="no longer in the session store"):
         await store.commit_prompt("ghost", PromptRecord(op="box", object_id=1, version=1, at=1.0))
