@@ -18,7 +18,6 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ import httpx
 import numpy as np
 
 from app.schemas import paths
-from benchmarks.bench_service import REPO_ROOT, _free_port
+from benchmarks.bench_service import REPO_ROOT, _free_port, serving
 from benchmarks.plots import latency_plot
 from evaluation.cases import find_cases, load_case
 from evaluation.click_rule import next_click
@@ -115,22 +114,8 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SEGSVC_")}
     env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, "-m", "app", "--port", str(port), "--log-level", "warning", *args.server_flag]
-    server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.5)
+    with serving(cmd, env, url):
         results = run(url, args)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     results["command"] = "python -m benchmarks.bench_case_clicks " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -18,6 +18,7 @@ synthetic CT-like 128x256x256 (D, H, W) volume, draws one organ-sized box, then 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -61,6 +63,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], env: dict[str, str], url: str) -> Iterator[None]:
+    """Run the server command ``cmd`` until the block ends, entering it once ``url``/readyz answers 200."""
+    server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.5)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -136,22 +159,8 @@ def main() -> None:
     weights = ["--random-weights"] if args.weights == "none" else ["--weights", args.weights]
     cmd = [sys.executable, "-m", "app", "--port", str(port), "--config", args.config, *weights,
            "--device", args.device, "--log-level", "warning"]
-    server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.5)
+    with serving(cmd, env, url):
         results = run(url, args)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     results["command"] = "python -m benchmarks.bench_service " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
