@@ -33,6 +33,8 @@ import cc3d
 import numpy as np
 import torch
 
+from app.models.propagation import require_finite
+
 
 @dataclass(frozen=True)
 class RegionConfig:
@@ -58,14 +60,10 @@ class RegionConfig:
     confident: float = 3.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.reach) and self.reach >= 0):
-            raise ValueError(f"reach: must be a finite number >= 0, got {self.reach}")
-        if not (math.isfinite(self.foreground_reach) and self.foreground_reach >= 0):
-            raise ValueError(f"foreground_reach: must be a finite number >= 0, got {self.foreground_reach}")
-        if not (math.isfinite(self.tolerance) and self.tolerance > 0):
-            raise ValueError(f"tolerance: must be a finite number > 0, got {self.tolerance}")
-        if not (math.isfinite(self.gain) and self.gain > 0):
-            raise ValueError(f"gain: must be a finite number > 0, got {self.gain}")
+        require_finite("reach", self.reach, allow_zero=True)
+        require_finite("foreground_reach", self.foreground_reach, allow_zero=True)
+        require_finite("tolerance", self.tolerance)
+        require_finite("gain", self.gain)
         if not self.confident > 0:
             raise ValueError(f"confident: must be > 0 (infinity allowed), got {self.confident}")
 

@@ -41,6 +41,12 @@ import torch
 from skimage.graph import MCP_Geometric
 
 
+def require_finite(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Refuse a setting that is not a finite number > 0 (>= 0 with ``allow_zero``), naming it."""
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"{name}: must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
+
+
 @dataclass(frozen=True)
 class PropagationConfig:
     """Parameters of the click propagation (checked on the train split: ``docs/results.md``).
@@ -56,12 +62,9 @@ class PropagationConfig:
     gain: float = 6.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.reach) and self.reach >= 0):
-            raise ValueError(f"reach: must be a finite number >= 0, got {self.reach}")
-        if not (math.isfinite(self.tolerance) and self.tolerance > 0):
-            raise ValueError(f"tolerance: must be a finite number > 0, got {self.tolerance}")
-        if not (math.isfinite(self.gain) and self.gain > 0):
-            raise ValueError(f"gain: must be a finite number > 0, got {self.gain}")
+        require_finite("reach", self.reach, allow_zero=True)
+        require_finite("tolerance", self.tolerance)
+        require_finite("gain", self.gain)
 
     @property
     def enabled(self) -> bool:
