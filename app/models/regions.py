@@ -90,17 +90,41 @@ def _even_odd(verts: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def _on_outline(verts: np.ndarray, plane: tuple[int, int]) -> np.ndarray:
-    """The slice voxels the contour's edges pass through (sampled at half-voxel steps, rounded)."""
+    """The slice voxels the contour's edges pass through (sampled at half-voxel steps, rounded).
+
+    Each edge is first clipped to the slice (one voxel of margin), so the work is bounded by the slice's size
+    whatever the coordinates: an edge from far outside costs no more than one that crosses the slice.
+    """
     out = np.zeros(plane, dtype=bool)
     n = len(verts)
     for i in range(n):
-        a, b = verts[i], verts[(i + 1) % n]
+        clipped = _clip_segment(verts[i], verts[(i + 1) % n], plane)
+        if clipped is None:
+            continue
+        a, b = clipped
         steps = int(np.ceil(2 * np.abs(b - a).max())) + 1
         t = np.linspace(0.0, 1.0, steps)[:, None]
         pts = np.rint(a + t * (b - a)).astype(np.int64)
         ok = (pts[:, 0] >= 0) & (pts[:, 0] < plane[0]) & (pts[:, 1] >= 0) & (pts[:, 1] < plane[1])
         out[pts[ok, 0], pts[ok, 1]] = True
     return out
+
+
+def _clip_segment(a: np.ndarray, b: np.ndarray, plane: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The part of segment a-b inside [-1, plane] on both axes (Liang-Barsky), or None when it misses."""
+    d = b - a
+    t0, t1 = 0.0, 1.0
+    for axis in range(2):
+        lo, hi = -1.0, float(plane[axis])
+        if d[axis] == 0.0:
+            if not lo <= a[axis] <= hi:
+                return None
+            continue
+        ta, tb = (lo - a[axis]) / d[axis], (hi - a[axis]) / d[axis]
+        t0, t1 = max(t0, min(ta, tb)), min(t1, max(ta, tb))
+        if t0 > t1:
+            return None
+    return a + t0 * d, a + t1 * d
 
 
 def to_runs(flat: np.ndarray) -> list[list[int]]:

@@ -17,6 +17,9 @@ from app.schemas.prompts import RegionMode, _numbers, _voxel_ints
 MAX_SCRIBBLE_VOXELS = 1 << 16
 """Voxels one scribble request may list (a JSON list of triples: a larger region is better sent as a lasso)."""
 MAX_LASSO_VERTICES = 4096
+MAX_CONTOUR_COORD = 1e6
+"""Largest |coordinate| of a lasso vertex, in voxels: a contour may run past the slice's edges (a user drags
+off the canvas), but a vertex a million voxels out is a broken client, and arithmetic on it must stay finite."""
 
 _LABEL = "1 = the region is the object (foreground), 0 = it is not (background)."
 _MODE = ('"decoder": the mask decoder reads the region\'s clicks; "both": the corrector\'s step first (streamed), '
@@ -84,7 +87,12 @@ class LassoRequest(BaseModel):
             raise ValueError(f"contour: expected a list of 2D vertices, got {type(value).__name__}")
         if not 3 <= len(value) <= MAX_LASSO_VERTICES:
             raise ValueError(f"contour: expected 3 to {MAX_LASSO_VERTICES} vertices, got {len(value)}")
-        return [[float(c) for c in _numbers(f"contour[{i}]", v, 2)] for i, v in enumerate(value)]
+        out = [[float(c) for c in _numbers(f"contour[{i}]", v, 2)] for i, v in enumerate(value)]
+        for i, (a, b) in enumerate(out):
+            if max(abs(a), abs(b)) > MAX_CONTOUR_COORD:
+                raise ValueError(f"contour[{i}]: coordinates must lie within +-{MAX_CONTOUR_COORD:g} voxels, "
+                                 f"got {[a, b]}")
+        return out
 
     @field_validator("label", mode="before")
     @classmethod

@@ -49,6 +49,7 @@ def test_bad_regions_are_refused_by_name_and_change_nothing(client: TestClient) 
         ("/lasso", {"axis": 3, "index": 0, "contour": [[0, 0], [0, 5], [5, 5]], "label": 1}, "axis"),
         ("/lasso", {"axis": 0, "index": 0, "contour": [[0, 0], [0, 5]], "label": 1}, "contour"),
         ("/lasso", {"axis": 0, "index": 0, "contour": [[-50, -50], [-50, -40], [-40, -40]], "label": 1}, "contour"),
+        ("/lasso", {"axis": 0, "index": 0, "contour": [[0, 0], [0, 5], [1e300, 5]], "label": 1}, "contour"),
     ]
     for path, body, field in cases:
         r = client.post(base + path, json=body, headers=auth)

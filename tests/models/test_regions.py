@@ -38,6 +38,22 @@ def test_lasso_outside_the_slice_is_refused() -> None:
         regions.fill_lasso(0, 0, [[-30, -30], [-30, -20], [-20, -20]], SHAPE)
 
 
+def test_lasso_reaching_far_past_the_slice_fills_it_in_bounded_work() -> None:
+    # A triangle whose vertices lie a million voxels out covers the whole slice; the outline is clipped to the
+    # slice first, so this costs what a slice-sized lasso costs (unclipped it would sample millions of points).
+    far = 1e6
+    flat = regions.fill_lasso(0, 2, [[-far, -far], [-far, 3 * far], [3 * far, -far]], SHAPE)
+    assert flat.size == SHAPE[1] * SHAPE[2]
+
+
+def test_clipping_keeps_the_outline_of_an_edge_that_crosses_the_slice() -> None:
+    # An edge entering from outside: its voxels on the slice are those of the same edge drawn unclipped.
+    shape = (1, 20, 20)
+    flat = regions.fill_lasso(0, 0, [[-10.0, 5.0], [30.0, 5.4], [30.0, 5.6]], shape)
+    _, y, x = np.unravel_index(flat, shape)
+    assert set(y.tolist()) == set(range(20)) and set(x.tolist()) <= {5, 6}
+
+
 def test_runs_round_trip() -> None:
     flat = regions.fill_lasso(0, 4, [[3, 3], [3, 30], [40, 30]], SHAPE)
     runs = regions.to_runs(flat)
