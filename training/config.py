@@ -16,7 +16,8 @@ class DataConfig:
     Attributes:
         root: folder holding ``manifest.json`` and the ``train/`` split (relative to the working directory).
         cases: restrict to these train case ids (None = every train case).
-        source_weights: relative frequency of each object source: "labelled", "synthetic", "pseudo".
+        source_weights: relative frequency of each object source: "labelled", "synthetic", "pseudo",
+            "synthseg" (a labelled object in an image drawn from its label map, ``training.synthseg``).
             Set a weight to 0 to switch a source off (for ablations).
         min_object_voxels: objects smaller than this are never used (the evaluation scores >= 50 voxels).
         component_prob: probability that a labelled object is one connected component of its label.
@@ -38,6 +39,13 @@ class DataConfig:
         compound_min_voxels / compound_max_voxels: log-uniform envelope size range of compound lesions.
         pseudo_pool_size / pseudo_refresh_prob: pseudo-objects are kept in a pool; each draw replaces a
             pool entry with a fresh one with this probability (SLIC is too slow to run for every sample).
+        small_object_prob: probability that a labelled or synthseg draw is a small object: one 26-connected
+            component of a label with ``min_object_voxels`` to ``small_object_max_voxels`` voxels. 0 = off.
+        nested_prob: probability that a labelled or synthseg draw is a nested target: the box is drawn over
+            the object plus labels that touch it (``training.sources.composite_mask``), the object stays the
+            target, and the simulated clicks have to tell them apart. 0 = off.
+        synthseg_max_voxels: the "synthseg" source repaints a crop around its object; crops larger than this
+            are subsampled by an integer stride first (the ROI view resamples to the frame anyway).
     """
 
     root: str = "../shared/data"
@@ -66,6 +74,10 @@ class DataConfig:
     compound_max_voxels: int = 150000
     pseudo_pool_size: int = 64
     pseudo_refresh_prob: float = 0.25
+    small_object_prob: float = 0.0
+    small_object_max_voxels: int = 2000
+    nested_prob: float = 0.0
+    synthseg_max_voxels: int = 400_000
 
 
 @dataclass
@@ -148,6 +160,14 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig(**raw, data=DataConfig(**data_raw))
     if cfg.box_teacher_weight < 0 or (cfg.box_teacher_weight > 0 and not cfg.init_weights):
         raise ValueError("box_teacher_weight: must be >= 0, and > 0 needs init_weights (the teacher)")
+    for name in ("small_object_prob", "nested_prob"):
+        value = getattr(cfg.data, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"data.{name}: must be in [0, 1], got {value}")
+    if cfg.data.small_object_max_voxels < cfg.data.min_object_voxels:
+        raise ValueError("data.small_object_max_voxels: must be >= data.min_object_voxels")
+    if cfg.data.synthseg_max_voxels < 1:
+        raise ValueError("data.synthseg_max_voxels: must be >= 1")
     if cfg.grad_rounds not in ("all", "last"):
         raise ValueError(f"grad_rounds: expected 'all' or 'last', got {cfg.grad_rounds!r}")
     return cfg

@@ -172,18 +172,28 @@ def augment(view: View, cfg: DataConfig, rng: np.random.Generator) -> View:
     return View(image, np.ascontiguousarray(mask), box, view.kind, view.box_kind)
 
 
-def make_view(image: np.ndarray, mask: np.ndarray, frame: Frame, cfg: DataConfig, rng: np.random.Generator) -> View:
+def make_view(
+    image: np.ndarray,
+    mask: np.ndarray,
+    frame: Frame,
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    box_mask: np.ndarray | None = None,
+) -> View:
     """A random view of one object: box kind, zoom-out or zoom-in, then augmentation.
 
     Args:
         image: (D, H, W) float32 normalised volume.
         mask: (D, H, W) bool object (non-empty).
         frame: the training frame (d, h, w).
+        box_mask: (D, H, W) bool region the box is drawn around, holding ``mask`` (a nested target: the box
+            covers a composite, the object is one part of it); None = the object itself.
     """
+    boxed = mask if box_mask is None else box_mask
     if rng.random() < cfg.mid_slice_box_prob:
-        box, box_kind = challenge_box(mask), "mid_slice"
+        box, box_kind = challenge_box(boxed), "mid_slice"
     else:
-        box, box_kind = jitter_box(exact_box(mask), image.shape, cfg.box_jitter, rng), "3d"  # type: ignore[arg-type]
+        box, box_kind = jitter_box(exact_box(boxed), image.shape, cfg.box_jitter, rng), "3d"  # type: ignore[arg-type]
     view = None
     # Drawn only when ROI views are on, so older configs keep their random stream.
     if cfg.roi_view_prob > 0 and rng.random() < cfg.roi_view_prob:

@@ -47,6 +47,16 @@ class LabelledObject:
     voxels: int
 
 
+@dataclass(frozen=True)
+class SmallComponent:
+    """One 26-connected component of one label: ``seed`` (z, y, x) is one of its voxels, bounds half-open."""
+
+    label: int
+    bounds: Bounds
+    seed: tuple[int, int, int]
+    voxels: int
+
+
 @dataclass
 class TrainVolume:
     """A loaded train case.
@@ -58,6 +68,8 @@ class TrainVolume:
         spacing: (sz, sy, sx) in mm.
         objects: labelled objects with at least ``min_object_voxels`` voxels.
         body: (n,) flat indices of foreground voxels (where synthetic lesions and pseudo-objects go).
+        small: connected components of any label with a size in the small-object range (indexed only when
+            the engine oversamples small objects, see ``index_small_components``).
     """
 
     info: CaseInfo
@@ -66,6 +78,7 @@ class TrainVolume:
     spacing: tuple[float, float, float]
     objects: list[LabelledObject] = field(default_factory=list)
     body: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    small: list[SmallComponent] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -187,3 +200,77 @@ def sample_labelled(
     volume = candidates[rng.choice(len(candidates), p=weights / weights.sum())]
     obj = volume.objects[rng.integers(len(volume.objects))]
     return volume, object_mask(volume, obj, rng, component_prob, min_voxels)
+
+
+def index_small_components(label: np.ndarray, min_voxels: int, max_voxels: int) -> list[SmallComponent]:
+    """Every 26-connected component of every label with ``min_voxels`` to ``max_voxels`` voxels.
+
+    Small structures are rare among whole labels (most are organs or parcels), yet users' hardest objects are
+    small; their components are indexed once so a draw can pick one directly.
+    """
+    components, n = cc3d.connected_components(label, connectivity=26, return_N=True)
+    if n == 0:
+        return []
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    out = []
+    for index, slices in enumerate(ndimage.find_objects(components), start=1):
+        if slices is None or not (min_voxels <= sizes[index] <= max_voxels):
+            continue
+        local = components[slices] == index
+        offset = np.argwhere(local)[0]
+        seed = tuple(int(s.start + o) for s, o in zip(slices, offset, strict=True))
+        bounds = tuple(s.start for s in slices) + tuple(s.stop for s in slices)
+        out.append(SmallComponent(int(label[seed]), bounds, seed, int(sizes[index])))  # type: ignore[arg-type]
+    return out
+
+
+def small_component_mask(volume: TrainVolume, component: SmallComponent) -> np.ndarray:
+    """The full-volume bool mask of one indexed small component."""
+    sl = tuple(slice(a, b) for a, b in zip(component.bounds[:3], component.bounds[3:], strict=True))
+    local = volume.label[sl] == component.label
+    labels = cc3d.connected_components(local, connectivity=26)
+    seed = tuple(s - a for s, a in zip(component.seed, component.bounds[:3], strict=True))
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[sl] = labels == labels[seed]
+    return mask
+
+
+def sample_small(volumes: list[TrainVolume], rng: np.random.Generator) -> tuple[TrainVolume, np.ndarray] | None:
+    """A random small component (volume drawn with weight sqrt(#components)); None when none is indexed."""
+    candidates = [v for v in volumes if v.small]
+    if not candidates:
+        return None
+    weights = np.sqrt([len(v.small) for v in candidates])
+    volume = candidates[rng.choice(len(candidates), p=weights / weights.sum())]
+    return volume, small_component_mask(volume, volume.small[rng.integers(len(volume.small))])
+
+
+def composite_mask(volume: TrainVolume, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """A nested target's box region: the object plus some of the labels that touch it, near it.
+
+    The neighbours are looked for in the object's box grown on each side by 25-100 % of its extent, so an
+    enclosing parent (white matter around a nucleus, the cord around its grey matter) contributes only its
+    part around the object and the composite box stays a few times the object's. Each touching label joins
+    with probability 0.5 (at least one). None when no other label touches the object.
+
+    Args:
+        volume: the object's volume.
+        mask: (D, H, W) bool object (one label or one of its components).
+    """
+    coords = np.argwhere(mask)
+    lo, hi = coords.min(0), coords.max(0) + 1
+    grow = np.ceil((hi - lo) * rng.uniform(0.25, 1.0)).astype(int) + 1
+    a, b = np.maximum(lo - grow, 0), np.minimum(hi + grow, volume.shape)
+    sl = tuple(slice(int(x), int(y)) for x, y in zip(a, b, strict=True))
+    local_label, local_mask = volume.label[sl], mask[sl]
+    own = np.unique(local_label[local_mask])
+    ring = ndimage.binary_dilation(local_mask, structure=np.ones((3, 3, 3), bool)) & ~local_mask
+    neighbours = np.setdiff1d(np.unique(local_label[ring]), np.append(own, 0))
+    if neighbours.size == 0:
+        return None
+    chosen = neighbours[rng.random(neighbours.size) < 0.5]
+    if chosen.size == 0:
+        chosen = neighbours[[int(rng.integers(neighbours.size))]]
+    composite = np.zeros(volume.shape, dtype=bool)
+    composite[sl] = local_mask | np.isin(local_label, chosen)
+    return composite
