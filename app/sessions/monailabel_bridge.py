@@ -47,7 +47,8 @@ import numpy as np
 
 from app.errors import CapacityExceeded, InvalidInput, ServiceError, SessionNotFound
 from app.io.volumes import LoadedVolume, VolumeMeta
-from app.sessions.manager import Geometry, Session, SessionManager
+from app.sessions.manager import SessionManager
+from app.sessions.session import Geometry, Session
 
 INITIAL_MODE = "decoder"
 """Mode of a label's first round (and of a replay): the decoder reads all clicks at once."""

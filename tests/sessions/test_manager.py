@@ -20,8 +20,9 @@ from app.errors import (
 )
 from app.sessions.diffs import apply_diff, decode_diff
 from app.sessions.executor import DeviceExecutor
-from app.sessions.manager import Geometry, SessionLimits, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.reaper import Reaper
+from app.sessions.session import Geometry, SessionLimits
 from app.sessions.store import InProcessStore, PromptRecord
 from app.sessions.subscribers import Close
 

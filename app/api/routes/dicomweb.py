@@ -24,7 +24,7 @@ from app.errors import InvalidInput
 from app.schemas import paths
 from app.schemas.monailabel import StoredSeg
 from app.schemas.sessions import SessionCreated
-from app.sessions.manager import Geometry
+from app.sessions.session import Geometry
 
 router = APIRouter(tags=["dicomweb"])
 

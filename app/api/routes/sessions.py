@@ -17,7 +17,7 @@ from app.io.volumes import VolumeMeta, save_mask
 from app.schemas import paths
 from app.schemas.prompts import MaskFormat, OverlapRule
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
-from app.sessions.manager import Geometry, Session
+from app.sessions.session import Geometry, Session
 
 router = APIRouter(tags=["sessions"])
 
