@@ -276,7 +276,7 @@ class LeaseRegistry:
         session = self.session_of(lease)
         self.acted(lease)
         lease.queued.clear()
-        if OBJECT_ID in session.state.objects:
+        if session.has_object(OBJECT_ID):
             await self.manager.reset(session, OBJECT_ID)
             lease.undo_counts.append(1)
 
