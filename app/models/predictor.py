@@ -531,14 +531,6 @@ class Predictor:
         return out
 
     @torch.inference_mode()
-    def get_probabilities(self, state: SessionState, object_id: int) -> tuple[Bounds | None, np.ndarray | None]:
-        """The object's ROI and its probability map over that ROI (float32), or (None, None) when empty."""
-        obj = self._object(state, object_id)
-        if obj.roi is None or obj.logits is None:
-            return None, None
-        return obj.roi, torch.sigmoid(obj.logits).cpu().numpy()
-
-    @torch.inference_mode()
     def get_label_map(self, state: SessionState, order: Sequence[int] | None = None,
                       overlap: OverlapRule = "confidence") -> np.ndarray:
         """All (or the listed) objects as one (D, H, W) label map, value = object id (uint8, or uint16 past 255).

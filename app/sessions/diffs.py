@@ -52,7 +52,6 @@ __all__ = [
     "decode_diff",
     "encode_change",
     "encode_diff",
-    "encode_removal",
     "encode_snapshot",
 ]
 
@@ -89,10 +88,3 @@ def encode_change(
         bbox=change.bbox,
         compress=compress,
     )
-
-
-def encode_removal(object_id: int, version: int, shape: Sequence[int]) -> bytes:
-    """An empty snapshot at ``version``: the object's mask is all zero (sent when an object is removed,
-    alongside the JSON ``removed`` message)."""
-    d, h, w = (int(s) for s in shape)
-    return encode_snapshot(np.zeros((d, h, w), dtype=np.uint8), object_id=object_id, version=version)

@@ -418,10 +418,6 @@ class RedisStore:
         await self._client.delete(self._k_replica(replica_id))
 
     @_store_errors
-    async def replica_alive(self, replica_id: str) -> bool:
-        return bool(await self._client.exists(self._k_replica(replica_id)))
-
-    @_store_errors
     async def claim_session(self, session_id: str, replica_id: str) -> Claim:
         """Make ``replica_id`` the session's owner (atomically; from now on only its commits land)."""
         keys = [self._k_session(session_id), self._k_owner(session_id)]

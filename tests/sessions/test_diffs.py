@@ -27,7 +27,6 @@ from app.sessions.diffs import (
     decode_diff,
     encode_change,
     encode_diff,
-    encode_removal,
     encode_snapshot,
 )
 
@@ -108,7 +107,7 @@ def test_snapshot_replaces_any_local_mask_for_resync() -> None:
     stale = np.random.default_rng(0).integers(0, 2, shape, dtype=np.uint8)
     assert apply_diff(stale, frame, current_version=3) == 11  # version not checked for snapshots
     np.testing.assert_array_equal(stale, truth)
-    empty = decode_diff(encode_removal(2, 12, shape))
+    empty = decode_diff(encode_snapshot(np.zeros(shape, np.uint8), object_id=2, version=12))
     apply_diff(stale, empty)
     assert not stale.any()
 
