@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from app.models import geometry as geo
-from app.models.build import build_predictor, get_model_config, resolve_inference
+from app.models.build import build_predictor, resolve_inference
+from app.models.configs import get_model_config
 from app.models.predictor import Predictor, PredictorConfig
 from app.models.preprocess import normalize_intensity
 from app.models.state import SessionState

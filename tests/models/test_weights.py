@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from app.models.__main__ import main as cli_main
-from app.models.build import build_corrector, get_model_config
+from app.models.build import build_corrector, load_model
+from app.models.configs import get_model_config
 from app.models.segvol import SegVol
 from app.models.weights import (
     CHECKPOINT_FORMAT,
@@ -21,7 +22,6 @@ from app.models.weights import (
     LoadReport,
     load_checkpoint,
     load_into,
-    load_model,
     read_checkpoint,
     save_checkpoint,
 )

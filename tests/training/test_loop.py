@@ -38,7 +38,7 @@ def test_unknown_config_keys_fail(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    from app.models.build import get_model_config
+    from app.models.configs import get_model_config
 
     repo = Path(__file__).resolve().parents[2]
     paths = sorted((repo / "training" / "configs").rglob("*.json"))
@@ -51,7 +51,8 @@ def test_shipped_configs_load() -> None:
 
 
 def test_frame_view_shares_parameters() -> None:
-    from app.models.build import build_backbone, get_model_config
+    from app.models.build import build_backbone
+    from app.models.configs import get_model_config
 
     cfg = get_model_config("compact")
     backbone = build_backbone(cfg)
@@ -85,7 +86,7 @@ def test_one_step_updates_both_models_with_finite_losses(
 def test_run_exports_loadable_weights_and_resume_restores_step_and_rng(
     tmp_path: Path, data_root: Path, engine: DataEngine
 ) -> None:
-    from app.models.weights import load_model
+    from app.models.build import load_model
 
     cfg = _config(tmp_path, data_root, max_steps=2)
     first = Trainer(cfg, engine=engine)
