@@ -31,9 +31,8 @@ from pathlib import Path
 import monai
 import torch
 
-from app.models.build import build_backbone
+from app.models import build_backbone, get_model_config
 from app.models.compact import CompactBackbone
-from app.models.configs import get_model_config
 
 NOTE = (
     "Measured on a shared machine (2 CPU cores, other jobs running: see loadavg). Wall-clock medians are "

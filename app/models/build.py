@@ -28,7 +28,8 @@ from app.models.weights import (
 )
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor, PredictorConfig
+    from app.models.predictor import Predictor
+    from app.models.predictor_config import PredictorConfig
 
 
 def build_backbone(cfg: ModelConfig | str, *, with_text: bool = False) -> Backbone:
@@ -170,7 +171,7 @@ def resolve_inference(config: PredictorConfig | None, meta: dict[str, Any], defa
     """
     from dataclasses import replace
 
-    from app.models.predictor import PredictorConfig
+    from app.models.predictor_config import PredictorConfig
 
     config = config or PredictorConfig()
     inference = meta.get("inference") or {}

@@ -142,7 +142,7 @@ class SessionState:
         exclusive_objects: the objects are mutually exclusive, as the labels of one label map are: a voxel one
             object's foreground click marks is background to the session's other objects, so each object's
             click steps also see the other objects' foreground clicks inside its ROI as background clicks
-            (``Predictor.exclusion_clicks``). False: every object is segmented on its own prompts only
+            (``app.models.corrector_step.exclusion_clicks``). False: every object is segmented on its own prompts only
             (objects that may overlap, e.g. an organ and a lesion inside it).
     """
 

@@ -28,7 +28,7 @@ from app.sessions.stream import CLOSE_GOING_AWAY, CLOSE_SESSION_ENDED
 from app.sessions.subscribers import Close
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
 
 log = logging.getLogger(__name__)
 

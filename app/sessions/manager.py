@@ -45,7 +45,7 @@ from app.sessions.stream import ChangeStream
 from app.sessions.subscribers import Subscriber
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
 
 
 class SessionManager:

@@ -43,8 +43,7 @@ from app.models import regions
 from app.sessions.store import PromptRecord
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
-    from app.models.state import SessionState
+    from app.models import Predictor, SessionState
 
 log = logging.getLogger(__name__)
 

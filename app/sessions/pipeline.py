@@ -47,8 +47,7 @@ from app.sessions.stream import ChangeStream
 from app.sessions.validation import check_box, check_points, check_region
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
-    from app.models.state import Change
+    from app.models import Change, Predictor
 
 log = logging.getLogger(__name__)
 

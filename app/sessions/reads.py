@@ -19,7 +19,7 @@ from app.sessions.session import Session
 from app.sessions.store import MetadataStore, SessionRecord
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
 
 
 class SessionReads:

@@ -35,7 +35,7 @@ from app.sessions.session import Session, SessionLimits, Tombstone, hash_token
 from app.sessions.store import SessionRecord
 
 if TYPE_CHECKING:
-    from app.models.state import SessionState
+    from app.models import SessionState
 
 T = TypeVar("T")
 

@@ -25,8 +25,7 @@ from app.sessions.session import Session
 from app.sessions.store import MetadataStore, PromptRecord, SessionRecord
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
-    from app.models.state import SessionState
+    from app.models import Predictor, SessionState
 
 log = logging.getLogger(__name__)
 

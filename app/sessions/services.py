@@ -29,7 +29,7 @@ from app.sessions.session import SessionLimits
 from app.sessions.store import MetadataStore, RedisStore, build_store
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ def limits_from(settings: Settings) -> SessionLimits:
 
 def load_predictor(settings: Settings) -> Predictor:
     """Build the model named by the settings (blocking: call it in a thread)."""
-    from app.models.build import build_predictor
+    from app.models import build_predictor
 
     if settings.weights is None and not settings.allow_random_weights:  # Settings validates it too
         raise ValueError("weights: None (random init) requires allow_random_weights=True")
     if settings.weights is None:
         log.warning("model %s runs with RANDOM weights (allow_random_weights=True): for tests and timing only",
                     settings.model_config_name)
-    from app.models.predictor import PredictorConfig
+    from app.models import PredictorConfig
 
     return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device,
                            predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach,

@@ -17,7 +17,7 @@ from app.sessions.store import SessionRecord
 from app.sessions.subscribers import Subscriber
 
 if TYPE_CHECKING:
-    from app.models.state import SessionState
+    from app.models import SessionState
 
 
 def hash_token(token: str) -> str:

@@ -17,8 +17,7 @@ from app.sessions.session import Session
 from app.sessions.subscribers import Close, Subscriber
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
-    from app.models.state import Change
+    from app.models import Change, Predictor
 
 # WebSocket close codes the session services ask for (mirrors app.schemas.paths.StreamCloseCode).
 CLOSE_GOING_AWAY = 1001

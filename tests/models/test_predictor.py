@@ -7,11 +7,9 @@ import pytest
 import torch
 from monai.transforms import Resize
 
+from app.models import Predictor, PredictorConfig, SessionState, UnknownObjectError, build_predictor
 from app.models import geometry as geo
-from app.models.build import build_predictor
-from app.models.predictor import Predictor, PredictorConfig, UnknownObjectError
 from app.models.sampling import build_corrector_input
-from app.models.state import SessionState
 
 SHAPE = (23, 61, 47)  # odd, anisotropic, smaller than the frame on axis 0 and larger on the others
 SPACING = (3.0, 0.8, 0.8)
