@@ -47,7 +47,6 @@ from app.models.region_prompts import constrain
 from app.models.roi_logits import mask_diff
 from app.models.stage_timer import StageTimer
 from app.models.state import (
-    REFINE_MODES,
     Bounds,
     Change,
     Click,
@@ -56,10 +55,9 @@ from app.models.state import (
     UndoEntry,
 )
 from app.models.text_prompts import TextEmbeddings
+from app.vocabulary import REFINE_MODES, REGION_MODES
 
 OnChange = Callable[[Change], None]
-REGION_MODES = ("decoder", "both")
-"""Modes of a region prompt: its constraint rides on the decoder step, which therefore always runs."""
 
 
 class UnknownObjectError(KeyError):

@@ -4,28 +4,22 @@ Voxel coordinates are (z, y, x) indices in SimpleITK ``GetArrayFromImage`` order
 [z0, y0, x0, z1, y1, x1]. With ``world: true`` the same fields carry LPS coordinates in mm instead, ordered
 (x, y, z) like ITK points: a box is two opposite corners [x0, y0, z0, x1, y1, z1] and a click is [x, y, z];
 the server maps them to voxels. Shapes, types and label values are checked here; bounds against the volume
-are checked by the server. Validation messages start with the field name ("box: z1 < z0").
+are checked by the server (both with the rules of ``app.coordinates``). Validation messages start with the field name ("box: z1 < z0").
 """
 
 from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from app.coordinates import check_box_order
 from app.schemas.paths import MAX_CLICKS_PER_REQUEST
 from app.schemas.sessions import Box6
-
-RefineMode = Literal["gru", "decoder", "both"]
-REFINE_MODES: tuple[str, ...] = ("gru", "decoder", "both")
-RegionMode = Literal["decoder", "both"]
-REGION_MODES: tuple[str, ...] = ("decoder", "both")
-"""Modes of a scribble or lasso (``app.schemas.regions``): the region constraint rides on the decoder step."""
-StepName = Literal["box", "gru", "decoder", "mask", "undo", "reset", "remove"]
-
-_AXES = ("z", "y", "x")
+from app.vocabulary import RefineMode, StepName
+from app.vocabulary import RegionMode as RegionMode  # re-exported: the SDK imports the wire's names from here
 
 
 def _numbers(name: str, value: Any, n: int | None) -> list[int | float]:
@@ -73,10 +67,7 @@ class BoxRequest(BaseModel):
     def _check_voxel_box(self) -> BoxRequest:
         if not self.world:
             ints = _voxel_ints("box", self.box)
-            for axis in range(3):
-                if ints[axis + 3] < ints[axis]:
-                    a = _AXES[axis]
-                    raise ValueError(f"box: {a}1 < {a}0 ({ints[axis + 3]} < {ints[axis]})")
+            check_box_order(ints)
             self.box = ints  # type: ignore[assignment]
         return self
 

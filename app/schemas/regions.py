@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.schemas.prompts import RegionMode, _numbers, _voxel_ints
+from app.schemas.prompts import _numbers, _voxel_ints
+from app.vocabulary import RegionMode
 
 MAX_SCRIBBLE_VOXELS = 1 << 16
 """Voxels one scribble request may list (a JSON list of triples: a larger region is better sent as a lasso)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.errors import CapacityExceeded, InvalidInput, InvalidVolume, StoreUnavailable
+from app.schemas.paths import StreamCloseCode
 from app.sessions.executor import DeviceExecutor
 from app.sessions.files import SessionFiles
 from app.sessions.memory import release_free_memory
@@ -24,7 +25,6 @@ from app.sessions.metrics import ServiceMetrics
 from app.sessions.registry import SessionRegistry
 from app.sessions.session import Geometry, Session, hash_token
 from app.sessions.store import MetadataStore, SessionRecord
-from app.sessions.stream import CLOSE_GOING_AWAY, CLOSE_SESSION_ENDED
 from app.sessions.subscribers import Close
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class SessionLifecycle:
             return
         self.registry.forget(session, reason)
         session.closed = True
-        code = CLOSE_GOING_AWAY if reason in ("shutdown", "moved") else CLOSE_SESSION_ENDED
+        code = StreamCloseCode.GOING_AWAY if reason in ("shutdown", "moved") else StreamCloseCode.SESSION_EXPIRED
         text = "session moved to another replica; reconnect" if reason == "moved" else f"session {reason}"
         for sub in list(session.subscribers):
             sub.close(Close(code, text))

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.coordinates import check_box, check_points
 from app.errors import InvalidInput, NothingToUndo, ObjectNotFound, SessionMoved, StoreUnavailable
 from app.models import regions
 from app.schemas.diffs import ObjectRemoved
-from app.schemas.prompts import REFINE_MODES
 from app.sessions.changes import net_change
 from app.sessions.diffs import encode_change
 from app.sessions.executor import DeviceExecutor
@@ -44,7 +44,8 @@ from app.sessions.registry import SessionRegistry
 from app.sessions.session import Session
 from app.sessions.store import MetadataStore, OwnershipLost, PromptRecord
 from app.sessions.stream import ChangeStream
-from app.sessions.validation import check_box, check_points, check_region
+from app.sessions.validation import check_region
+from app.vocabulary import REFINE_MODES
 
 if TYPE_CHECKING:
     from app.models import Change, Predictor

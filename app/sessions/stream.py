@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from app.errors import CapacityExceeded
+from app.schemas.paths import StreamCloseCode
 from app.sessions.diffs import encode_snapshot
 from app.sessions.executor import DeviceExecutor
 from app.sessions.metrics import ServiceMetrics
@@ -18,12 +19,6 @@ from app.sessions.subscribers import Close, Subscriber
 
 if TYPE_CHECKING:
     from app.models import Change, Predictor
-
-# WebSocket close codes the session services ask for (mirrors app.schemas.paths.StreamCloseCode).
-CLOSE_GOING_AWAY = 1001
-CLOSE_SESSION_ENDED = 4410
-CLOSE_TOO_SLOW = 4503
-
 
 class ChangeStream:
     """Subscribers of the sessions of one registry. Event loop thread only."""
@@ -50,7 +45,7 @@ class ChangeStream:
                     retry_after_s=limits.retry_after_s,
                 )
             sub = Subscriber(limits.stream_queue_frames,
-                             overflow_close=Close(CLOSE_TOO_SLOW, "client too slow: reconnect and resync"))
+                             overflow_close=Close(StreamCloseCode.SERVER_BUSY, "client too slow: reconnect and resync"))
             session.subscribers.add(sub)
             return sub, dict(session.versions)
 

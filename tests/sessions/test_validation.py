@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from app.coordinates import check_box, check_points, world_box_to_voxel, world_to_voxel
 from app.errors import InvalidInput
 from app.sessions.changes import net_change
-from app.sessions.validation import check_box, check_points, world_box_to_voxel, world_to_voxel
 
 SHAPE = (10, 20, 30)
 

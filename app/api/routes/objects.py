@@ -19,13 +19,14 @@ from app.api.deps import IdempotencyKeyDep, ManagerDep, ObjectIdPath, SessionDep
 from app.api.errors import error_responses
 from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
+from app.coordinates import world_box_to_voxel, world_to_voxel
 from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply, TextRequest
 from app.schemas.regions import LassoRequest, ScribbleRequest
 from app.sessions.outcomes import PromptOutcome
 from app.sessions.session import Session
-from app.sessions.validation import lasso_region, scribble_region, world_box_to_voxel, world_to_voxel
+from app.sessions.validation import lasso_region, scribble_region
 
 router = APIRouter(tags=["objects"])
 
