@@ -25,6 +25,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch.nn import functional as F
 
+from app.coordinates import Bounds
 from app.models import geometry as geo
 from app.models.backbone import Backbone
 from app.models.click_regions import apply_click_regions
@@ -34,7 +35,7 @@ from app.models.propagation import frame_sampling, propagate_clicks
 from app.models.roi_logits import logits_over
 from app.models.segvol_inference import SegVolPrompt, segment
 from app.models.stage_timer import StageTimer
-from app.models.state import Bounds, ObjectState, SessionState
+from app.models.state import ObjectState, SessionState
 from app.models.text_prompts import TextEmbeddings
 
 

@@ -25,8 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-RoiBounds = tuple[int, int, int, int, int, int]
-"""Half-open voxel box (z0, y0, x0, z1, y1, x1), as ``app.models.state.Bounds``."""
+from app.coordinates import Bounds
 
 OverlapRule = Literal["confidence", "recent"]
 OVERLAP_RULES: tuple[str, ...] = ("confidence", "recent")
@@ -52,7 +51,7 @@ def paint_in_order(masks: Mapping[int, np.ndarray], order: Sequence[int], shape:
     return labels
 
 
-def paint_by_confidence(logits: Iterable[tuple[int, RoiBounds, np.ndarray]], shape: tuple[int, int, int],
+def paint_by_confidence(logits: Iterable[tuple[int, Bounds, np.ndarray]], shape: tuple[int, int, int],
                         dtype: np.dtype) -> np.ndarray:
     """The ``"confidence"`` rule on per-object ROI logits.
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from app.coordinates import Bounds
 from app.models import geometry as geo
 from app.models import regions
 from app.models.backbone import Backbone
@@ -46,14 +47,7 @@ from app.models.preparation import prepare_state
 from app.models.region_prompts import constrain
 from app.models.roi_logits import mask_diff
 from app.models.stage_timer import StageTimer
-from app.models.state import (
-    Bounds,
-    Change,
-    Click,
-    ObjectState,
-    SessionState,
-    UndoEntry,
-)
+from app.models.state import Change, Click, ObjectState, SessionState, UndoEntry
 from app.models.text_prompts import TextEmbeddings
 from app.vocabulary import REFINE_MODES, REGION_MODES
 

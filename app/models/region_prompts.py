@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from app.coordinates import Bounds
 from app.models import geometry as geo
 from app.models import regions
 from app.models.predictor_config import PredictorConfig
-from app.models.state import Bounds, SessionState
+from app.models.state import SessionState
 
 
 def constrain(state: SessionState, roi: Bounds, logits: torch.Tensor, flat: np.ndarray, label: int,

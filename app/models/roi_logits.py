@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from app.coordinates import Bounds
 from app.models import geometry as geo
-from app.models.state import Bounds, ObjectState
+from app.models.state import ObjectState
 
 
 def logits_over(obj: ObjectState, roi: Bounds, background_logit: float, device: torch.device) -> torch.Tensor:

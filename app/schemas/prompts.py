@@ -15,9 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from app.coordinates import check_box_order
+from app.coordinates import InclusiveBox, check_box_order
 from app.schemas.paths import MAX_CLICKS_PER_REQUEST
-from app.schemas.sessions import Box6
 from app.vocabulary import RefineMode, StepName
 from app.vocabulary import RegionMode as RegionMode  # re-exported: the SDK imports the wire's names from here
 
@@ -71,7 +70,7 @@ class BoxRequest(BaseModel):
             self.box = ints  # type: ignore[assignment]
         return self
 
-    def voxel_box(self) -> Box6:
+    def voxel_box(self) -> InclusiveBox:
         """The box as 6 ints (only meaningful when ``world`` is false)."""
         b = [int(v) for v in self.box]
         return (b[0], b[1], b[2], b[3], b[4], b[5])
@@ -178,7 +177,7 @@ class StepReply(BaseModel):
     step: StepName
     version: int = Field(description="The object's version after this step.")
     changed: int = Field(description="Voxels whose value changed in this step.")
-    bbox: Box6 | None = Field(default=None, description="Inclusive bounding box of the changed voxels.")
+    bbox: InclusiveBox | None = Field(default=None, description="Inclusive bounding box of the changed voxels.")
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
@@ -192,7 +191,7 @@ class PromptReply(BaseModel):
     object_id: int
     version: int
     changed: int
-    bbox: Box6 | None = None
+    bbox: InclusiveBox | None = None
     steps: list[StepReply] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
 

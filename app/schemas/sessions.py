@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Shape3 = tuple[int, int, int]
+from app.coordinates import InclusiveBox, Shape3
+
 Vec3 = tuple[float, float, float]
 Direction9 = tuple[float, float, float, float, float, float, float, float, float]
-Box6 = tuple[int, int, int, int, int, int]
-"""Inclusive voxel box [z0, y0, x0, z1, y1, x1]."""
 
 
 class VolumeGeometry(BaseModel):
@@ -55,7 +54,7 @@ class ObjectInfo(BaseModel):
     object_id: int
     version: int = Field(description="Monotonically increasing version; 0 = never changed.")
     voxels: int | None = Field(default=None, description="Foreground voxel count of the current mask.")
-    bbox: Box6 | None = Field(default=None, description="Inclusive bounding box of the current mask.")
+    bbox: InclusiveBox | None = Field(default=None, description="Inclusive bounding box of the current mask.")
     n_prompts: int | None = Field(default=None, description="Prompts recorded for this object.")
 
 
