@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
