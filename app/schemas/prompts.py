@@ -17,8 +17,11 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from app.coordinates import InclusiveBox, check_box_order
 from app.schemas.paths import MAX_CLICKS_PER_REQUEST
-from app.vocabulary import RefineMode, StepName
-from app.vocabulary import RegionMode as RegionMode  # re-exported: the SDK imports the wire's names from here
+
+# RefineMode and RegionMode are re-exported: the SDK imports them from here.
+from app.vocabulary import RefineMode as RefineMode
+from app.vocabulary import RegionMode as RegionMode
+from app.vocabulary import StepName
 
 
 def _numbers(name: str, value: Any, n: int | None) -> list[int | float]:
