@@ -61,8 +61,6 @@ class UnknownObjectError(KeyError):
         return str(self.args[0]) if self.args else "object_id: unknown object"
 
 
-
-
 class Predictor:
     """A backbone + corrector shared by all sessions; all per-session data lives in ``SessionState``."""
 
