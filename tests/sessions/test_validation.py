@@ -27,6 +27,13 @@ def test_check_box_names_the_field(box: list[int], message: str) -> None:
     assert info.value.field == "box" and info.value.message.startswith("box:")
 
 
+def test_a_broken_rule_is_the_services_422_and_the_predictors_value_error() -> None:
+    # One rule for both callers: the session services catch InvalidInput, the predictor's callers ValueError.
+    with pytest.raises(ValueError, match="^points: point 0 y=20 is outside") as info:
+        check_points([[0, 20, 0]], [1], SHAPE)
+    assert isinstance(info.value, InvalidInput) and info.value.field == "points"
+
+
 def test_check_box_accepts_the_whole_volume() -> None:
     assert check_box([0, 0, 0, 9, 19, 29], SHAPE) == (0, 0, 0, 9, 19, 29)
 
