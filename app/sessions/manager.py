@@ -48,7 +48,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -58,6 +58,7 @@ from app.errors import (
     InvalidVolume,
     NothingToUndo,
     ObjectNotFound,
+    ServiceError,
     SessionExpired,
     SessionMoved,
     SessionNotFound,
@@ -71,12 +72,13 @@ from app.schemas.frames import mask_bbox
 from app.schemas.prompts import REFINE_MODES
 from app.sessions.changes import Bbox, net_change
 from app.sessions.diffs import encode_change, encode_snapshot
-from app.sessions.executor import DeviceExecutor
+from app.sessions.executor import DeviceExecutor, GaveUp
 from app.sessions.idempotency import RecordedReply, recorded_reply, replies_from_history, request_fingerprint
 from app.sessions.locks import SESSION_LEVEL, OrderedLock
 from app.sessions.memory import release_free_memory
 from app.sessions.metrics import ServiceMetrics
 from app.sessions.persistence import Persistence, ReplayError, VolumeMeta, replay_history
+from app.sessions.refinement import PendingRefinements, Waiter, finish
 from app.sessions.store import MetadataStore, OwnershipLost, PromptRecord, SessionRecord
 from app.sessions.subscribers import Close, Subscriber
 from app.sessions.validation import check_box, check_points, check_region
@@ -140,6 +142,8 @@ class Session:
             session restored after a restart has None (DICOM SEG export needs them).
         replies: idempotency key -> the reply its prompt got (``app.sessions.idempotency``); rebuilt from the
             history on restore.
+        refinements: objects waiting for the deferred decoder step of their ``both`` clicks
+            (``app.sessions.refinement``).
     """
 
     record: SessionRecord
@@ -154,6 +158,7 @@ class Session:
     closed: bool = False
     dicom_headers: tuple[Any, ...] | None = None
     replies: dict[str, RecordedReply] = field(default_factory=dict)
+    refinements: PendingRefinements[PromptOutcome] = field(default_factory=PendingRefinements)
 
     @property
     def session_id(self) -> str:
@@ -524,16 +529,38 @@ class SessionManager:
         *,
         key: str | None = None,
     ) -> PromptOutcome:
-        """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed once the prompt is recorded."""
+        """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed once it is recorded.
+
+        ``gru`` runs on the executor's instant lane. ``both``: the GRU step runs there, is recorded and streamed
+        at once, and the decoder step is left to the session's deferred refinement (``app.sessions.refinement``,
+        coalesced with later ``both`` clicks); the reply waits for that refinement and carries both steps (only
+        the GRU step when a later prompt superseded the refinement)."""
         pts, labs = check_points(points, labels, session.shape)
         if mode not in REFINE_MODES:
             raise InvalidInput(f"mode: expected one of {list(REFINE_MODES)}, got {mode!r}", field="mode")
 
         def run(on_change: Callable[[Change], None]) -> list[Change]:
-            return self.predictor.add_clicks(session.state, object_id, pts, labs, mode=mode, on_change=on_change)
+            return self.predictor.add_clicks(session.state, object_id, pts, labs, mode=mode, on_change=on_change,
+                                             refine=False)
 
         args = {"points": [list(p) for p in pts], "labels": labs, "mode": mode}
-        return await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key)
+        if mode != "both":
+            return await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key,
+                                      lane="instant" if mode == "gru" else "bulk")
+        waiters: list[Waiter[PromptOutcome]] = []
+
+        def wait_for_refinement(outcome: PromptOutcome, changes: list[Change], fingerprint: str,
+                                started: float) -> None:  # under the session lock, right after the commit
+            waiter = Waiter(outcome, list(changes), key, fingerprint, started)
+            session.refinements.add(object_id, waiter)
+            waiters.append(waiter)
+
+        gru = await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key, lane="instant",
+                                 after_commit=wait_for_refinement)
+        if not waiters:  # a retry answered from the record
+            return gru
+        refined = await asyncio.shield(waiters[0].future)  # the refinement is the session's, not this request's
+        return gru if refined is None else refined
 
     async def add_region(self, session: Session, object_id: int, region: np.ndarray, label: int,
                          mode: str = "both", *, key: str | None = None) -> PromptOutcome:
@@ -586,16 +613,28 @@ class SessionManager:
 
         return await self._prompt(session, "reset", object_id, {}, run, creates=False, key=key)
 
-    async def remove_object(self, session: Session, object_id: int) -> int:
+    async def remove_object(self, session: Session, object_id: int, *, key: str | None = None) -> int:
         """Clear and forget the object (not undoable); subscribers get a ``removed`` message. Returns the
-        object's final version (a later prompt on the same id starts a new object at version 1)."""
+        object's final version (a later prompt on the same id starts a new object at version 1).
+
+        ``key``: the client's idempotency key; a retry with it returns the recorded version, even once the
+        object is gone (a resent DELETE must not answer 404 for the removal it made)."""
+        fingerprint = request_fingerprint("remove", object_id, {})
 
         async def body() -> int:
+            if (reply := recorded_reply(session.replies, key, fingerprint)) is not None:
+                session.last_used_mono = self._clock()
+                return int(reply["version"])
             self._require_object(session, object_id)
+            session.refinements.drop(object_id)
             change = await self.executor.run(self.predictor.remove_object, session.state, object_id)
             session.nbytes = session.state.nbytes
-            prompt = PromptRecord(op="remove", object_id=object_id, version=change.version, at=time.time())
+            reply = {"object_id": object_id, "version": change.version} if key is not None else None
+            prompt = PromptRecord(op="remove", object_id=object_id, version=change.version, at=time.time(),
+                                  key=key, reply=reply)
             await self._commit(session, prompt)
+            if key is not None:
+                session.replies[key] = RecordedReply(fingerprint, reply)  # type: ignore[arg-type]
             session.versions.pop(object_id, None)
             session.change_order.pop(object_id, None)
             session.last_used_mono = self._clock()
@@ -603,8 +642,7 @@ class SessionManager:
             session.broadcast(ObjectRemoved(object_id=object_id, version=change.version).model_dump_json())
             return change.version
 
-        task = asyncio.ensure_future(self._locked(session, body))
-        return await asyncio.shield(task)
+        return await self._mutating(session, body)
 
     # --- reading --------------------------------------------------------------------------------------------
 
@@ -718,13 +756,18 @@ class SessionManager:
         needs_undo: bool = False,
         before: Callable[[], Awaitable[None]] | None = None,
         key: str | None = None,
+        lane: Literal["bulk", "instant"] = "bulk",
+        after_commit: Callable[[PromptOutcome, list[Change], str, float], None] | None = None,
     ) -> PromptOutcome:
         """Run one mutating prompt: session lock -> device work -> history append -> frames -> outcome.
 
         ``before`` runs under the session lock once the prompt was admitted, before any state changes (what
         the replay of this prompt needs on disk is written there). ``key``: the client's idempotency key; a
         key already in the history returns the reply recorded with it, with no device work and no new version
-        (checked under the session lock, so two concurrent retries apply the prompt once)."""
+        (checked under the session lock, so two concurrent retries apply the prompt once). ``lane``: the
+        executor lane of the device work (``instant``: GRU steps only). ``after_commit(outcome, changes,
+        fingerprint, started)`` runs under the session lock once the prompt is recorded; only a deferred
+        ``both`` click passes one, and any other prompt drops its object's pending refinement."""
         started = time.perf_counter()
         fingerprint = request_fingerprint(op, object_id, args)
         # Frames wait here until the prompt is in the history: a client must never see a version that a store
@@ -755,8 +798,11 @@ class SessionManager:
                 raise ObjectNotFound(f"object_id: no object {object_id} in this session", field="object_id")
             if before is not None:
                 await before()
+            if after_commit is None:
+                session.refinements.drop(object_id)
+            device = self.executor.run_instant if lane == "instant" else self.executor.run
             try:
-                changes, nbytes = await self.executor.run(device_work)
+                changes, nbytes = await device(device_work)
             except ValueError as e:  # the predictor validates before touching the state
                 raise _invalid_input(e) from e
             except KeyError as e:  # UnknownObjectError, also raised before any change
@@ -784,11 +830,105 @@ class SessionManager:
             session.last_used_mono = self._clock()
             session.change_order[object_id] = next(self._change_seq)
             self.metrics.prompts.labels(op=op).inc()
+            if after_commit is not None:
+                after_commit(outcome, changes, fingerprint, started)
             return outcome
 
-        # Shielded: a disconnecting client must not interrupt a prompt between the device and the store.
-        task = asyncio.ensure_future(self._locked(session, body))
-        return await asyncio.shield(task)
+        return await self._mutating(session, body)
+
+    async def _mutating(self, session: Session, body: Callable[[], Awaitable[T]]) -> T:
+        """Run a mutating request's ``body`` under the session lock as its own task shielded from cancellation
+        (a disconnecting client must not interrupt a prompt between the device and the store). While it waits,
+        the session's deferred refinement stays off the device (``PendingRefinements.arriving``)."""
+        pending = session.refinements
+        pending.arriving()
+
+        async def run() -> T:
+            try:
+                return await self._locked(session, body)
+            finally:
+                pending.started()
+                if not session.closed:
+                    pending.schedule(lambda: self._refine(session))
+
+        return await asyncio.shield(asyncio.ensure_future(run()))
+
+    async def _refine(self, session: Session) -> None:
+        """The session's refinement task: refine the due objects once no prompt of the session is arriving."""
+        pending = session.refinements
+        try:
+            while pending.may_start() and not session.closed:
+                await self._locked(session, lambda: self._refine_locked(session))
+        except ServiceError:  # the session ended meanwhile (its waiters were answered by _end_locked)
+            pending.drop_all()
+        finally:
+            pending.task = None
+        if not session.closed:
+            pending.schedule(lambda: self._refine(session))
+
+    async def _refine_locked(self, session: Session) -> None:
+        """One refinement of every due object (session lock held): bulk lane, withdrawn if a prompt of the
+        session arrives first; each object's step recorded as a ``refine`` entry carrying the complete replies
+        of the clicks it covers, then streamed; the clicks' replies resolved."""
+        pending = session.refinements
+        pending.give_up.clear()
+        if not pending.may_start():
+            return
+        ready: list[tuple[Change, bytes | None]] = []
+
+        def device_work() -> int:
+            for oid in list(pending.due):
+                if oid in session.state.objects:
+                    change = self.predictor.refine(session.state, oid)
+                    base = session.versions.get(oid, 0)
+                    session.versions[oid] = change.version
+                    frame = encode_change(change, shape=session.shape, base_version=base) if session.subscribers \
+                        else None
+                    ready.append((change, frame))
+            return session.state.nbytes
+
+        try:
+            session.nbytes = await self.executor.run_unless(pending.give_up, device_work)
+        except GaveUp:
+            return
+        except Exception:
+            log.exception("session %s: refinement failed on the device; closing the session", session.session_id)
+            await self._end_locked(session, "error")
+            return
+        due = pending.take()
+        for change, frame in ready:
+            waiters = due.pop(change.object_id, [])
+            outcomes = {id(w): self._refined(session, w, change) for w in waiters}
+            completes = {w.key: outcomes[id(w)].to_json() for w in waiters if w.key is not None}
+            prompt = PromptRecord(op="refine", object_id=change.object_id, version=change.version, at=time.time(),
+                                  reply={"completes": completes} if completes else None)
+            try:
+                await self._commit(session, prompt)
+            except ServiceError:
+                finish(waiters, None)
+                for rest in due.values():
+                    finish(rest, None)
+                return
+            for w in waiters:
+                if w.key is not None:
+                    session.replies[w.key] = RecordedReply(w.fingerprint, completes[w.key])
+            self._published(session, change, frame)
+            session.change_order[change.object_id] = next(self._change_seq)
+            self.metrics.prompts.labels(op="refine").inc()
+            for w in waiters:
+                finish([w], outcomes[id(w)])
+        for rest in due.values():  # objects removed meanwhile
+            finish(rest, None)
+
+    def _refined(self, session: Session, waiter: Waiter[PromptOutcome], change: Change) -> PromptOutcome:
+        """A ``both`` click's complete reply: its GRU step and the refinement that covered it."""
+        gru = waiter.gru
+        changed, bbox = net_change([*waiter.steps, change], session.shape)
+        step = StepOutcome(change.step, change.version, change.count, change.bbox, dict(change.timings_ms))
+        timings = {k: v for k, v in gru.timings_ms.items() if k != "total"}
+        timings.update({f"{change.step}.{k}": v for k, v in change.timings_ms.items()})
+        timings["total"] = (time.perf_counter() - waiter.started) * 1e3
+        return PromptOutcome(gru.object_id, change.version, changed, bbox, [*gru.steps, step], timings)
 
     async def _commit(self, session: Session, prompt: PromptRecord) -> None:
         """Append an applied prompt to the history (session lock held); on failure the session's device state
@@ -925,6 +1065,7 @@ class SessionManager:
 
     async def _end(self, session: Session, reason: str) -> None:
         self._forget(session, reason)
+        session.refinements.give_up.set()  # a refinement waiting for the device makes way (it would be dropped)
         async with session.lock:  # wait for the request in flight, if any
             await self._end_locked(session, reason)
 
@@ -938,6 +1079,7 @@ class SessionManager:
         for sub in list(session.subscribers):
             sub.close(Close(code, text))
         session.subscribers.clear()
+        session.refinements.drop_all()
         session.state = None  # type: ignore[assignment]  # frees the device tensors
         session.nbytes = 0
         # glibc keeps freed memory in fragmented arenas: without this, RSS ratchets up as sessions come and go.
