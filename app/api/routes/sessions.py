@@ -98,7 +98,8 @@ async def get_session_info(session: SessionDep, manager: ManagerDep) -> SessionI
     history = await manager.store.prompt_history(session.session_id)
     prompts: dict[int, int] = {}
     for p in history:
-        prompts[p.object_id] = prompts.get(p.object_id, 0) + 1
+        if p.op != "refine":  # a deferred decoder step belongs to the clicks before it, it is no prompt
+            prompts[p.object_id] = prompts.get(p.object_id, 0) + 1
     stored = await manager.store.get_session(session.session_id)
     r = stored or session.record
     return SessionInfo(
