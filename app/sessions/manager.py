@@ -70,6 +70,7 @@ from app.models.label_map import OverlapRule
 from app.schemas.diffs import ObjectRemoved
 from app.schemas.frames import mask_bbox
 from app.schemas.prompts import REFINE_MODES
+from app.sessions.admission import Admission, AdmissionLimits
 from app.sessions.changes import Bbox, net_change
 from app.sessions.diffs import encode_change, encode_snapshot
 from app.sessions.executor import DeviceExecutor, GaveUp
@@ -115,6 +116,7 @@ class SessionLimits:
     max_subscribers: int = 16
     seed: int = 0
     exclusive_objects: bool = True
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,7 @@ class SessionManager:
         self.store = store
         self.executor = executor
         self.limits = limits or SessionLimits()
+        self.admission = Admission(executor, self.limits.admission)  # load shedding from the measured queue
         self.metrics = metrics or ServiceMetrics()
         self.persistence = persistence
         # With several replicas (app.sessions.replicas): prompts are recorded only while this replica owns
@@ -1005,6 +1008,8 @@ class SessionManager:
                 f"capacity: {self.limits.max_sessions} sessions are open; retry later",
                 retry_after_s=self.limits.retry_after_s,
             )
+        self.admission.check(self.limits.retry_after_s,
+                             lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc())
         self._check_room_for_object()
 
     def _check_room_for_object(self) -> None:
