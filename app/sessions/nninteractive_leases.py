@@ -41,8 +41,10 @@ import numpy as np
 from app.errors import CapacityExceeded, InvalidInput, LeaseGone, NothingToUndo, ObjectNotFound, ServiceError
 from app.models import regions
 from app.schemas.nninteractive import TARGET_DTYPES
-from app.sessions.manager import Geometry, PromptOutcome, Session, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.monailabel_bridge import click_box
+from app.sessions.outcomes import PromptOutcome
+from app.sessions.session import Geometry, Session
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +276,7 @@ class LeaseRegistry:
         session = self.session_of(lease)
         self.acted(lease)
         lease.queued.clear()
-        if OBJECT_ID in session.state.objects:
+        if session.has_object(OBJECT_ID):
             await self.manager.reset(session, OBJECT_ID)
             lease.undo_counts.append(1)
 

@@ -35,8 +35,9 @@ import time
 from dataclasses import dataclass
 
 from app.errors import CapacityExceeded, StoreUnavailable
-from app.sessions.manager import Session, SessionManager, hash_token
+from app.sessions.manager import SessionManager
 from app.sessions.persistence import ReplayError
+from app.sessions.session import Session, hash_token
 from app.sessions.store import RedisStore
 
 log = logging.getLogger(__name__)

@@ -20,17 +20,13 @@ import numpy as np
 from app.config import Settings
 from app.sessions.admission import AdmissionLimits
 from app.sessions.executor import DeviceExecutor
-from app.sessions.manager import SessionLimits, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.metrics import ServiceMetrics
-from app.sessions.persistence import (
-    Persistence,
-    RestoreSummary,
-    SessionStorage,
-    model_fingerprint,
-    restore_sessions,
-)
+from app.sessions.persistence import Persistence, SessionStorage, model_fingerprint
 from app.sessions.reaper import Reaper
 from app.sessions.replicas import ReplicaCoordinator
+from app.sessions.restore import RestoreSummary
+from app.sessions.session import SessionLimits
 from app.sessions.store import MetadataStore, RedisStore, build_store
 
 if TYPE_CHECKING:
@@ -157,7 +153,7 @@ async def start_services(
         restored = None
         if persistence is not None:
             # Eager: the server answers only once every stored session is back (one log line per session).
-            restored = await restore_sessions(manager)
+            restored = await manager.restore_sessions()
             log.info("restore: %d session(s) restored, %d failed, %d expired, %d of other processes, "
                      "%d orphan folder(s) removed, in %.2f s", len(restored.restored), len(restored.failed),
                      len(restored.expired), len(restored.not_here), restored.orphans_removed, restored.seconds)

@@ -23,7 +23,8 @@ from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply, TextRequest
 from app.schemas.regions import LassoRequest, ScribbleRequest
-from app.sessions.manager import PromptOutcome, Session
+from app.sessions.outcomes import PromptOutcome
+from app.sessions.session import Session
 from app.sessions.validation import lasso_region, scribble_region, world_box_to_voxel, world_to_voxel
 
 router = APIRouter(tags=["objects"])

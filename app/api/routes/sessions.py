@@ -17,7 +17,7 @@ from app.io.volumes import VolumeMeta, save_mask
 from app.schemas import paths
 from app.schemas.prompts import MaskFormat, OverlapRule
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
-from app.sessions.manager import Geometry, Session
+from app.sessions.session import Geometry, Session
 
 router = APIRouter(tags=["sessions"])
 
@@ -88,25 +88,20 @@ async def create_session(
         session_id=r.session_id, token=token, shape=r.shape, spacing=r.spacing, origin=r.origin,
         direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
         expires_in_s=manager.expires_in_s(session), source_format=r.source_format,
-        exclusive_objects=session.state.exclusive_objects,
+        exclusive_objects=session.exclusive_objects,
     )
 
 
 @router.get(paths.SESSION, summary="Session geometry, objects and expiry", responses=_AUTH_ERRORS)
 async def get_session_info(session: SessionDep, manager: ManagerDep) -> SessionInfo:
     summaries = await manager.object_summaries(session)
-    history = await manager.store.prompt_history(session.session_id)
-    prompts: dict[int, int] = {}
-    for p in history:
-        if p.op != "refine":  # a deferred decoder step belongs to the clicks before it, it is no prompt
-            prompts[p.object_id] = prompts.get(p.object_id, 0) + 1
-    stored = await manager.store.get_session(session.session_id)
-    r = stored or session.record
+    prompts = await manager.prompt_counts(session)
+    r = await manager.stored_record(session)
     return SessionInfo(
         session_id=r.session_id, shape=r.shape, spacing=r.spacing, origin=r.origin,
         direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
         created_at=r.created_at, last_used_at=r.last_used_at, expires_in_s=manager.expires_in_s(session),
-        source_format=r.source_format, exclusive_objects=session.state.exclusive_objects,
+        source_format=r.source_format, exclusive_objects=session.exclusive_objects,
         objects=[ObjectInfo(object_id=oid, version=v, voxels=n, bbox=bbox, n_prompts=prompts.get(oid, 0))
                  for oid, v, n, bbox in summaries],
     )
