@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         10.0, gt=0, allow_inf_nan=False, description="The window of recent device queue waits admission reads.")
     admission_min_samples: int = Field(
         20, ge=1, description="Device calls the window must hold before its latency rule refuses anything.")
+    idle_trim_s: float | None = Field(
+        120.0, gt=0, allow_inf_nan=False,
+        description="A session unused this long drops its rebuildable caches (window / ROI embeddings, geodesic "
+        "click reaches; its next decoder step re-encodes its ROI once); None = never.",
+    )
     keep_alive_timeout_s: float = Field(
         75.0, gt=0, allow_inf_nan=False,
         description="Seconds an idle HTTP keep-alive connection stays open. Longer than any client's idle time "

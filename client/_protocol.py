@@ -243,7 +243,8 @@ def reset(sid: str, token: str, oid: int) -> Request:
 
 
 def remove(sid: str, token: str, oid: int) -> Request:
-    return Request("DELETE", _object_path(paths.OBJECT, sid, oid), headers=auth_headers(token))
+    # Keyed like a prompt: a resent removal is answered from the record, never 404 for the object it removed.
+    return Request("DELETE", _object_path(paths.OBJECT, sid, oid), headers=prompt_headers(token))
 
 
 def set_mask(sid: str, token: str, oid: int, mask: np.ndarray) -> Request:

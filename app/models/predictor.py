@@ -392,6 +392,16 @@ class Predictor:
                 on_change(changes[-1])
         return changes
 
+    def trim_idle(self, state: SessionState) -> int:
+        """Drop the session's rebuildable caches (window / ROI embeddings, geodesic click reaches); return the
+        bytes freed. For a session nobody uses now: its next decoder step re-encodes its ROI once (tens of ms).
+        Results do not change: every cache entry is a pure function of the image and its key, which is why a
+        replay (cold caches) lands on the same masks as the session that had them warm."""
+        before = state.nbytes
+        state.window_cache.clear()
+        state.geodesic_cache.clear()
+        return before - state.nbytes
+
     @torch.inference_mode()
     def refine(self, state: SessionState, object_id: int) -> Change:
         """The decoder step of the object's clicks so far: the step a ``both`` click sent with ``refine=False``

@@ -68,6 +68,7 @@ def limits_from(settings: Settings) -> SessionLimits:
         stream_queue_frames=settings.stream_queue_frames,
         seed=settings.seed,
         exclusive_objects=settings.exclusive_objects,
+        idle_trim_s=settings.idle_trim_s,
         admission=AdmissionLimits(max_queue=settings.admission_max_queue, max_wait_ms=settings.admission_max_wait_ms,
                                   window_s=settings.admission_window_s, min_samples=settings.admission_min_samples),
     )

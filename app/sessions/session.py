@@ -43,6 +43,7 @@ class SessionLimits:
     seed: int = 0
     exclusive_objects: bool = True
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    idle_trim_s: float | None = 120.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Session:
     dicom_headers: tuple[Any, ...] | None = None
     replies: dict[str, RecordedReply] = field(default_factory=dict)
     refinements: PendingRefinements[PromptOutcome] = field(default_factory=PendingRefinements)
+    trimmed_idle_since: float | None = None  # last_used_mono of the idle period whose caches were dropped
 
     @property
     def session_id(self) -> str:
