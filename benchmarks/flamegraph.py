@@ -81,7 +81,7 @@ class _Node:
 
 
 def flamegraph_svg(stacks: Counter[tuple[str, ...]], path: Path, title: str, width: int = 1600,
-                   row: int = 17, min_px: float = 0.5) -> None:
+                   row: int = 17, min_px: float = 1.0) -> None:
     """A static flame graph (root at the bottom); hover a box for its frame and sample share."""
     root = _Node("all")
     for stack, n in stacks.items():

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 from benchmarks.flamegraph import flamegraph_svg, parse_folded, summary
@@ -39,7 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_server(parent: psutil.Process, timeout_s: float) -> psutil.Process:
-    """The ``python -m app`` process ``parent`` starts (its child)."""
+    """The ``python -m app`` process ``parent`` starts (its child), once it answers /readyz: the profile is of
+    serving, not of loading the model."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for child in parent.children(recursive=True):
@@ -48,7 +50,14 @@ def find_server(parent: psutil.Process, timeout_s: float) -> psutil.Process:
             except psutil.Error:
                 continue
             if "-m" in cmd and "app" in cmd and "--port" in cmd:
-                return child
+                url = f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}/readyz"
+                while time.monotonic() < deadline and child.is_running():
+                    try:
+                        if httpx.get(url, timeout=2).status_code == 200:
+                            return child
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.2)
         if not parent.is_running():
             break
         time.sleep(0.2)
