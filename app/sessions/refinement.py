@@ -23,6 +23,11 @@ from typing import Any, Generic, TypeVar
 
 OutcomeT = TypeVar("OutcomeT")  # the GRU step's outcome, as the manager replies it
 
+MAX_WITHDRAWALS = 8
+"""A waiting refinement makes way for at most this many prompts in a row; then it keeps its place in the bulk
+queue (the next prompt of the session waits for it). Without a bound, a client clicking faster than the device
+frees up would never get the reply of its first ``both`` click."""
+
 
 @dataclass
 class Waiter(Generic[OutcomeT]):
@@ -49,19 +54,29 @@ class PendingRefinements(Generic[OutcomeT]):
     """The objects of one session waiting for a decoder refinement, and the clicks waiting on them.
 
     Event loop thread only. ``prompts_arriving`` counts the prompts of the session between their arrival and
-    the start of their work under the session lock: while it is non-zero a refinement does not start.
+    the end of their work under the session lock: while it is non-zero a refinement does not start, unless it
+    made way ``MAX_WITHDRAWALS`` times in a row already (``withdrawals``).
     """
 
     def __init__(self) -> None:
         self.due: dict[int, list[Waiter[OutcomeT]]] = {}
         self.prompts_arriving = 0
+        self.withdrawals = 0
         self.give_up = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def arriving(self) -> None:
-        """A prompt of this session arrived: a refinement waiting for the device withdraws."""
+        """A prompt of this session arrived: a refinement waiting for the device withdraws (within the bound)."""
         self.prompts_arriving += 1
-        self.give_up.set()
+        if self.withdrawals < MAX_WITHDRAWALS:
+            self.give_up.set()
+
+    def withdrew(self) -> None:
+        """The refinement made way for a prompt."""
+        self.withdrawals += 1
+
+    def refined(self) -> None:
+        self.withdrawals = 0
 
     def started(self) -> None:
         """The prompt announced by ``arriving`` runs now (or failed before running)."""
@@ -85,7 +100,7 @@ class PendingRefinements(Generic[OutcomeT]):
             finish(waiters, None)
 
     def may_start(self) -> bool:
-        return bool(self.due) and self.prompts_arriving == 0
+        return bool(self.due) and (self.prompts_arriving == 0 or self.withdrawals >= MAX_WITHDRAWALS)
 
     def schedule(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Start ``run`` (the manager's refinement loop) unless one runs already or nothing may start."""

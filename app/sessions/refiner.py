@@ -89,12 +89,14 @@ class Refiner:
         try:
             session.nbytes = await self.executor.run_unless(pending.give_up, device_work)
         except GaveUp:
+            pending.withdrew()
             return
         except Exception:
             # A failure inside a step may leave the state ahead of its history: end the session.
             log.exception("session %s: refinement failed on the device; closing the session", session.session_id)
             await self.lifecycle.end_locked(session, "error")
             return
+        pending.refined()
         due = pending.take()
         waiters: list[Waiter[PromptOutcome]] = []
         try:

@@ -16,6 +16,7 @@ from app.sessions.executor import DeviceExecutor
 from app.sessions.idempotency import replies_from_history
 from app.sessions.manager import Geometry, PromptOutcome, Session, SessionLimits, SessionManager
 from app.sessions.persistence import replay_history
+from app.sessions.refinement import MAX_WITHDRAWALS
 from app.sessions.store import InProcessStore
 from app.sessions.subscribers import Subscriber
 
@@ -167,3 +168,24 @@ async def test_a_session_ending_answers_its_waiting_clicks(manager: SessionManag
         outcome = await asyncio.wait_for(click, WAIT_S)  # answered with its recorded GRU step
         assert [s.step for s in outcome.steps] == ["gru"]
     await asyncio.wait_for(closing, WAIT_S)
+
+
+async def test_a_refinement_makes_way_a_bounded_number_of_times(manager: SessionManager) -> None:
+    session = await _boxed(manager)
+    clicks: list[asyncio.Future] = []
+    blocked_at = None
+    async with HeldBulkLane(manager.executor):
+        for i in range(MAX_WITHDRAWALS + 3):
+            clicks.append(asyncio.ensure_future(
+                manager.add_clicks(session, 1, [(12, 30 + i % 4, 30)], [i % 2], mode="both")))
+            for _ in range(100):  # its GRU step is recorded while the device's bulk lane is busy ...
+                if session.versions.get(1) == 2 + i:
+                    break
+                await asyncio.sleep(0.02)
+            else:  # ... until the refinement stopped making way: this click waits behind it
+                blocked_at = i
+                break
+            await asyncio.sleep(0.05)  # the refinement queues for the device again
+        assert blocked_at is not None and blocked_at >= MAX_WITHDRAWALS
+    outcomes = await asyncio.wait_for(asyncio.gather(*clicks), WAIT_S)
+    assert all(o.steps[-1].step == "decoder" for o in outcomes)  # every click answered, refined
