@@ -7,8 +7,9 @@ cores, do not. So a new session is refused (``CapacityExceeded``: 503 + Retry-Af
 
 - the bulk lane's queue (``DeviceExecutor.bulk.waiting``: calls waiting behind the one that runs) is longer than
   ``max_queue``, or
-- the 95th percentile of the device queue waits of the last ``window_s`` seconds (both lanes, at least
-  ``min_samples`` of them) is above ``max_wait_ms``.
+- the 95th percentile of the device queue waits of the last ``window_s`` seconds, in either lane (a lane with at
+  least ``min_samples`` waits in the window), is above ``max_wait_ms``. Per lane, because the instant lane's
+  many near-zero waits would otherwise hide a slow bulk lane in a pooled percentile.
 
 Both read what the admitted sessions experience right now; the waits leave the window by themselves, so
 admission reopens a few seconds after the load drops. Existing sessions are never refused (their requests
@@ -54,11 +55,15 @@ class Admission:
         self._clock = clock
 
     def recent_wait_p95_ms(self) -> float | None:
-        """p95 of the device queue waits that ended in the last ``window_s`` seconds (None: too few)."""
+        """The higher lane p95 of the device queue waits that ended in the last ``window_s`` seconds (None: no
+        lane had ``min_samples`` waits in the window)."""
         since = self._clock() - self.limits.window_s
-        waits = [ms for lane in (self.executor.bulk, self.executor.instant)
-                 for at, ms in lane.recent_waits_ms if at >= since]
-        return p95(waits) if len(waits) >= self.limits.min_samples else None
+        worst = None
+        for lane in (self.executor.bulk, self.executor.instant):
+            waits = [ms for at, ms in lane.recent_waits_ms if at >= since]
+            if len(waits) >= self.limits.min_samples and (value := p95(waits)) is not None:
+                worst = value if worst is None else max(worst, value)
+        return worst
 
     def refusal(self) -> tuple[str, str] | None:
         """(limit, message) of the rule that refuses a new session now, or None to admit it."""
