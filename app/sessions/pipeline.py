@@ -5,8 +5,11 @@
 
 Concurrency: everything that reads or writes a session's model state holds its session lock for the whole
 request (device work, prompt-history append, version bookkeeping), so requests on one session are applied
-one at a time, in arrival order; the device lock is held only around the blocking model call. **Lock order:
-session lock, then device lock** (``app.sessions.locks`` refuses any other order at run time). Nothing awaits
+one at a time, in arrival order; a device lock is held only around the blocking model call: the executor's
+instant lane for GRU steps, its bulk lane for everything else (``app.sessions.executor``). **Lock order:
+session lock, then one device lock** (``app.sessions.locks`` refuses any other order at run time). A ``both``
+click's decoder step is not part of its request: it is the session's deferred refinement
+(``app.sessions.refiner``), recorded as its own history entry. Nothing awaits
 the store while holding the device lock. A prompt runs as its own task shielded from cancellation: once it
 reached the device, a client that disconnects cannot leave the model state ahead of the prompt history.
 
