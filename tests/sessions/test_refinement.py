@@ -189,3 +189,18 @@ async def test_a_refinement_makes_way_a_bounded_number_of_times(manager: Session
         assert blocked_at is not None and blocked_at >= MAX_WITHDRAWALS
     outcomes = await asyncio.wait_for(asyncio.gather(*clicks), WAIT_S)
     assert all(o.steps[-1].step == "decoder" for o in outcomes)  # every click answered, refined
+
+
+def test_a_both_click_recorded_before_deferred_refinement_still_replays(predictor) -> None:  # noqa: ANN001
+    # Histories written before deferred refinement hold a "both" click as one entry at version + 2.
+    from app.sessions.store import PromptRecord
+
+    state = predictor.init_state(_volume(), GEOMETRY.spacing, seed=0, exclusive_objects=True)
+    predictor.add_box(state, 1, BOX)
+    changes = predictor.add_clicks(state, 1, [(12, 30, 30)], [0], mode="both")
+    history = [PromptRecord(op="box", object_id=1, args={"box": BOX}, version=1),
+               PromptRecord(op="clicks", object_id=1, args={"points": [[12, 30, 30]], "labels": [0], "mode": "both"},
+                            version=changes[-1].version)]
+    replayed = predictor.init_state(_volume(), GEOMETRY.spacing, seed=0, exclusive_objects=True)
+    assert replay_history(predictor, replayed, history, lambda digest: None) == {1: 3}  # type: ignore[arg-type,return-value]
+    np.testing.assert_array_equal(predictor.get_mask(replayed, 1), predictor.get_mask(state, 1))
