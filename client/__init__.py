@@ -37,8 +37,6 @@ a volume file that cannot be read) are caught locally, with the server's own val
 as a ``ValidationError`` before anything is sent. Any other 4xx status raises ``SegError`` itself.
 """
 
-from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, StepReply
-from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
 from client._async import AsyncClient, AsyncSession
 from client._errors import (
     AuthenticationError,
@@ -59,6 +57,8 @@ from client._errors import (
 from client._mirror import MaskMirror
 from client._stream import AsyncMaskStream, MaskStream
 from client._sync import Client, Session
+from client.wire.replies import ObjectInfo, PromptReply, SessionCreated, SessionInfo, StepReply
+from client.wire.vocab import MaskFormat, OverlapRule
 
 __all__ = [
     "AsyncClient",

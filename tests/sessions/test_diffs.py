@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from app.schemas.frames import (
+from client.wire.frames import (
     FLAG_HAS_BBOX,
     FLAG_ZLIB,
     HEADER,
