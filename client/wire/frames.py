@@ -181,7 +181,8 @@ def _expand_runs(starts: np.ndarray, lengths: np.ndarray, count: int) -> np.ndar
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
-    return np.arange(count, dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    indices: np.ndarray = np.arange(count, dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    return indices
 
 
 def _runs_from_changes(indices: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

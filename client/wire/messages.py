@@ -101,11 +101,10 @@ def parse_server_message(text: str) -> ServerMessage:
     except ValueError:
         value = None
     kind = value.get("type") if isinstance(value, dict) else None
-    cls = _SERVER_MESSAGES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if not isinstance(kind, str) or kind not in _SERVER_MESSAGES:
         raise ValueError(f"stream: unreadable message of type {kind!r}")
     try:
-        return from_json(cls, value, where=kind)
+        return from_json(_SERVER_MESSAGES[kind], value, where=kind)
     except ValueError as exc:
         raise ValueError(f"stream: unreadable message of type {kind!r} ({exc})") from None
 
