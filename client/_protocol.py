@@ -80,7 +80,7 @@ def should_resend(request: Request, exc: httpx.RequestError, resends_done: int, 
 
 
 def resend_delay(resends_done: int) -> float:
-    return RETRY_BASE_DELAY_S * 2.0 ** resends_done
+    return RETRY_BASE_DELAY_S * 2.0 ** resends_done  # 2.0: int ** int is not typed float
 
 
 def api_key_headers(api_key: str | None) -> dict[str, str]:

@@ -58,14 +58,27 @@ __all__ = [
 
 
 class ChangeLike(Protocol):
-    """What ``encode_change`` reads from ``app.models.state.Change`` (kept structural: no torch import)."""
+    """What ``encode_change`` reads from ``app.models.state.Change`` (kept structural: no torch import).
 
-    object_id: int
-    version: int
-    step: str
-    indices: np.ndarray
-    values: np.ndarray
-    bbox: tuple[int, int, int, int, int, int] | None
+    Read-only members, as the frozen dataclass has them."""
+
+    @property
+    def object_id(self) -> int: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def step(self) -> str: ...
+
+    @property
+    def indices(self) -> np.ndarray: ...
+
+    @property
+    def values(self) -> np.ndarray: ...
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int, int, int] | None: ...
 
 
 def encode_change(

@@ -290,7 +290,7 @@ class LeaseRegistry:
             return [await m.add_region(session, OBJECT_ID, flat, 0, mode=REGION_MODE)]
         if item.kind == "point":
             assert item.point is not None
-            if item.include and _is_empty(session):
+            if item.include and session.object_is_blank(OBJECT_ID):
                 box = click_box([item.point], session.record.spacing, session.shape)
                 assert box is not None  # one foreground click
                 first = await m.add_box(session, OBJECT_ID, box)
@@ -345,12 +345,6 @@ def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
         raise InvalidInput(f"image_properties.spacing: expected 3 positive numbers, got {values!r}",
                            field="image_properties.spacing")
     return (float(values[0]), float(values[1]), float(values[2]))
-
-
-def _is_empty(session: Session) -> bool:
-    """Whether the lease's object has nothing yet (no box, no mask, no logits)."""
-    obj = session.state.objects.get(OBJECT_ID)
-    return obj is None or (obj.box is None and obj.logits is None)
 
 
 def _box_mask(box: Box3, shape: tuple[int, int, int]) -> np.ndarray:

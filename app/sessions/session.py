@@ -97,6 +97,12 @@ class Session:
         """Whether the object exists now (False once the session ended and its state was freed)."""
         return self.state is not None and object_id in self.state.objects
 
+    def object_is_blank(self, object_id: int) -> bool:
+        """Whether the object has nothing yet to refine: absent, or neither a box nor logits (a first click on
+        it needs a box first)."""
+        obj = self.state.objects.get(object_id) if self.state is not None else None
+        return obj is None or (obj.box is None and obj.logits is None)
+
     def broadcast(self, item: bytes | str) -> None:
         """Queue a frame or message to every subscriber (event loop thread only)."""
         for sub in list(self.subscribers):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,30 @@ async def test_expired_damaged_and_orphaned_sessions_on_restore(managers, store:
     with pytest.raises(SessionExpired, match="idle"):
         second.authenticate(idle.session_id, idle_token)
     assert await store.get_session(idle.session_id) is None and not (storage_root / idle.session_id).exists()
+
+
+@pytest.mark.anyio
+async def test_an_expired_session_first_in_line_does_not_stop_the_restore(managers, store: MetadataStore,  # noqa: ANN001
+                                                                          tmp_path: Path) -> None:
+    """Sessions are restored most recently used first; one past its maximum age but used a moment ago comes
+    first, is deleted, and the ones after it are still restored. Every orphan folder goes, not only one."""
+    first = managers(store, max_session_age_s=60)
+    old, old_token = await first.create(_volume(), GEOMETRY)
+    young, young_token = await first.create(_volume(1), GEOMETRY)
+    now = time.time()
+    await store.create_session(replace(old.record, created_at=now - 61, last_used_at=now + 5))
+    await store.touch_session(young.session_id, now)
+    storage_root = tmp_path / "storage"
+    for name in ("orphan-a", "orphan-b"):
+        (storage_root / name).mkdir()
+
+    second = managers(store, max_session_age_s=60)
+    summary = await second.restore_sessions()
+    assert summary.expired == [old.session_id] and summary.restored == [young.session_id]
+    assert summary.orphans_removed == 2 and not (storage_root / "orphan-a").exists()
+    with pytest.raises(SessionExpired, match="max_age|maximum age"):
+        second.authenticate(old.session_id, old_token)
+    assert second.authenticate(young.session_id, young_token).session_id == young.session_id
 
 
 @pytest.mark.anyio

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Form, Query
 from app.api.deps import ExclusiveObjectsForm, ManagerDep, RouterSessionIdDep, SessionDep
 from app.api.dicomweb_deps import DicomwebDep, LimitsDep, dicomweb_errors, load_series
 from app.api.errors import error_responses
-from app.api.routes.sessions import dicom_headers, dicom_seg
+from app.api.responses import dicom_headers, dicom_seg
 from app.errors import InvalidInput
 from app.schemas import paths
 from app.schemas.monailabel import StoredSeg

@@ -17,7 +17,7 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from app.api.deps import IdempotencyKeyDep, ManagerDep, ObjectIdPath, SessionDep, SettingsDep
 from app.api.errors import error_responses
-from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
+from app.api.responses import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
 from app.io.volumes import save_mask
 from app.schemas import paths

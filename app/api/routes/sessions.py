@@ -3,55 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from app.api.deps import ExclusiveObjectsForm, ManagerDep, RouterSessionIdDep, SessionDep, SettingsDep
 from app.api.errors import error_responses
+from app.api.responses import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_volume
 from app.errors import InvalidInput
-from app.io.dicom_seg import build_seg
-from app.io.volumes import VolumeMeta, save_mask
+from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import MaskFormat, OverlapRule
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
-from app.sessions.session import Geometry, Session
+from app.sessions.session import Geometry
 
 router = APIRouter(tags=["sessions"])
 
 _AUTH_ERRORS = error_responses(401, 404, 410, 503, s404="Unknown session (or a token of another session).")
-
-
-def volume_meta(session: Session) -> VolumeMeta:
-    r = session.record
-    return VolumeMeta(shape=r.shape, spacing=r.spacing, origin=r.origin, direction=r.direction)
-
-
-def file_response(data: bytes, fmt: MaskFormat, stem: str, headers: dict[str, str] | None = None) -> Response:
-    disposition = {"Content-Disposition": f'attachment; filename="{stem}{fmt.extension}"'}
-    return Response(content=data, media_type=fmt.media_type, headers={**disposition, **(headers or {})})
-
-
-def dicom_headers(session: Session) -> tuple[Any, ...]:
-    """The source series' headers a DICOM SEG references; ``InvalidInput`` naming ``format`` without them."""
-    if session.dicom_headers is not None:
-        return session.dicom_headers
-    if session.record.source_format == "dicom":
-        reason = "its DICOM headers are kept in memory only and this session was restored after a restart"
-    else:
-        reason = f"this session was created from a {session.record.source_format or 'non-DICOM'} upload"
-    raise InvalidInput(f"format: 'dcm' (DICOM SEG) needs a session created from a DICOM series; {reason}. "
-                       "Use npz, nii.gz or nrrd.", field="format")
-
-
-async def dicom_seg(labels: np.ndarray, headers: tuple[Any, ...], names: dict[int, str]) -> bytes:
-    """``build_seg`` off the event loop; its refusals become ``InvalidInput`` naming ``format``."""
-    try:
-        return await asyncio.to_thread(build_seg, labels, headers, names)
-    except ValueError as e:
-        raise InvalidInput(f"format: cannot export a DICOM SEG ({e})", field="format") from e
 
 
 @router.post(

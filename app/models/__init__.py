@@ -1,0 +1,1 @@
+"""The segmentation models: backbones, the click corrector, the predictor over a per-session state."""
