@@ -10,7 +10,10 @@
             mask = stream.wait_for_version(1, reply.version, timeout=5)   # == session.mask(1)
         session.close()
 
-``AsyncClient`` / ``AsyncSession`` / ``AsyncMaskStream`` offer the same calls as coroutines.
+``AsyncClient`` / ``AsyncSession`` / ``AsyncMaskStream`` offer the same calls as coroutines. Replies
+(``SessionCreated``, ``SessionInfo``, ``ObjectInfo``, ``PromptReply``, ``StepReply``) are frozen dataclasses with
+the JSON's field names. The package needs httpx, numpy and websockets only (``client/pyproject.toml``); the wire
+contract it shares with the server is ``client.wire``.
 
 Exceptions: every error the SDK raises derives from ``SegError``, which carries ``status``, ``code``,
 ``message`` and ``field`` from the server's error body (``status`` is None for an error found locally):
