@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # First contact, as a new user meets it: a fresh clone of the committed tree, a fresh virtual environment, the
 # README's install command exactly as written (no extras), the server started as the README starts it, then
-# the README's sample-volume command and SDK snippet (upload, box, click, mask download, close) against it.
+# the README's sample-volume command and SDK snippet (upload, box, click, mask download, close) against it;
+# then the SDK installed alone, without torch, against the same server (.ci/sdk_install_check.sh).
 # Catches a module the server or the SDK imports that only an extra installs (the test run installs
 # '.[dev]', which hides that). Every command is read from README.md (tests/readme_snippets.py), so the check
 # and the README cannot drift apart.
@@ -103,3 +104,11 @@ print(f"mask.nii.gz: {int(np.count_nonzero(mask))} foreground voxels")
 PY
 kill -0 "$server_pid" 2>/dev/null || fail "the server died during the round trip" "$work/server.log"
 echo "readme install check: ok ($(tail -n 1 "$work/snippet.log"))"
+
+# The SDK installed alone (its own distribution, no torch) against the same server and sample volume.
+sample_numbers="$(python3 -c 'import json; from app.io import sample_volume as s
+print(json.dumps({"shape": s.SHAPE, "box": s.ORGAN_BOX, "click": s.ORGAN_CENTER}))')" \
+    || fail "reading the sample volume's numbers"
+"$work/clone/.ci/sdk_install_check.sh" "$base_url" "$work/user/ct.nii.gz" "$sample_numbers" \
+    || fail "the SDK installed alone (.ci/sdk_install_check.sh)"
+kill -0 "$server_pid" 2>/dev/null || fail "the server died during the SDK round trip" "$work/server.log"

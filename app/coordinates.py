@@ -1,7 +1,9 @@
 """Coordinates of a prompt: the voxel conventions, the box and click rules, and world (LPS mm) -> voxel mapping.
 
-The one home of these rules: the session services check every prompt with them before any device work (the
-edge), and the predictor applies the same functions to its direct callers. Only numpy is imported.
+The one home of these rules on the server: the session services check every prompt with them before any device
+work (the edge), and the predictor applies the same functions to its direct callers. The rules that need no
+volume (field shapes and types, an inverted box) are the wire's, ``client.wire.rules``, run by the schemas and
+the SDK; the prompt vocabulary (modes, step names) is ``client.wire.vocab``. Only numpy is imported.
 
 Conventions:
     * Volume voxel indices are (z, y, x) into the (D, H, W) array (SimpleITK ``GetArrayFromImage`` order).
@@ -20,12 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from app.errors import InvalidInput
-from app.vocabulary import AXES
+from client.wire.replies import Box6, Shape3
 
-Shape3 = tuple[int, int, int]
-"""(D, H, W) of a volume."""
-InclusiveBox = tuple[int, int, int, int, int, int]
-"""A user box: inclusive voxel indices [z0, y0, x0, z1, y1, x1]."""
+AXES = ("z", "y", "x")
+"""Names of the volume array's axes, in array order (SimpleITK ``GetArrayFromImage``)."""
+InclusiveBox = Box6
+"""A user box: inclusive voxel indices [z0, y0, x0, z1, y1, x1] (the wire's ``Box6``, ``client.wire.replies``)."""
 Bounds = tuple[int, int, int, int, int, int]
 """Half-open voxel box (z0, y0, x0, z1, y1, x1)."""
 
@@ -37,13 +39,6 @@ class CoordinateError(InvalidInput, ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}", field=field)
-
-
-def check_box_order(box: Sequence[int]) -> None:
-    """Six values, no axis inverted (the part of the box rule that needs no volume: the wire schema's)."""
-    _check_length(box)
-    for axis in range(3):
-        _check_order(box, axis)
 
 
 def check_box(box: Sequence[int], shape: Shape3) -> InclusiveBox:

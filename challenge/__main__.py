@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from app.models.state import REFINE_MODES
+from client.wire.vocab import REFINE_MODES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

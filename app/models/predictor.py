@@ -23,6 +23,7 @@ stages, each in its own module (SPEC section 1-2):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ from app.models.roi_logits import mask_diff
 from app.models.stage_timer import StageTimer
 from app.models.state import Change, Click, ObjectState, SessionState, UndoEntry
 from app.models.text_prompts import TextEmbeddings
-from app.vocabulary import REFINE_MODES, REGION_MODES
+from client.wire.vocab import REFINE_MODES, REGION_MODES
 
 OnChange = Callable[[Change], None]
 
@@ -175,11 +176,15 @@ class Predictor:
         labels: Sequence[int] | np.ndarray,
         mode: str = "both",
         on_change: OnChange | None = None,
+        *,
+        refine: bool = True,
     ) -> list[Change]:
         """Refine an object with clicks (label 1 = foreground, 0 = background).
 
         ``mode``: "gru" (the paper's sparse corrector step), "decoder" (re-run prompt encoder + mask decoder
         on the cached embeddings with the box and all clicks) or "both" (GRU first, streamed, then decoder).
+        ``refine=False`` stops a "both" prompt after its GRU step: its decoder step is a later ``refine`` call
+        (the service runs it off the click's path and once for several clicks); the result is the same.
         Returns one Change per step; ``on_change`` is called right after each step.
         """
         _check_object_id(object_id)
@@ -200,16 +205,46 @@ class Predictor:
             changes.append(gru_step(self.corrector, self.config, state, obj))
             if on_change is not None:
                 on_change(changes[-1])
-        if mode in ("decoder", "both"):
-            timer = StageTimer(self.device)
-            all_pts, all_labs = click_arrays(exclusion_clicks(state, obj) + obj.clicks)
-            roi, logits = self.decoder.decode(state, obj, obj.box, all_pts, all_labs, timer, use_old=True)
-            old_roi, old_logits = obj.roi, obj.logits
-            obj.roi, obj.logits = roi, logits
-            changes.append(self._finish(state, obj, "decoder", old_roi, old_logits, timer))
+        if mode == "decoder" or (mode == "both" and refine):
+            changes.append(self._decoder_step(state, obj))
             if on_change is not None:
                 on_change(changes[-1])
         return changes
+
+    def trim_idle(self, state: SessionState) -> int:
+        """Drop the session's rebuildable caches (window / ROI embeddings, geodesic click reaches); return the
+        bytes freed. For a session nobody uses now: its next decoder step re-encodes its ROI once (tens of ms).
+        Results do not change: every cache entry is a pure function of the image and its key, which is why a
+        replay (cold caches) lands on the same masks as the session that had them warm."""
+        before = state.nbytes
+        state.window_cache.clear()
+        state.geodesic_cache.clear()
+        return before - state.nbytes
+
+    @torch.inference_mode()
+    def refine(self, state: SessionState, object_id: int) -> Change:
+        """The decoder step of the object's clicks so far: the step a ``both`` click sent with ``refine=False``
+        left out. No undo entry of its own: one undo still reverts the click and its refinement together."""
+        obj = self._object(state, object_id)
+        if not obj.clicks:
+            raise ValueError(f"object_id: object {object_id} has no clicks to refine")
+        if obj.undo_stack and obj.undo_stack[-1].logits is None and obj.undo_stack[-1].sparse_index is not None:
+            # A sparse undo entry is relative to the GRU step's logits, which the decoder replaces: make it whole.
+            entry = obj.undo_stack[-1]
+            assert obj.logits is not None and entry.sparse_values is not None
+            restored = obj.logits.clone()
+            restored.view(-1)[entry.sparse_index] = entry.sparse_values
+            obj.undo_stack[-1] = replace(entry, logits=restored, sparse_index=None, sparse_values=None)
+        return self._decoder_step(state, obj)
+
+    def _decoder_step(self, state: SessionState, obj: ObjectState) -> Change:
+        """Prompt encoder + mask decoder with the box, every click and the current logits as the mask prompt."""
+        timer = StageTimer(self.device)
+        all_pts, all_labs = click_arrays(exclusion_clicks(state, obj) + obj.clicks)
+        roi, logits = self.decoder.decode(state, obj, obj.box, all_pts, all_labs, timer, use_old=True)
+        old_roi, old_logits = obj.roi, obj.logits
+        obj.roi, obj.logits = roi, logits
+        return self._finish(state, obj, "decoder", old_roi, old_logits, timer)
 
     @torch.inference_mode()
     def add_region(

@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from app.coordinates import Shape3
 from app.schemas.errors import ErrorDetail
+from app.schemas.sessions import Shape3
 
 
 class StreamHello(BaseModel):

@@ -3,17 +3,18 @@
 Geometry follows SimpleITK's ``GetArrayFromImage`` order: ``shape`` is [D, H, W] = (z, y, x) and
 ``spacing`` is [sz, sy, sx] in mm; ``origin`` is the LPS position (x, y, z) of voxel [0, 0, 0] and
 ``direction`` the 9 direction-cosine values row-major, both exactly as SimpleITK's ``GetOrigin()`` /
-``GetDirection()`` report them (ITK axis order x, y, z).
+``GetDirection()`` report them (ITK axis order x, y, z). The SDK reads the same replies into the dataclasses
+of ``client.wire.replies`` (where the geometry types are defined); ``tests/sdk/test_wire_drift.py`` keeps the two
+alike.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.coordinates import InclusiveBox, Shape3
+from client.wire.replies import Box6, Direction9, Shape3, Vec3
 
-Vec3 = tuple[float, float, float]
-Direction9 = tuple[float, float, float, float, float, float, float, float, float]
+__all__ = ["Box6", "Direction9", "ObjectInfo", "SessionCreated", "SessionInfo", "Shape3", "Vec3", "VolumeGeometry"]
 
 
 class VolumeGeometry(BaseModel):
@@ -54,7 +55,7 @@ class ObjectInfo(BaseModel):
     object_id: int
     version: int = Field(description="Monotonically increasing version; 0 = never changed.")
     voxels: int | None = Field(default=None, description="Foreground voxel count of the current mask.")
-    bbox: InclusiveBox | None = Field(default=None, description="Inclusive bounding box of the current mask.")
+    bbox: Box6 | None = Field(default=None, description="Inclusive bounding box of the current mask.")
     n_prompts: int | None = Field(default=None, description="Prompts recorded for this object.")
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.errors import CapacityExceeded, InvalidInput, InvalidVolume, StoreUnavailable
+from app.errors import CapacityExceeded, InvalidInput, InvalidVolume, ServiceError, StoreUnavailable
 from app.schemas.paths import StreamCloseCode
 from app.sessions.executor import DeviceExecutor
 from app.sessions.files import SessionFiles
@@ -131,7 +131,36 @@ class SessionLifecycle:
         due = self.registry.overdue()
         for session, reason in due:
             await self.end(session, reason)
+        await self.trim_idle()
         return [s.session_id for s, _ in due]
+
+    async def trim_idle(self) -> int:
+        """Drop the rebuildable caches (``Predictor.trim_idle``) of every session unused for ``idle_trim_s``,
+        once per idle period; return the bytes freed. An annotator who left a session open over lunch holds
+        its volume, embedding and masks, not the ROI embeddings of every view it had (issue 24: memory per
+        session); coming back costs one ROI encode."""
+        limit = self.registry.limits.idle_trim_s
+        if limit is None:
+            return 0
+        now, freed = self.registry.clock(), 0
+        for session in self.registry.live():
+            idle_since = session.last_used_mono
+            if now - idle_since < limit or session.trimmed_idle_since == idle_since or session.lock.locked():
+                continue
+
+            async def trim(session: Session = session) -> int:
+                n = await self.executor.run(self.predictor.trim_idle, session.state)
+                session.nbytes = session.state.nbytes
+                return n
+
+            try:
+                freed += await self.registry.locked(session, trim)
+            except ServiceError:  # it ended meanwhile
+                continue
+            session.trimmed_idle_since = idle_since
+        if freed:
+            await asyncio.to_thread(release_free_memory)
+        return freed
 
     async def shutdown(self) -> None:
         """End every session (server stopping): subscribers get 1001, store records are removed."""
@@ -149,6 +178,7 @@ class SessionLifecycle:
 
     async def end(self, session: Session, reason: str) -> None:
         self.registry.forget(session, reason)
+        session.refinements.give_up.set()  # a refinement waiting for the device makes way (it would be dropped)
         async with session.lock:  # wait for the request in flight, if any
             await self.end_locked(session, reason)
 
@@ -163,6 +193,7 @@ class SessionLifecycle:
         for sub in list(session.subscribers):
             sub.close(Close(code, text))
         session.subscribers.clear()
+        session.refinements.drop_all()  # the GRU steps were recorded; their clicks are answered with them
         session.state = None  # type: ignore[assignment]  # frees the device tensors
         session.nbytes = 0
         # glibc keeps freed memory in fragmented arenas: without this, RSS ratchets up as sessions come and go.

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.models.label_map import OverlapRule
+from app.sessions.admission import Admission
 from app.sessions.changes import Bbox
 from app.sessions.executor import DeviceExecutor
 from app.sessions.files import SessionFiles
@@ -75,7 +76,8 @@ class SessionManager:
         self.metrics = metrics or ServiceMetrics()
         self.files = SessionFiles(persistence, self.limits.seed)
         # The registry hands sessions found expired on access to the lifecycle, built right after it.
-        self.registry = SessionRegistry(self.limits, self.metrics, clock, self._end_later, replica_id)
+        self.registry = SessionRegistry(self.limits, self.metrics, clock, self._end_later, replica_id,
+                                        Admission(executor, self.limits.admission))
         self.lifecycle = SessionLifecycle(predictor, store, executor, self.registry, self.files, self.metrics)
         self.stream = ChangeStream(predictor, executor, self.registry, self.metrics)
         self.prompts = PromptPipeline(predictor, store, executor, self.registry, self.lifecycle, self.stream,
@@ -197,8 +199,8 @@ class SessionManager:
     async def reset(self, session: Session, object_id: int, *, key: str | None = None) -> PromptOutcome:
         return await self.prompts.reset(session, object_id, key=key)
 
-    async def remove_object(self, session: Session, object_id: int) -> int:
-        return await self.prompts.remove_object(session, object_id)
+    async def remove_object(self, session: Session, object_id: int, *, key: str | None = None) -> int:
+        return await self.prompts.remove_object(session, object_id, key=key)
 
     # --- reading --------------------------------------------------------------------------------------------
 

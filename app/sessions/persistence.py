@@ -260,8 +260,13 @@ def _apply(predictor: Predictor, state: SessionState, prompt: PromptRecord,
             return predictor.add_text(state, oid, args["text"], args["box"], args["points"] or None,
                                       args["labels"] or None).version
         case "clicks":
-            changes = predictor.add_clicks(state, oid, args["points"], args["labels"], mode=args["mode"])
+            changes = predictor.add_clicks(state, oid, args["points"], args["labels"], mode=args["mode"],
+                                           refine=False)
+            if changes[-1].version < prompt.version:  # a "both" click refined at once (before deferred refinement)
+                changes.append(predictor.refine(state, oid))
             return changes[-1].version
+        case "refine":  # the deferred decoder step of "both" clicks (app.sessions.refinement)
+            return predictor.refine(state, oid).version
         case "region":  # a scribble or a lasso (app.models.regions), recorded as runs of flat indices
             region = regions.from_runs(args["runs"])
             return predictor.add_region(state, oid, region, args["label"], mode=args["mode"])[-1].version

@@ -5,8 +5,11 @@
 
 Concurrency: everything that reads or writes a session's model state holds its session lock for the whole
 request (device work, prompt-history append, version bookkeeping), so requests on one session are applied
-one at a time, in arrival order; the device lock is held only around the blocking model call. **Lock order:
-session lock, then device lock** (``app.sessions.locks`` refuses any other order at run time). Nothing awaits
+one at a time, in arrival order; a device lock is held only around the blocking model call: the executor's
+instant lane for GRU steps, its bulk lane for everything else (``app.sessions.executor``). **Lock order:
+session lock, then one device lock** (``app.sessions.locks`` refuses any other order at run time). A ``both``
+click's decoder step is not part of its request: it is the session's deferred refinement
+(``app.sessions.refiner``), recorded as its own history entry. Nothing awaits
 the store while holding the device lock. A prompt runs as its own task shielded from cancellation: once it
 reached the device, a client that disconnects cannot leave the model state ahead of the prompt history.
 
@@ -24,7 +27,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -40,17 +43,20 @@ from app.sessions.idempotency import RecordedReply, recorded_reply, request_fing
 from app.sessions.lifecycle import SessionLifecycle
 from app.sessions.metrics import ServiceMetrics
 from app.sessions.outcomes import PromptOutcome, StepOutcome
+from app.sessions.refinement import Waiter
+from app.sessions.refiner import Refiner
 from app.sessions.registry import SessionRegistry
 from app.sessions.session import Session
 from app.sessions.store import MetadataStore, OwnershipLost, PromptRecord
 from app.sessions.stream import ChangeStream
 from app.sessions.validation import check_region
-from app.vocabulary import REFINE_MODES
+from client.wire.vocab import REFINE_MODES
 
 if TYPE_CHECKING:
     from app.models import Change, Predictor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PromptPipeline:
@@ -67,6 +73,7 @@ class PromptPipeline:
         self.stream = stream
         self.files = files
         self.metrics = metrics
+        self.refiner = Refiner(predictor, executor, registry, lifecycle, stream, metrics, self._commit)
 
     async def add_box(self, session: Session, object_id: int, box: Sequence[int], *, key: str | None = None
                       ) -> PromptOutcome:
@@ -109,16 +116,38 @@ class PromptPipeline:
         *,
         key: str | None = None,
     ) -> PromptOutcome:
-        """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed once the prompt is recorded."""
+        """Refine ``object_id`` with voxel clicks (z, y, x); each model step is streamed once it is recorded.
+
+        ``gru`` runs on the executor's instant lane. ``both``: the GRU step runs there, is recorded and streamed
+        at once, and the decoder step is left to the session's deferred refinement (``app.sessions.refiner``,
+        coalesced with later ``both`` clicks); the reply waits for that refinement and carries both steps (only
+        the GRU step when a later prompt superseded the refinement or the session ended first)."""
         pts, labs = check_points(points, labels, session.shape)
         if mode not in REFINE_MODES:
             raise InvalidInput(f"mode: expected one of {list(REFINE_MODES)}, got {mode!r}", field="mode")
 
         def run(on_change: Callable[[Change], None]) -> list[Change]:
-            return self.predictor.add_clicks(session.state, object_id, pts, labs, mode=mode, on_change=on_change)
+            return self.predictor.add_clicks(session.state, object_id, pts, labs, mode=mode, on_change=on_change,
+                                             refine=False)
 
         args = {"points": [list(p) for p in pts], "labels": labs, "mode": mode}
-        return await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key)
+        if mode != "both":
+            return await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key,
+                                      lane="instant" if mode == "gru" else "bulk")
+        waiters: list[Waiter[PromptOutcome]] = []
+
+        def wait_for_refinement(outcome: PromptOutcome, changes: list[Change], fingerprint: str,
+                                started: float) -> None:  # under the session lock, right after the commit
+            waiter = Waiter(outcome, list(changes), key, fingerprint, started)
+            session.refinements.add(object_id, waiter)
+            waiters.append(waiter)
+
+        gru = await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key, lane="instant",
+                                 after_commit=wait_for_refinement)
+        if not waiters:  # a retry answered from the record
+            return gru
+        refined = await asyncio.shield(waiters[0].future)  # the refinement is the session's, not this request's
+        return gru if refined is None else refined
 
     async def add_region(self, session: Session, object_id: int, region: np.ndarray, label: int,
                          mode: str = "both", *, key: str | None = None) -> PromptOutcome:
@@ -171,16 +200,28 @@ class PromptPipeline:
 
         return await self._prompt(session, "reset", object_id, {}, run, creates=False, key=key)
 
-    async def remove_object(self, session: Session, object_id: int) -> int:
+    async def remove_object(self, session: Session, object_id: int, *, key: str | None = None) -> int:
         """Clear and forget the object (not undoable); subscribers get a ``removed`` message. Returns the
-        object's final version (a later prompt on the same id starts a new object at version 1)."""
+        object's final version (a later prompt on the same id starts a new object at version 1).
+
+        ``key``: the client's idempotency key; a retry with it returns the recorded version, even once the
+        object is gone (a resent DELETE must not answer 404 for the removal it made)."""
+        fingerprint = request_fingerprint("remove", object_id, {})
 
         async def body() -> int:
+            if (reply := recorded_reply(session.replies, key, fingerprint)) is not None:
+                self.registry.mark_used(session)
+                return int(reply["version"])
             self.registry.require_object(session, object_id)
+            session.refinements.drop(object_id)
             change = await self.executor.run(self.predictor.remove_object, session.state, object_id)
             session.nbytes = session.state.nbytes
-            prompt = PromptRecord(op="remove", object_id=object_id, version=change.version, at=time.time())
+            reply = {"object_id": object_id, "version": change.version} if key is not None else None
+            prompt = PromptRecord(op="remove", object_id=object_id, version=change.version, at=time.time(),
+                                  key=key, reply=reply)
             await self._commit(session, prompt)
+            if key is not None:
+                session.replies[key] = RecordedReply(fingerprint, reply)  # type: ignore[arg-type]
             session.versions.pop(object_id, None)
             session.change_order.pop(object_id, None)
             self.registry.mark_used(session)
@@ -189,8 +230,7 @@ class PromptPipeline:
             self.stream.publish_message(session, removed.model_dump_json())
             return change.version
 
-        task = asyncio.ensure_future(self.registry.locked(session, body))
-        return await asyncio.shield(task)
+        return await self._mutating(session, body)
 
     async def _prompt(
         self,
@@ -204,13 +244,18 @@ class PromptPipeline:
         needs_undo: bool = False,
         before: Callable[[], Awaitable[None]] | None = None,
         key: str | None = None,
+        lane: Literal["bulk", "instant"] = "bulk",
+        after_commit: Callable[[PromptOutcome, list[Change], str, float], None] | None = None,
     ) -> PromptOutcome:
         """Run one mutating prompt: session lock -> device work -> history append -> frames -> outcome.
 
         ``before`` runs under the session lock once the prompt was admitted, before any state changes (what
         the replay of this prompt needs on disk is written there). ``key``: the client's idempotency key; a
         key already in the history returns the reply recorded with it, with no device work and no new version
-        (checked under the session lock, so two concurrent retries apply the prompt once)."""
+        (checked under the session lock, so two concurrent retries apply the prompt once). ``lane``: the
+        executor lane of the device work (``instant``: GRU steps only). ``after_commit(outcome, changes,
+        fingerprint, started)`` runs under the session lock once the prompt is recorded; only a deferred
+        ``both`` click passes one, and any other prompt drops its object's pending refinement."""
         started = time.perf_counter()
         fingerprint = request_fingerprint(op, object_id, args)
         # Frames wait here until the prompt is in the history: a client must never see a version that a store
@@ -241,8 +286,11 @@ class PromptPipeline:
                 raise ObjectNotFound(f"object_id: no object {object_id} in this session", field="object_id")
             if before is not None:
                 await before()
+            if after_commit is None:
+                session.refinements.drop(object_id)
+            device = self.executor.run_instant if lane == "instant" else self.executor.run
             try:
-                changes, nbytes = await self.executor.run(device_work)
+                changes, nbytes = await device(device_work)
             except ValueError as e:  # the predictor validates before touching the state
                 raise _invalid_input(e) from e
             except KeyError as e:  # UnknownObjectError, also raised before any change
@@ -270,11 +318,27 @@ class PromptPipeline:
             self.registry.mark_used(session)
             self.registry.stamp_change(session, object_id)
             self.metrics.prompts.labels(op=op).inc()
+            if after_commit is not None:
+                after_commit(outcome, changes, fingerprint, started)
             return outcome
 
-        # Shielded: a disconnecting client must not interrupt a prompt between the device and the store.
-        task = asyncio.ensure_future(self.registry.locked(session, body))
-        return await asyncio.shield(task)
+        return await self._mutating(session, body)
+
+    async def _mutating(self, session: Session, body: Callable[[], Awaitable[T]]) -> T:
+        """Run a mutating request's ``body`` under the session lock as its own task, shielded from cancellation
+        (a disconnecting client must not interrupt a prompt between the device and the store). While it waits,
+        the session's deferred refinement stays off the device (``PendingRefinements.arriving``)."""
+        pending = session.refinements
+        pending.arriving()
+
+        async def run() -> T:
+            try:
+                return await self.registry.locked(session, body)
+            finally:
+                pending.started()
+                self.refiner.schedule(session)
+
+        return await asyncio.shield(asyncio.ensure_future(run()))
 
     async def _commit(self, session: Session, prompt: PromptRecord) -> None:
         """Append an applied prompt to the history (session lock held); on failure the session's device state

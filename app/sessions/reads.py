@@ -79,7 +79,8 @@ class SessionReads:
         """Object id -> number of prompts its history holds (objects removed since included)."""
         counts: dict[int, int] = {}
         for p in await self.store.prompt_history(session.session_id):
-            counts[p.object_id] = counts.get(p.object_id, 0) + 1
+            if p.op != "refine":  # a deferred decoder step belongs to the clicks before it, it is no prompt
+                counts[p.object_id] = counts.get(p.object_id, 0) + 1
         return counts
 
     async def stored_record(self, session: Session) -> SessionRecord:

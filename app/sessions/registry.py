@@ -5,8 +5,9 @@ authenticated request) or when older than ``max_session_age_s`` (liveness clock,
 sweeps periodically (``SessionLifecycle.expire_due``); ``authenticate``/``get`` also check on access. Ended
 ids are kept in a bounded tombstone map so later requests get 410 (expired) or 404 (deleted) instead of 401.
 
-Capacity: at most ``max_sessions`` live sessions (creations in flight included), and at most
-``max_device_bytes`` of session state on the device. Past either: ``CapacityExceeded`` (503 + Retry-After).
+Capacity: at most ``max_sessions`` live sessions (creations in flight included), at most ``max_device_bytes``
+of session state on the device, and no new session while the device queue is long or slow (``admission``,
+``app.sessions.admission``). Past any: ``CapacityExceeded`` (503 + Retry-After).
 
 The registry ends nothing itself: a session found expired on access is taken out of service here and handed
 to ``end_later`` (the lifecycle's end, which needs the store and the files).
@@ -29,6 +30,7 @@ from app.errors import (
     SessionNotFound,
     Unauthorized,
 )
+from app.sessions.admission import Admission
 from app.sessions.locks import SESSION_LEVEL, OrderedLock
 from app.sessions.metrics import ServiceMetrics
 from app.sessions.session import Session, SessionLimits, Tombstone, hash_token
@@ -51,8 +53,10 @@ class SessionRegistry:
     """
 
     def __init__(self, limits: SessionLimits, metrics: ServiceMetrics, clock: Callable[[], float],
-                 end_later: Callable[[Session, str], None], replica_id: str | None = None) -> None:
+                 end_later: Callable[[Session, str], None], replica_id: str | None = None,
+                 admission: Admission | None = None) -> None:
         self.limits = limits
+        self.admission = admission  # load shedding from the measured device queue (app.sessions.admission)
         self.metrics = metrics
         self.clock = clock
         self.replica_id = replica_id
@@ -251,6 +255,9 @@ class SessionRegistry:
                 f"capacity: {self.limits.max_sessions} sessions are open; retry later",
                 retry_after_s=self.limits.retry_after_s,
             )
+        if self.admission is not None:
+            self.admission.check(self.limits.retry_after_s,
+                                 lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc())
         self.check_room_for_object()
 
     def check_room_for_object(self) -> None:

@@ -180,7 +180,7 @@ class SessionRestorer:
                 summary.failed.append(sid)
                 continue
             summary.restored.append(sid)
-            log.info("restored session %s: %d prompts, %d objects, in %.2f s", sid, len(history),
+            log.info("restored session %s: %d history entries, %d objects, in %.2f s", sid, len(history),
                      len(session.versions), time.perf_counter() - t0)
         summary.seconds = time.perf_counter() - started
         return summary

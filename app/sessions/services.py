@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.config import Settings
+from app.sessions.admission import AdmissionLimits
 from app.sessions.executor import DeviceExecutor
 from app.sessions.manager import SessionManager
 from app.sessions.metrics import ServiceMetrics
@@ -67,6 +68,9 @@ def limits_from(settings: Settings) -> SessionLimits:
         stream_queue_frames=settings.stream_queue_frames,
         seed=settings.seed,
         exclusive_objects=settings.exclusive_objects,
+        idle_trim_s=settings.idle_trim_s,
+        admission=AdmissionLimits(max_queue=settings.admission_max_queue, max_wait_ms=settings.admission_max_wait_ms,
+                                  window_s=settings.admission_window_s, min_samples=settings.admission_min_samples),
     )
 
 

@@ -11,8 +11,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.sessions.admission import AdmissionLimits
 from app.sessions.idempotency import RecordedReply
 from app.sessions.locks import OrderedLock
+from app.sessions.outcomes import PromptOutcome
+from app.sessions.refinement import PendingRefinements
 from app.sessions.store import SessionRecord
 from app.sessions.subscribers import Subscriber
 
@@ -39,6 +42,8 @@ class SessionLimits:
     max_subscribers: int = 16
     seed: int = 0
     exclusive_objects: bool = True
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    idle_trim_s: float | None = 120.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class Session:
             session restored after a restart has None (DICOM SEG export needs them).
         replies: idempotency key -> the reply its prompt got (``app.sessions.idempotency``); rebuilt from the
             history on restore.
+        refinements: objects waiting for the deferred decoder step of their ``both`` clicks
+            (``app.sessions.refinement``).
     """
 
     record: SessionRecord
@@ -84,6 +91,8 @@ class Session:
     closed: bool = False
     dicom_headers: tuple[Any, ...] | None = None
     replies: dict[str, RecordedReply] = field(default_factory=dict)
+    refinements: PendingRefinements[PromptOutcome] = field(default_factory=PendingRefinements)
+    trimmed_idle_since: float | None = None  # last_used_mono of the idle period whose caches were dropped
 
     @property
     def session_id(self) -> str:

@@ -96,7 +96,9 @@ class PromptRecord:
     """One acknowledged prompt, as appended to a session's history.
 
     Attributes:
-        op: "box" | "clicks" | "region" (scribble or lasso) | "undo" | "reset" | "mask" | "remove".
+        op: "box" | "clicks" | "region" (scribble or lasso) | "undo" | "reset" | "mask" | "remove" | "refine" (the
+            deferred decoder step of ``both`` clicks; its ``reply`` holds ``{"completes": {key: reply}}``, the
+            complete replies of the keyed clicks it covered).
         object_id: the object it changed.
         args: the prompt's JSON arguments (box, points/labels/mode, mask digest, ...).
         version: the object's version after the prompt.

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from app.coordinates import AXES
 from app.errors import InvalidInput
 from app.models import regions
-from app.vocabulary import AXES, REGION_MODES
+from client.wire.vocab import REGION_MODES
 
 MAX_REGION_VOXELS = 1 << 22
 """Voxels one scribble or lasso may cover (a 2048 x 2048 slice): its flat indices are checked and held in memory

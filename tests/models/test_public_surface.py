@@ -26,7 +26,7 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 def test_the_registry_and_the_coordinates_import_without_torch() -> None:
     # The names resolve lazily, so reading the registry (or the coordinate rules) never loads torch or MONAI.
-    code = ("import sys, app.models, app.models.configs, app.coordinates, app.vocabulary; "
+    code = ("import sys, app.models, app.models.configs, app.coordinates; "
             "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from app.schemas.frames import (
+from app.sessions.diffs import (
+    VersionMismatchError,
+    apply_diff,
+    decode_diff,
+    encode_change,
+    encode_diff,
+    encode_snapshot,
+)
+from client.wire.frames import (
     FLAG_HAS_BBOX,
     FLAG_ZLIB,
     HEADER,
@@ -20,14 +28,6 @@ from app.schemas.frames import (
     MAGIC,
     _varint_decode,
     _varint_encode,
-)
-from app.sessions.diffs import (
-    VersionMismatchError,
-    apply_diff,
-    decode_diff,
-    encode_change,
-    encode_diff,
-    encode_snapshot,
 )
 
 

@@ -182,8 +182,10 @@ async def test_prompts_are_recorded_before_the_reply(make_manager) -> None:  # n
     assert [c.step for c in clicks.steps] == ["gru", "decoder"]
     assert box.version < clicks.version < undo.version
     history = await store.prompt_history(session.session_id)
-    assert [(p.op, p.version) for p in history] == [("box", box.version), ("clicks", clicks.version),
-                                                   ("undo", undo.version)]
+    # A "both" click is recorded as its GRU step, then the deferred refinement (its decoder step).
+    gru, decoder = clicks.steps
+    assert [(p.op, p.version) for p in history] == [("box", box.version), ("clicks", gru.version),
+                                                   ("refine", decoder.version), ("undo", undo.version)]
     assert history[1].args == {"points": [[12, 30, 30]], "labels": [1], "mode": "both"}
     assert await store.object_versions(session.session_id) == {1: undo.version}
 

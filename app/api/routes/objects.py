@@ -163,6 +163,7 @@ async def get_mask(
 
 @router.delete(paths.OBJECT, status_code=204, summary="Remove the object (not undoable)",
                responses=_READ_ERRORS)
-async def remove_object(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> Response:
-    await manager.remove_object(session, object_id)
+async def remove_object(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath,
+                        key: IdempotencyKeyDep = None) -> Response:
+    await manager.remove_object(session, object_id, key=key)
     return Response(status_code=204)
