@@ -27,6 +27,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
@@ -144,8 +145,12 @@ class PromptPipeline:
 
         gru = await self._prompt(session, "clicks", object_id, args, run, creates=True, key=key, lane="instant",
                                  after_commit=wait_for_refinement)
-        if not waiters:  # a retry answered from the record
-            return gru
+        if not waiters:  # a retry answered from the record: while its refinement is pending, wait for it too
+            pending = session.refinements.unresolved(key)
+            if pending is None:
+                return gru
+            refined = await asyncio.shield(pending.future)
+            return gru if refined is None else replace(refined, replayed=True)
         refined = await asyncio.shield(waiters[0].future)  # the refinement is the session's, not this request's
         return gru if refined is None else refined
 

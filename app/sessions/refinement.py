@@ -64,6 +64,7 @@ class PendingRefinements(Generic[OutcomeT]):
         self.withdrawals = 0
         self.give_up = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self._by_key: dict[str, Waiter[OutcomeT]] = {}
 
     def arriving(self) -> None:
         """A prompt of this session arrived: a refinement waiting for the device withdraws (within the bound)."""
@@ -84,6 +85,16 @@ class PendingRefinements(Generic[OutcomeT]):
 
     def add(self, object_id: int, waiter: Waiter[OutcomeT]) -> None:
         self.due.setdefault(object_id, []).append(waiter)
+        # Resolved waiters leave the key index here (their complete reply is in the record by then).
+        self._by_key = {k: w for k, w in self._by_key.items() if not w.future.done()}
+        if waiter.key is not None:
+            self._by_key[waiter.key] = waiter
+
+    def unresolved(self, key: str | None) -> Waiter[OutcomeT] | None:
+        """The waiting click sent with idempotency key ``key``, while its refinement has not answered it: a
+        resend of that click waits for the same complete reply rather than returning the GRU step alone."""
+        waiter = self._by_key.get(key) if key is not None else None
+        return waiter if waiter is not None and not waiter.future.done() else None
 
     def take(self) -> dict[int, list[Waiter[OutcomeT]]]:
         """Every due object with its waiters (the refinement about to run owns them now)."""

@@ -140,6 +140,24 @@ async def test_clicks_arriving_while_the_refinement_waits_are_refined_once(manag
     np.testing.assert_array_equal(predictor.get_mask(state, 1), mask)
 
 
+async def test_a_resend_while_the_refinement_waits_gets_the_complete_reply(manager: SessionManager) -> None:
+    """A client whose connection dropped resends its ``both`` click while the decoder step is still queued:
+    the resend is not applied again and, like the first send, answers with both steps once they ran."""
+    session = await _boxed(manager)
+    async with HeldBulkLane(manager.executor):
+        first = asyncio.ensure_future(manager.add_clicks(session, 1, [(12, 30, 30)], [1], mode="both", key="k"))
+        while session.versions.get(1) != 2:  # the GRU step is recorded; the decoder step waits for the device
+            await asyncio.sleep(0.01)
+        resend = asyncio.ensure_future(manager.add_clicks(session, 1, [(12, 30, 30)], [1], mode="both", key="k"))
+        await asyncio.sleep(0.2)
+        assert not resend.done()  # it waits for the refinement instead of answering with the GRU step alone
+    original, again = await asyncio.wait_for(asyncio.gather(first, resend), WAIT_S)
+    assert [(s.step, s.version) for s in again.steps] == [("gru", 2), ("decoder", 3)]
+    assert again.replayed and again.to_json() == original.to_json()
+    history = await manager.store.prompt_history(session.session_id)
+    assert [(p.op, p.version) for p in history] == [("box", 1), ("clicks", 2), ("refine", 3)]  # applied once
+
+
 async def test_a_later_undo_drops_the_pending_refinement(manager: SessionManager) -> None:
     session = await _boxed(manager)
     before, _ = await manager.get_mask(session, 1)
