@@ -23,6 +23,7 @@ import numpy as np
 
 from app.errors import InvalidInput
 from client.wire.replies import Box6, Shape3
+from client.wire.rules import check_box_order
 
 AXES = ("z", "y", "x")
 """Names of the volume array's axes, in array order (SimpleITK ``GetArrayFromImage``)."""
@@ -45,8 +46,11 @@ def check_box(box: Sequence[int], shape: Shape3) -> InclusiveBox:
     """An inclusive voxel box [z0, y0, x0, z1, y1, x1] inside ``shape`` (D, H, W) and not inverted."""
     _check_length(box)
     b = [int(v) for v in box]
+    try:
+        check_box_order(b)
+    except ValueError as e:
+        raise CoordinateError("box", str(e).removeprefix("box: ")) from None
     for axis in range(3):
-        _check_order(b, axis)
         lo, hi, size = b[axis], b[axis + 3], shape[axis]
         if lo < 0 or hi >= size:
             raise CoordinateError("box", f"{AXES[axis]} range [{lo}, {hi}] is outside the volume (0..{size - 1})")
@@ -56,12 +60,6 @@ def check_box(box: Sequence[int], shape: Shape3) -> InclusiveBox:
 def _check_length(box: Sequence[int]) -> None:
     if len(box) != 6:
         raise CoordinateError("box", f"expected 6 values, got {len(box)}")
-
-
-def _check_order(box: Sequence[int], axis: int) -> None:
-    lo, hi, a = box[axis], box[axis + 3], AXES[axis]
-    if hi < lo:
-        raise CoordinateError("box", f"{a}1 < {a}0 ({hi} < {lo})")
 
 
 def check_points(

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from app.models.click_regions import RegionConfig
-from app.models.label_map import OVERLAP_RULES
 from app.models.propagation import PropagationConfig
+from client.wire.vocab import OVERLAP_RULES
 from evaluation.backends import MODEL_METHODS, Method, PredictorMethod
 from evaluation.baselines import BoxFillMethod, RandomWalkerMethod
 from evaluation.cases import DEFAULT_MIN_VOXELS, find_cases

@@ -21,14 +21,13 @@ baselines' masks with the same code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
 
 import numpy as np
 
 from app.coordinates import Bounds
+from client.wire.vocab import OVERLAP_RULES, OverlapRuleName
 
-OverlapRule = Literal["confidence", "recent"]
-OVERLAP_RULES: tuple[str, ...] = ("confidence", "recent")
+OverlapRule = OverlapRuleName  # the rule's name as the model takes it (the wire's ``OverlapRule`` values)
 
 
 def check_overlap_rule(overlap: str) -> None:

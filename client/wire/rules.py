@@ -53,13 +53,19 @@ def voxel_ints(name: str, values: Sequence[float]) -> list[int]:
     return out
 
 
+def check_box_order(box: Sequence[int]) -> None:
+    """``ValueError`` naming ``box`` unless each upper corner of the inclusive box is at or past the lower one
+    (the one rule the SDK, the server's schemas and its coordinate checks share)."""
+    for axis in range(3):
+        if box[axis + 3] < box[axis]:
+            a = _AXES[axis]
+            raise ValueError(f"box: {a}1 < {a}0 ({box[axis + 3]} < {box[axis]})")
+
+
 def voxel_box(box: Sequence[float]) -> list[int]:
     """A 6-number box as an inclusive voxel box: ints, each upper corner at or past the lower one."""
     ints = voxel_ints("box", box)
-    for axis in range(3):
-        if ints[axis + 3] < ints[axis]:
-            a = _AXES[axis]
-            raise ValueError(f"box: {a}1 < {a}0 ({ints[axis + 3]} < {ints[axis]})")
+    check_box_order(ints)
     return ints
 
 

@@ -24,6 +24,11 @@ class OverlapRule(str, Enum):
     RECENT = "recent"
 
 
+OverlapRuleName = Literal["confidence", "recent"]
+"""``OverlapRule``'s values, for code that passes them as strings (the model's label map, the evaluation CLI)."""
+OVERLAP_RULES: tuple[str, ...] = tuple(rule.value for rule in OverlapRule)
+
+
 class MaskFormat(str, Enum):
     """Download / upload formats of masks. npz holds key ``mask`` (uint8 (D, H, W)); the others carry the
     source volume's geometry. dcm (download only, sessions created from a DICOM series): a DICOM SEG
