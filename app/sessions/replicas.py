@@ -50,7 +50,7 @@ class TakeOver:
     session_id: str
     previous: str | None
     previous_alive: bool
-    prompts: int
+    history_entries: int
     seconds: float
 
 
@@ -150,9 +150,9 @@ class ReplicaCoordinator:
         took = TakeOver(session_id, claim.previous, claim.previous_alive, len(history),
                         time.perf_counter() - started)
         self.taken_over.append(took)
-        log.info("took over session %s from %s (%s): %d prompts replayed in %.2f s", session_id,
+        log.info("took over session %s from %s (%s): %d history entries replayed in %.2f s", session_id,
                  claim.previous or "nobody", "its heartbeat still fresh" if claim.previous_alive else "its heartbeat expired",
-                 took.prompts, took.seconds)
+                 took.history_entries, took.seconds)
         return manager.authenticate(session_id, token)
 
     async def _beat(self) -> None:

@@ -93,7 +93,7 @@ async def test_take_over_replays_exactly_and_fences_the_old_owner(replicas, redi
     moved = await coordinator.session_for(sid, token)
     assert (await redis_store.session_owners([sid]))[sid] == "b"
     assert coordinator.taken_over[-1].previous == "a" and coordinator.taken_over[-1].previous_alive
-    assert coordinator.taken_over[-1].prompts == 2
+    assert coordinator.taken_over[-1].history_entries == 2
     assert await _masks(b, moved) == before  # bit-identical replay on the other replica
 
     # The old owner still holds a copy: its next prompt runs on its device but must not be recorded.
