@@ -11,26 +11,9 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 outer_python="$(command -v python3)"
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill "$server_pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-fail() {  # fail MESSAGE [LOG]
-    echo "sdk install check: FAILED: $1" >&2
-    if [ -n "${2:-}" ] && [ -f "$2" ]; then
-        echo "--- last 60 lines of $(basename "$2") ---" >&2
-        tail -n 60 "$2" >&2
-    fi
-    exit 1
-}
+CHECK_NAME="sdk install check"
+# shellcheck source=check_lib.sh
+source "$repo/.ci/check_lib.sh"
 
 if [ $# -eq 3 ]; then
     base_url="$1" volume="$2" sample="$3"
