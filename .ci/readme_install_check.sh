@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # First contact, as a new user meets it: a fresh clone of the committed tree, a fresh virtual environment, the
 # README's install command exactly as written (no extras), the server started as the README starts it, then
-# the README's sample-volume command and SDK snippet (upload, box, click, mask download, close) against it.
+# the README's sample-volume command and SDK snippet (upload, box, click, mask download, close) against it;
+# then the SDK installed alone, without torch, against the same server (.ci/sdk_install_check.sh).
 # Catches a module the server or the SDK imports that only an extra installs (the test run installs
 # '.[dev]', which hides that). Every command is read from README.md (tests/readme_snippets.py), so the check
 # and the README cannot drift apart.
@@ -14,26 +15,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 ready_timeout_s="${README_CHECK_READY_TIMEOUT_S:-300}"
 
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill "$server_pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.2; done
-        kill -9 "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-fail() {  # fail MESSAGE [LOG]: say what failed, show the end of its log, stop
-    echo "readme install check: FAILED: $1" >&2
-    if [ -n "${2:-}" ] && [ -f "$2" ]; then
-        echo "--- last 60 lines of $(basename "$2") ---" >&2
-        tail -n 60 "$2" >&2
-    fi
-    exit 1
-}
+CHECK_NAME="readme install check"
+# shellcheck source=check_lib.sh
+source "$repo/.ci/check_lib.sh"
 
 # A user's clone: only committed files (no build outputs, caches or untracked weights of this checkout).
 git clone -q --no-local "$repo" "$work/clone" || fail "git clone of $repo"
@@ -103,3 +87,11 @@ print(f"mask.nii.gz: {int(np.count_nonzero(mask))} foreground voxels")
 PY
 kill -0 "$server_pid" 2>/dev/null || fail "the server died during the round trip" "$work/server.log"
 echo "readme install check: ok ($(tail -n 1 "$work/snippet.log"))"
+
+# The SDK installed alone (its own distribution, no torch) against the same server and sample volume.
+sample_numbers="$(python3 -c 'import json; from app.io import sample_volume as s
+print(json.dumps({"shape": s.SHAPE, "box": s.ORGAN_BOX, "click": s.ORGAN_CENTER}))')" \
+    || fail "reading the sample volume's numbers"
+"$work/clone/.ci/sdk_install_check.sh" "$base_url" "$work/user/ct.nii.gz" "$sample_numbers" \
+    || fail "the SDK installed alone (.ci/sdk_install_check.sh)"
+kill -0 "$server_pid" 2>/dev/null || fail "the server died during the SDK round trip" "$work/server.log"

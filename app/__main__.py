@@ -89,6 +89,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="serve nnInteractive's remote protocol at /nninteractive (nninteractive-client 2.6)")
     p.add_argument("--nninteractive-liveness-timeout", dest="nninteractive_liveness_timeout_s", type=float,
                    help="seconds without any request (heartbeats included) before a lease is released")
+    p.add_argument("--admission-max-queue", type=int,
+                   help="refuse new sessions (503) while more heavy device calls are queued (default 8)")
+    p.add_argument("--admission-max-wait-ms", type=float,
+                   help="refuse new sessions (503) while the recent device queue wait p95 is above this (default 150)")
+    p.add_argument("--no-admission", action="store_true", help="admit new sessions by count and bytes only")
+    p.add_argument("--keep-alive-timeout", dest="keep_alive_timeout_s", type=float,
+                   help="seconds an idle keep-alive connection stays open (default 75)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p.parse_args(argv)
 
@@ -100,7 +107,7 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "dicomweb_url", "monailabel_enabled", "monailabel_open", "monailabel_datastore", "click_propagation_reach",
             "click_region_reach", "max_volume_bytes", "max_request_body_bytes", "forwarded_allow_ips",
             "nninteractive_enabled", "nninteractive_liveness_timeout_s", "text_prompts", "text_tokenizer",
-            "zoom_in")
+            "zoom_in", "admission_max_queue", "admission_max_wait_ms", "keep_alive_timeout_s")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
         if getattr(args, key) is not None:
@@ -109,6 +116,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if args.weights is not None:
             raise SystemExit("--random-weights and --weights are exclusive")
         overrides.update(weights=None, allow_random_weights=True)
+    if args.no_admission:
+        overrides.update(admission_max_queue=None, admission_max_wait_ms=None)
     if args.no_warmup:
         overrides["warmup"] = False
     if args.independent_objects:
@@ -170,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Proxy trust and log redaction, as uvicorn takes them.
+    """Proxy trust, keep-alive and log redaction, as uvicorn takes them.
 
     uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 unless told otherwise, so any local client could pick
     its own address (and its own rate-limit bucket) by sending the header: trust is off unless
@@ -182,7 +191,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
     trusted = list(settings.forwarded_allow_ips)
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None,
-            "log_config": uvicorn_log_config(LOGGING_CONFIG)}
+            "timeout_keep_alive": settings.keep_alive_timeout_s, "log_config": uvicorn_log_config(LOGGING_CONFIG)}
 
 
 if __name__ == "__main__":

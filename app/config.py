@@ -105,6 +105,31 @@ class Settings(BaseSettings):
         None, ge=1, description="Device bytes all sessions may hold together (None = no byte limit)."
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when the server is full.")
+    admission_max_queue: int | None = Field(
+        8, ge=0, description="Load shedding: new sessions get 503 + Retry-After while more than this many heavy "
+        "device calls (decoder steps, encodes, mask reads) are queued (app.sessions.admission); None = off.",
+    )
+    admission_max_wait_ms: float | None = Field(
+        150.0, gt=0, allow_inf_nan=False,
+        description="Load shedding: new sessions get 503 + Retry-After while the 95th percentile of the device "
+        "queue waits of the last admission_window_s seconds is above this (ms); None = off.",
+    )
+    admission_window_s: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="The window of recent device queue waits admission reads.")
+    admission_min_samples: int = Field(
+        20, ge=1, description="Device calls the window must hold before its latency rule refuses anything.")
+    idle_trim_s: float | None = Field(
+        120.0, gt=0, allow_inf_nan=False,
+        description="A session unused this long drops its rebuildable caches (window / ROI embeddings, geodesic "
+        "click reaches; its next decoder step re-encodes its ROI once); None = never.",
+    )
+    keep_alive_timeout_s: float = Field(
+        75.0, gt=0, allow_inf_nan=False,
+        description="Seconds an idle HTTP keep-alive connection stays open. Longer than any client's idle time "
+        "between two requests: a server closing a connection just as the client reuses it is a 'connection "
+        "reset by peer' the client cannot tell from a lost request (uvicorn's default is 5 s, annotators think "
+        "for 2-5 s). Clients should drop idle connections sooner (httpx does after 5 s).",
+    )
     max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest request body accepted on uploads.")
     max_voxels: int = Field(1 << 28, ge=1, description="Largest volume (D*H*W) accepted.")
     max_volume_bytes: int = Field(

@@ -34,7 +34,7 @@ from app.sessions.nninteractive_leases import LeaseRegistry
 from app.sessions.services import start_services, stop_services
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
 
 _MULTIPART_SLACK_BYTES = 64 * 1024  # multipart framing around an upload of max_upload_bytes
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import monai
 import torch
 
-from app.models.build import build_backbone, get_model_config
+from app.models import build_backbone, get_model_config
 from app.models.compact import CompactBackbone
 
 NOTE = (

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.models.build import build_backbone, build_predictor
+from app.models import build_backbone, build_predictor
 from benchmarks.plots import latency_plot
 
 SHAPE = (128, 256, 256)

@@ -24,8 +24,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from app.models.build import build_predictor
-from app.models.predictor import Predictor
+from app.models import Predictor, build_predictor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "segvol_parity"
 BOX = [66, 29, 70, 101, 54, 93]  # the fixtures' kidney box (z, y, x), inclusive

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from app.models.state import REFINE_MODES
+from client.wire.vocab import REFINE_MODES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from app.models.build import build_predictor
+    from app.models import build_predictor
     from challenge.predict import predict_folder
 
     weights = None if args.weights.lower() == "none" else args.weights

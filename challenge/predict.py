@@ -27,7 +27,7 @@ from challenge.case import ChallengeCase, read_case
 from evaluation.cases import SpacingOrder
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
 
 log = logging.getLogger("challenge")
 

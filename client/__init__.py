@@ -10,7 +10,10 @@
             mask = stream.wait_for_version(1, reply.version, timeout=5)   # == session.mask(1)
         session.close()
 
-``AsyncClient`` / ``AsyncSession`` / ``AsyncMaskStream`` offer the same calls as coroutines.
+``AsyncClient`` / ``AsyncSession`` / ``AsyncMaskStream`` offer the same calls as coroutines. Replies
+(``SessionCreated``, ``SessionInfo``, ``ObjectInfo``, ``PromptReply``, ``StepReply``) are frozen dataclasses with
+the JSON's field names. The package needs httpx, numpy and websockets only (``client/pyproject.toml``); the wire
+contract it shares with the server is ``client.wire``.
 
 Exceptions: every error the SDK raises derives from ``SegError``, which carries ``status``, ``code``,
 ``message`` and ``field`` from the server's error body (``status`` is None for an error found locally):
@@ -37,8 +40,6 @@ a volume file that cannot be read) are caught locally, with the server's own val
 as a ``ValidationError`` before anything is sent. Any other 4xx status raises ``SegError`` itself.
 """
 
-from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, StepReply
-from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
 from client._async import AsyncClient, AsyncSession
 from client._errors import (
     AuthenticationError,
@@ -59,6 +60,8 @@ from client._errors import (
 from client._mirror import MaskMirror
 from client._stream import AsyncMaskStream, MaskStream
 from client._sync import Client, Session
+from client.wire.replies import ObjectInfo, PromptReply, SessionCreated, SessionInfo, StepReply
+from client.wire.vocab import MaskFormat, OverlapRule
 
 __all__ = [
     "AsyncClient",

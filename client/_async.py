@@ -9,14 +9,14 @@ from types import TracebackType
 import httpx
 import numpy as np
 
-from app.schemas import paths
-from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, RefineMode, RegionMode
-from app.schemas.sessions import SessionCreated, SessionInfo
 from client import _protocol as proto
 from client._errors import TransportError
 from client._protocol import Request, VolumeInput
 from client._stream import AsyncMaskStream
 from client._sync import DEFAULT_TIMEOUT
+from client.wire import paths
+from client.wire.replies import PromptReply, SessionCreated, SessionInfo
+from client.wire.vocab import MaskFormat, OverlapRule, RefineMode, RegionMode
 
 
 class AsyncClient:

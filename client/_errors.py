@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from app.schemas.errors import ErrorCode
-from app.schemas.paths import RETRY_AFTER_HEADER
+from client.wire.errors import ErrorCode
+from client.wire.paths import RETRY_AFTER_HEADER
 
 SESSION_NOT_FOUND = ErrorCode.SESSION_NOT_FOUND.value
 

@@ -15,13 +15,17 @@ requests). Rules, per object with local version ``v``:
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pydantic
 
-from app.schemas.diffs import SERVER_MESSAGE_ADAPTER, ObjectRemoved, ResyncRequest, StreamError, StreamHello
-from app.schemas.frames import DiffFrame, apply_diff, decode_diff
+from client.wire.frames import DiffFrame, apply_diff, decode_diff
+from client.wire.messages import (
+    ErrorMessage,
+    ObjectRemoved,
+    ResyncRequest,
+    StreamHello,
+    dump,
+    parse_server_message,
+)
 
 
 class MaskMirror:
@@ -44,18 +48,14 @@ class MaskMirror:
 
     @staticmethod
     def resync_message(object_id: int | None, from_version: int | None = None) -> str:
-        return ResyncRequest(object_id=object_id, from_version=from_version).model_dump_json()
+        return dump(ResyncRequest(object_id=object_id, from_version=from_version))
 
     def on_text(self, text: str) -> list[str]:
         """Handle a JSON message; returns messages to send."""
         try:
-            msg = SERVER_MESSAGE_ADAPTER.validate_json(text)
-        except pydantic.ValidationError:
-            try:
-                kind = json.loads(text).get("type")
-            except (ValueError, AttributeError):
-                kind = None
-            self.errors.append(f"stream: unreadable message of type {kind!r}")
+            msg = parse_server_message(text)
+        except ValueError as exc:
+            self.errors.append(str(exc))
             return []
         if isinstance(msg, StreamHello):
             self.session_id = msg.session_id
@@ -72,7 +72,7 @@ class MaskMirror:
             self.masks.pop(msg.object_id, None)
             self.versions.pop(msg.object_id, None)
             self.pending_resync.discard(msg.object_id)
-        elif isinstance(msg, StreamError):
+        elif isinstance(msg, ErrorMessage):
             self.errors.append(msg.error.message)
         return []
 

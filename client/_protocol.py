@@ -1,12 +1,14 @@
 """Sans-IO halves of every SDK call: build the request, parse the reply (shared by sync and async clients).
 
-Requests are validated with the same pydantic models the server uses, so bad input fails locally with the
-same message ("box: z1 < z0") as a ``ValidationError`` before anything is sent.
+Request bodies are checked with the field rules the server's request models run (``client.wire.rules``),
+so bad input fails locally with the same message ("box: z1 < z0") as a ``ValidationError`` before anything
+is sent. Replies are read into the frozen dataclasses of ``client.wire.replies``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 from collections.abc import Sequence
@@ -16,27 +18,17 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
-import pydantic
 
-from app.schemas import paths
-from app.schemas.errors import detail_from_pydantic
-from app.schemas.paths import API_KEY_HEADER, IDEMPOTENCY_KEY_HEADER
-from app.schemas.prompts import (
-    BoxRequest,
-    ClicksRequest,
-    MaskFormat,
-    OverlapRule,
-    PromptReply,
-    RefineMode,
-    RegionMode,
-    TextRequest,
-)
-from app.schemas.regions import LassoRequest, ScribbleRequest
-from app.schemas.sessions import SessionCreated, SessionInfo
 from client._errors import UnexpectedReplyError, ValidationError, error_from_reply
+from client.wire import paths, rules
+from client.wire.decode import from_json
+from client.wire.errors import ErrorCode, field_from_message
+from client.wire.paths import API_KEY_HEADER, IDEMPOTENCY_KEY_HEADER
+from client.wire.replies import PromptReply, SessionCreated, SessionInfo
+from client.wire.vocab import REFINE_MODES, REGION_MODES, MaskFormat, OverlapRule, RefineMode, RegionMode
 
 VolumeInput = np.ndarray | str | os.PathLike[str]
-_Model = TypeVar("_Model", bound=pydantic.BaseModel)
+_Reply = TypeVar("_Reply")
 
 
 @dataclass(frozen=True)
@@ -88,7 +80,7 @@ def should_resend(request: Request, exc: httpx.RequestError, resends_done: int, 
 
 
 def resend_delay(resends_done: int) -> float:
-    return RETRY_BASE_DELAY_S * 2 ** resends_done
+    return RETRY_BASE_DELAY_S * 2.0 ** resends_done  # 2.0: int ** int is not typed float
 
 
 def api_key_headers(api_key: str | None) -> dict[str, str]:
@@ -103,17 +95,54 @@ def check(response: httpx.Response) -> httpx.Response:
     return response
 
 
-def _validated(model: type[pydantic.BaseModel], **values: Any) -> pydantic.BaseModel:
+def _checked(build: Any, *args: Any) -> dict[str, Any]:
+    """The request body ``build(*args)`` returns, a rule's ``ValueError`` raised as a ``ValidationError``
+    naming the field, as the server would answer it."""
     try:
-        return model(**values)
-    except pydantic.ValidationError as exc:
-        detail = detail_from_pydantic(exc.errors())
-        raise ValidationError(detail.message, code=detail.code, field=detail.field) from None
+        body: dict[str, Any] = build(*args)
+    except ValueError as exc:
+        message = str(exc)
+        raise ValidationError(message, code=ErrorCode.VALIDATION_ERROR.value,
+                              field=field_from_message(message)) from None
+    return body
 
 
 def _plain(value: Any) -> Any:
-    """numpy arrays / scalars -> nested Python lists / numbers (pydantic's strict checks want those)."""
+    """numpy arrays / scalars -> nested Python lists / numbers (the rules take JSON-like values)."""
     return np.asarray(value).tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+def _box_body(box_: Any, world: Any) -> dict[str, Any]:
+    numbers = rules.numbers("box", box_, 6)
+    voxel_or_mm = [float(v) for v in numbers] if rules.world_flag(world) else rules.voxel_box(numbers)
+    return {"box": voxel_or_mm, "world": world}
+
+
+def _clicks_body(points: Any, labels: Any, mode: Any, world: Any) -> dict[str, Any]:
+    checked = rules.click_points(points)
+    label_list = rules.click_labels(labels)
+    mode = rules.choice("mode", mode, REFINE_MODES)
+    rules.labels_per_point(len(checked), label_list)
+    voxel_or_mm = [[float(c) for c in p] for p in checked] if rules.world_flag(world) else rules.click_voxels(checked)
+    return {"points": voxel_or_mm, "labels": label_list, "mode": mode, "world": world}
+
+
+def _scribble_body(voxels: Any, label: Any, mode: Any) -> dict[str, Any]:
+    return {"voxels": rules.scribble_voxels(voxels), "label": rules.region_label(label),
+            "mode": rules.choice("mode", mode, REGION_MODES)}
+
+
+def _lasso_body(axis: Any, index: Any, contour: Any, label: Any, mode: Any) -> dict[str, Any]:
+    return {"axis": rules.lasso_axis(axis), "index": rules.lasso_index(index),
+            "contour": rules.lasso_contour(contour), "label": rules.region_label(label),
+            "mode": rules.choice("mode", mode, REGION_MODES)}
+
+
+def _text_body(name: Any, box_: Any, points: Any, labels: Any) -> dict[str, Any]:
+    text, text_box, text_points = rules.text_name(name), rules.text_box(box_), rules.text_points(points)
+    label_list = None if labels is None else rules.click_labels(labels)
+    rules.text_labels(text_points, label_list)
+    return {"text": text, "box": text_box, "points": text_points, "labels": label_list}
 
 
 # --- sessions ----------------------------------------------------------------------------------------
@@ -158,14 +187,13 @@ def create_session(
     return Request("POST", paths.SESSIONS, files=files, data=data)
 
 
-def _reply(model: type[_Model], response: httpx.Response) -> _Model:
-    """The 2xx reply's JSON as ``model`` (typed errors for a non-2xx or an unreadable reply)."""
+def _reply(cls: type[_Reply], response: httpx.Response) -> _Reply:
+    """The 2xx reply's JSON as the dataclass ``cls`` (typed errors for a non-2xx or an unreadable reply)."""
     content = check(response).content
     try:
-        return model.model_validate_json(content)
-    except pydantic.ValidationError as exc:
-        raise UnexpectedReplyError(f"reply: not a {model.__name__} ({exc.error_count()} problems, first: "
-                                   f"{exc.errors()[0]['msg']}): {content[:80]!r}",
+        return from_json(cls, json.loads(content))
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+        raise UnexpectedReplyError(f"reply: not a {cls.__name__} ({exc}): {content[:80]!r}",
                                    status=response.status_code) from None
 
 
@@ -198,8 +226,8 @@ def _object_path(template: str, sid: str, oid: int) -> str:
 
 
 def box(sid: str, token: str, oid: int, box_: Sequence[float] | np.ndarray, world: bool) -> Request:
-    body = _validated(BoxRequest, box=_plain(box_), world=world)
-    return Request("POST", _object_path(paths.OBJECT_BOX, sid, oid), json=body.model_dump(),
+    body = _checked(_box_body, _plain(box_), world)
+    return Request("POST", _object_path(paths.OBJECT_BOX, sid, oid), json=body,
                    headers=prompt_headers(token))
 
 
@@ -207,30 +235,29 @@ def clicks(
     sid: str, token: str, oid: int, points: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[int] | np.ndarray,
     mode: RefineMode, world: bool,
 ) -> Request:
-    body = _validated(ClicksRequest, points=_plain(points), labels=_plain(labels), mode=mode, world=world)
-    return Request("POST", _object_path(paths.OBJECT_CLICKS, sid, oid), json=body.model_dump(),
+    body = _checked(_clicks_body, _plain(points), _plain(labels), mode, world)
+    return Request("POST", _object_path(paths.OBJECT_CLICKS, sid, oid), json=body,
                    headers=prompt_headers(token))
 
 
 def scribble(sid: str, token: str, oid: int, voxels: Sequence[Sequence[int]] | np.ndarray, label: int,
              mode: RegionMode) -> Request:
-    body = _validated(ScribbleRequest, voxels=_plain(voxels), label=label, mode=mode)
-    return Request("POST", _object_path(paths.OBJECT_SCRIBBLE, sid, oid), json=body.model_dump(),
+    body = _checked(_scribble_body, _plain(voxels), _plain(label), mode)
+    return Request("POST", _object_path(paths.OBJECT_SCRIBBLE, sid, oid), json=body,
                    headers=prompt_headers(token))
 
 
 def lasso(sid: str, token: str, oid: int, axis: int, index: int, contour: Sequence[Sequence[float]] | np.ndarray,
           label: int, mode: RegionMode) -> Request:
-    body = _validated(LassoRequest, axis=axis, index=index, contour=_plain(contour), label=label, mode=mode)
-    return Request("POST", _object_path(paths.OBJECT_LASSO, sid, oid), json=body.model_dump(),
+    body = _checked(_lasso_body, _plain(axis), _plain(index), _plain(contour), _plain(label), mode)
+    return Request("POST", _object_path(paths.OBJECT_LASSO, sid, oid), json=body,
                    headers=prompt_headers(token))
 
 
 def text(sid: str, token: str, oid: int, name: str, box_: Sequence[int] | np.ndarray | None,
          points: Sequence[Sequence[int]] | np.ndarray | None, labels: Sequence[int] | np.ndarray | None) -> Request:
-    body = _validated(TextRequest, text=name, box=None if box_ is None else _plain(box_),
-                      points=None if points is None else _plain(points), labels=None if labels is None else _plain(labels))
-    return Request("POST", _object_path(paths.OBJECT_TEXT, sid, oid), json=body.model_dump(),
+    body = _checked(_text_body, name, _plain(box_), _plain(points), _plain(labels))
+    return Request("POST", _object_path(paths.OBJECT_TEXT, sid, oid), json=body,
                    headers=prompt_headers(token))
 
 
@@ -243,7 +270,8 @@ def reset(sid: str, token: str, oid: int) -> Request:
 
 
 def remove(sid: str, token: str, oid: int) -> Request:
-    return Request("DELETE", _object_path(paths.OBJECT, sid, oid), headers=auth_headers(token))
+    # Keyed like a prompt: a resent removal is answered from the record, never 404 for the object it removed.
+    return Request("DELETE", _object_path(paths.OBJECT, sid, oid), headers=prompt_headers(token))
 
 
 def set_mask(sid: str, token: str, oid: int, mask: np.ndarray) -> Request:

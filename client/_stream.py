@@ -19,8 +19,6 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from app.schemas.diffs import PingMessage
-from app.schemas.paths import STREAM, StreamCloseCode
 from client._errors import (
     AuthenticationError,
     NoLocalMaskError,
@@ -33,6 +31,8 @@ from client._errors import (
 )
 from client._mirror import MaskMirror
 from client._protocol import api_key_headers, auth_headers
+from client.wire.messages import PingMessage, dump
+from client.wire.paths import STREAM, StreamCloseCode
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 """Largest WebSocket message accepted (a snapshot of a big mask can pass the library's 1 MiB default)."""
@@ -215,7 +215,7 @@ class MaskStream(_MirrorView):
             self._send(MaskMirror.resync_message(object_id, None if object_id is None else self._mirror.versions.get(object_id)))
 
     def ping(self) -> None:
-        self._send(PingMessage().model_dump_json())
+        self._send(dump(PingMessage()))
 
     def _send(self, message: str) -> None:
         try:
@@ -337,7 +337,7 @@ class AsyncMaskStream(_MirrorView):
     async def ping(self) -> None:
         if self._ws is None:
             raise StreamError("stream: not open")
-        await self._send(PingMessage().model_dump_json())
+        await self._send(dump(PingMessage()))
 
     async def _send(self, message: str) -> None:
         assert self._ws is not None

@@ -9,13 +9,13 @@ from types import TracebackType
 import httpx
 import numpy as np
 
-from app.schemas import paths
-from app.schemas.prompts import MaskFormat, OverlapRule, PromptReply, RefineMode, RegionMode
-from app.schemas.sessions import SessionCreated, SessionInfo
 from client import _protocol as proto
 from client._errors import TransportError
 from client._protocol import Request, VolumeInput
 from client._stream import MaskStream
+from client.wire import paths
+from client.wire.replies import PromptReply, SessionCreated, SessionInfo
+from client.wire.vocab import MaskFormat, OverlapRule, RefineMode, RegionMode
 
 DEFAULT_TIMEOUT = 120.0
 """Seconds; uploads encode the volume on the server, which can take a while on CPU."""

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from app.models.click_regions import RegionConfig
-from app.models.label_map import OVERLAP_RULES
 from app.models.propagation import PropagationConfig
+from client.wire.vocab import OVERLAP_RULES
 from evaluation.backends import MODEL_METHODS, Method, PredictorMethod
 from evaluation.baselines import BoxFillMethod, RandomWalkerMethod
 from evaluation.cases import DEFAULT_MIN_VOXELS, find_cases
@@ -107,8 +107,7 @@ def build_methods(args: argparse.Namespace, names: list[str]) -> list[Method]:
             methods[n] = ServerMethod(api, n, masks=args.server_masks, overlap=args.overlap,
                                       exclusive_objects=args.objects == "exclusive")
     elif model_names:
-        from app.models.build import build_predictor
-        from app.models.predictor import PredictorConfig
+        from app.models import PredictorConfig, build_predictor
 
         weights = None if args.weights.lower() == "none" else args.weights
         roi_frame = _roi_frame(args.roi_frame)

@@ -33,7 +33,7 @@ from evaluation.cases import Box
 from evaluation.click_rule import Click
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
     from client import Client
     from client import Session as ClientSession
 

@@ -115,13 +115,19 @@ class Annotator(HttpUser):
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
-    def _send(self, name: str, request: proto.Request) -> Any:
-        """Send ``request`` as step ``name``; a non-2xx reply is a failure (status + error code)."""
+    def _send(self, name: str, request: proto.Request, *, refusable: bool = False) -> Any:
+        """Send ``request`` as step ``name``; a non-2xx reply is a failure (status + error code). ``refusable``:
+        a 503 + Retry-After (load shedding, the server at capacity) is the server working as designed, counted
+        as step ``<name>_refused`` and not as a failure."""
         with self.client.request(request.method, request.path, name=name, catch_response=True,
                                  **request.kwargs()) as response:
             if not response.status_code:  # no reply at all (connection refused / reset, timeout)
                 response.failure(f"no reply: {getattr(response, 'error', None)!r}")
                 raise StepFailed(name, 0, None)
+            if refusable and response.status_code == 503 and response.headers.get("Retry-After"):
+                response.request_meta["name"] = f"{name}_refused"
+                response.success()
+                raise StepFailed(name, 503, response.headers["Retry-After"])
             if response.status_code >= 400:
                 try:
                     code = response.json()["error"]["code"]
@@ -155,6 +161,15 @@ class Annotator(HttpUser):
             self._fire("frame", sent_at)
         return mask
 
+    def _watch_gru_frame(self, stream: MaskStream, oid: int, version: int, sent: float) -> None:
+        """Report step ``gru_frame``: click sent -> its GRU step's frame applied to the mirror."""
+        try:
+            stream.wait_for_version(oid, version, timeout=60.0)
+        except Exception as exc:
+            self._fire("gru_frame", sent, exc)
+            return
+        self._fire("gru_frame", sent)
+
     def _think(self) -> None:
         time.sleep(float(self.rng.uniform(*self.think)))
 
@@ -163,7 +178,7 @@ class Annotator(HttpUser):
     def _create(self) -> None:
         while True:
             try:
-                reply = self._send("create", proto.create_session(_WORKLOAD["path"], None, "CT"))
+                reply = self._send("create", proto.create_session(_WORKLOAD["path"], None, "CT"), refusable=True)
             except StepFailed as exc:
                 status, retry_after = exc.args[1], exc.args[2]
                 if status != 503:
@@ -195,8 +210,20 @@ class Annotator(HttpUser):
                 break
             self._think()
             sent = time.perf_counter()
-            reply = self._prompt("click", proto.clicks(sid, self.token, oid, [list(click.point)], [click.label],
-                                                       mode, False))
+            watcher = None
+            if stream is not None and mode == "both":
+                # The instant feedback: the GRU step's frame (version + 1) leaves before the reply, which waits
+                # for the decoder refinement.
+                watcher = gevent.spawn(self._watch_gru_frame, stream, oid, reply.version + 1, sent)
+            try:
+                reply = self._prompt("click", proto.clicks(sid, self.token, oid, [list(click.point)], [click.label],
+                                                           mode, False))
+            except BaseException:  # a failed click, or the run stopping (GreenletExit): no frame to wait for
+                if watcher is not None:
+                    watcher.kill()
+                raise
+            if watcher is not None:
+                watcher.join(timeout=60)
             mask = self._current_mask(oid, reply.version, stream, sent)
             clicks += 1
             new_score = dice(mask, blob.truth)

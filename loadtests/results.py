@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-STEP_ORDER = ("create", "stream_open", "box", "click", "frame", "mask", "undo", "download", "delete")
+STEP_ORDER = ("create", "create_refused", "stream_open", "box", "click", "gru_frame", "frame", "mask", "undo",
+              "download", "delete")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ def service_predictor():  # noqa: ANN201 - torch is imported lazily
     """The tiny "segvol-test" model with random weights, built once per test run (explicitly random)."""
     import torch
 
-    from app.models.build import build_predictor
+    from app.models import build_predictor
 
     torch.set_num_threads(1)
     return build_predictor("segvol-test", weights=None, device="cpu")

@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from app.models import get_model_config
 from app.models.backbone import Backbone
-from app.models.build import build_backbone, build_corrector, frame_view, get_model_config
+from app.models.build import build_backbone, build_corrector, frame_view
 from app.models.corrector import apply_correction
 from app.models.sampling import SamplingConfig, build_corrector_input
 from training.clicks import simulate_click

@@ -25,8 +25,9 @@ from app.schemas.paths import (
     MIN_OBJECT_ID,
     SESSION_ID_HEADER,
 )
-from app.sessions.manager import Session, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.services import Services
+from app.sessions.session import Session
 
 
 def get_services(conn: HTTPConnection) -> Services:

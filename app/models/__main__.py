@@ -18,7 +18,8 @@ EXIT_USAGE = 2
 
 
 def _verify_weights(args: argparse.Namespace) -> int:
-    from app.models.build import MODEL_CONFIGS, build_backbone, build_corrector
+    from app.models.build import build_backbone, build_corrector
+    from app.models.configs import MODEL_CONFIGS
     from app.models.weights import CheckpointError, load_checkpoint, read_checkpoint, resolve_config_name
 
     if args.config is not None and args.config not in MODEL_CONFIGS:

@@ -1,8 +1,6 @@
-"""All coordinate work in one place: validation, boxes, clicks, the zoom-out frame and zoom-in regions.
+"""The model's coordinate work: arguments checked, bounds arithmetic, the zoom-out frame and zoom-in windows.
 
-Conventions:
-    * Volume voxel indices are (z, y, x) into the (D, H, W) array (SimpleITK ``GetArrayFromImage`` order).
-    * A user box is inclusive ``[z0, y0, x0, z1, y1, x1]``; a ``Bounds`` is half-open ``(z0, y0, x0, z1, y1, x1)``.
+Conventions (the voxel conventions and the box and click rules are ``app.coordinates``'):
     * The zoom-out view of ``zoom_in="windows"`` / ``"resample"`` is the foreground crop resized with legacy
       nearest interpolation to the model frame (MONAI ``Resize(mode="nearest")`` = ``F.interpolate(mode="nearest")``:
       frame index ``o`` reads crop index ``floor(o * in / out)``). Boxes are mapped exactly through that rule
@@ -19,11 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.models.state import Bounds
-
-Shape3 = tuple[int, int, int]
-InclusiveBox = tuple[int, int, int, int, int, int]
-
+from app.coordinates import Bounds, CoordinateError, InclusiveBox, Shape3, check_box, check_points
 
 # --- validation (messages start with the argument name) ---------------------------------------------------
 
@@ -62,32 +56,23 @@ def _as_int_array(values: object, name: str) -> np.ndarray:
 
 
 def validate_box(box: Sequence[int], shape: Shape3) -> InclusiveBox:
-    """Check an inclusive box against the volume shape; returns it as a tuple of ints."""
+    """An inclusive box of integer voxel indices inside the volume (``app.coordinates.check_box``)."""
     arr = _as_int_array(box, "box")
-    if arr.shape != (6,):
-        raise ValueError(f"box: expected 6 integers [z0, y0, x0, z1, y1, x1], got shape {arr.shape}")
-    lo, hi = arr[:3], arr[3:]
-    if np.any(hi < lo):
-        raise ValueError(f"box: inverted (a max is below its min): {arr.tolist()}")
-    if np.any(lo < 0) or np.any(hi >= np.asarray(shape)):
-        raise ValueError(f"box: {arr.tolist()} outside the volume of shape {list(shape)}")
-    return tuple(int(v) for v in arr)  # type: ignore[return-value]
+    if arr.ndim != 1:
+        raise CoordinateError("box", f"expected 6 integers [z0, y0, x0, z1, y1, x1], got shape {arr.shape}")
+    return check_box(arr.tolist(), shape)
 
 
 def validate_points(points: object, labels: object, shape: Shape3) -> tuple[np.ndarray, np.ndarray]:
-    """Check clicks; returns (N, 3) int64 points and (N,) int64 labels in {0, 1}."""
-    pts = _as_int_array(points, "points")
-    if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] < 1:
-        raise ValueError(f"points: expected a non-empty (N, 3) list of [z, y, x], got shape {pts.shape}")
-    if np.any(pts < 0) or np.any(pts >= np.asarray(shape)):
-        bad = pts[np.any((pts < 0) | (pts >= np.asarray(shape)), axis=1)][0].tolist()
-        raise ValueError(f"points: {bad} outside the volume of shape {list(shape)}")
-    lab = _as_int_array(labels, "labels")
-    if lab.ndim != 1 or lab.shape[0] != pts.shape[0]:
-        raise ValueError(f"labels: expected {pts.shape[0]} labels (one per point), got shape {lab.shape}")
-    if not np.isin(lab, (0, 1)).all():
-        raise ValueError(f"labels: must be 0 (background) or 1 (foreground), got {sorted(set(lab.tolist()))}")
-    return pts, lab
+    """Clicks of integer voxel indices inside the volume (``app.coordinates.check_points``); returns (N, 3)
+    int64 points and (N,) int64 labels in {0, 1}."""
+    pts, labs = _as_int_array(points, "points"), _as_int_array(labels, "labels")
+    if pts.ndim != 2:
+        raise CoordinateError("points", f"expected a non-empty (N, 3) list of [z, y, x], got shape {pts.shape}")
+    if labs.ndim != 1:
+        raise CoordinateError("labels", f"expected one label per point, got shape {labs.shape}")
+    checked, checked_labels = check_points(pts.tolist(), labs.tolist(), shape)
+    return np.asarray(checked, dtype=np.int64).reshape(-1, 3), np.asarray(checked_labels, dtype=np.int64)
 
 
 # --- bounds ------------------------------------------------------------------------------------------------

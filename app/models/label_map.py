@@ -21,15 +21,13 @@ baselines' masks with the same code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
 
 import numpy as np
 
-RoiBounds = tuple[int, int, int, int, int, int]
-"""Half-open voxel box (z0, y0, x0, z1, y1, x1), as ``app.models.state.Bounds``."""
+from app.coordinates import Bounds
+from client.wire.vocab import OVERLAP_RULES, OverlapRuleName
 
-OverlapRule = Literal["confidence", "recent"]
-OVERLAP_RULES: tuple[str, ...] = ("confidence", "recent")
+OverlapRule = OverlapRuleName  # the rule's name as the model takes it (the wire's ``OverlapRule`` values)
 
 
 def check_overlap_rule(overlap: str) -> None:
@@ -52,7 +50,7 @@ def paint_in_order(masks: Mapping[int, np.ndarray], order: Sequence[int], shape:
     return labels
 
 
-def paint_by_confidence(logits: Iterable[tuple[int, RoiBounds, np.ndarray]], shape: tuple[int, int, int],
+def paint_by_confidence(logits: Iterable[tuple[int, Bounds, np.ndarray]], shape: tuple[int, int, int],
                         dtype: np.dtype) -> np.ndarray:
     """The ``"confidence"`` rule on per-object ROI logits.
 

@@ -16,7 +16,7 @@ import torch
 from monai.transforms import ScaleIntensity
 from monai.transforms.utils import generate_spatial_bounding_box
 
-from app.models.state import Bounds
+from app.coordinates import Bounds
 
 
 def foreground_norm(volume: np.ndarray) -> np.ndarray:

@@ -32,10 +32,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from app.coordinates import Bounds, Shape3
 from app.models.backbone import Backbone
-from app.models.state import Bounds
 
-Shape3 = tuple[int, int, int]
 NO_BOX = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.0)  # SegVol's generate_box of an empty mask
 NO_POINT = (-1.0, -1.0, -1.0)
 POINTS_PER_WINDOW = 5  # select_points' defaults: 1 drawn + 4 extra positives, padded with label -1

@@ -4,7 +4,7 @@ The model weights are shared and stateless; everything a session owns lives here
 session's device: the normalised volume, the cached image embeddings, and per object the logits over its
 region of interest, the corrector's hidden state, the prompt history and the undo stack.
 
-Conventions (see ``app.models.geometry``): volume arrays are (D, H, W) = (z, y, x) in SimpleITK's
+Conventions (see ``app.coordinates``): volume arrays are (D, H, W) = (z, y, x) in SimpleITK's
 ``GetArrayFromImage`` order; a ``Bounds`` is a half-open box (z0, y0, x0, z1, y1, x1) in volume voxels;
 a user box is *inclusive* [z0, y0, x0, z1, y1, x1].
 """
@@ -12,19 +12,13 @@ a user box is *inclusive* [z0, y0, x0, z1, y1, x1].
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from app.coordinates import Bounds
 from app.models.backbone import Embedding
-
-RefineMode = Literal["gru", "decoder", "both"]
-REFINE_MODES: tuple[str, ...] = ("gru", "decoder", "both")
-Step = Literal["box", "gru", "decoder", "mask", "undo", "reset"]
-
-Bounds = tuple[int, int, int, int, int, int]
-"""Half-open voxel box (z0, y0, x0, z1, y1, x1)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +136,7 @@ class SessionState:
         exclusive_objects: the objects are mutually exclusive, as the labels of one label map are: a voxel one
             object's foreground click marks is background to the session's other objects, so each object's
             click steps also see the other objects' foreground clicks inside its ROI as background clicks
-            (``Predictor.exclusion_clicks``). False: every object is segmented on its own prompts only
+            (``app.models.corrector_step.exclusion_clicks``). False: every object is segmented on its own prompts only
             (objects that may overlap, e.g. an organ and a lesion inside it).
     """
 

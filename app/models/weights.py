@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from app.models.build import ModelConfig
+    from app.models.configs import ModelConfig
 
 CHECKPOINT_FORMAT = "segvol-interactive/1"
 DEFAULT_PUBLISHED_CONFIG = "segvol-base"  # what a published SegVol checkpoint is, when nothing says otherwise
@@ -257,32 +257,6 @@ def save_checkpoint(
     tmp = target.with_name(target.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, target)
-
-
-def load_model(
-    path: PathLike,
-    config_name: str | None = None,
-    *,
-    with_text: bool = False,
-    device: str | torch.device = "cpu",
-) -> tuple[nn.Module, nn.Module | None, LoadReport]:
-    """Build the config a checkpoint is for and load it: (backbone, corrector or None, report).
-
-    The config is ``config_name`` if given, else the one the file declares, else ``segvol-base``
-    (the published SegVol checkpoints). The corrector is built only when the file holds one.
-    """
-    from app.models.build import build_backbone, build_corrector, get_model_config
-
-    ckpt = read_checkpoint(path)
-    name = resolve_config_name(ckpt, config_name)
-    cfg = get_model_config(name)
-    backbone = build_backbone(cfg, with_text=with_text)
-    corrector = build_corrector(cfg) if ckpt.corrector is not None else None
-    report = load_checkpoint(ckpt, backbone, corrector, config_name=name)
-    backbone.to(device)
-    if corrector is not None:
-        corrector.to(device)
-    return backbone, corrector, report
 
 
 # --- internals -------------------------------------------------------------------------------------

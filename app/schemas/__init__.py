@@ -1,13 +1,17 @@
-"""The wire contract shared by the server and the SDK: pydantic models and protocol constants.
+"""The server's side of the wire contract: the pydantic models it validates requests with and publishes in
+OpenAPI, over the SDK's wire layer (``client.wire``: constants, vocabulary, field rules, frame codec), which
+is defined there once and imported here, never the other way round.
 
-Only pydantic and the standard library are imported here (``frames`` adds numpy, and is imported on demand),
-so ``client`` can depend on this package without pulling in torch or the web framework.
+Only pydantic, the standard library and ``client.wire`` are imported here (``frames`` adds numpy), so the
+schemas load without torch or the web framework.
 
 Modules:
-    paths     route templates, header names, WebSocket message types and close codes, limits
-    errors    the error body ``{"error": {"code", "message", "field"}}`` and the code -> HTTP status table
+    paths     ``client.wire.paths`` re-exported: route templates, header names, stream message types and
+              close codes, limits
+    errors    the error body ``{"error": {"code", "message", "field"}}``; codes and statuses from ``client.wire``
     sessions  session creation / info replies
-    prompts   box / clicks requests, the prompt reply, mask formats
+    prompts   box / clicks / text requests (``client.wire.rules`` in their validators), the prompt reply
+    regions   scribble / lasso requests
     diffs     the JSON messages of the WebSocket stream (hello, resync, error, ...)
-    frames    the binary diff frame codec (numpy), documented byte by byte in docs/wire-format.md
+    frames    ``client.wire.frames`` re-exported: the binary diff frame codec, docs/wire-format.md
 """

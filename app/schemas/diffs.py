@@ -1,15 +1,6 @@
-"""JSON (text) messages of the WebSocket stream ``WS /v1/sessions/{sid}/stream``.
-
-Binary messages are diff frames (``app.schemas.frames``, docs/wire-format.md); text messages are these
-JSON objects, told apart by ``type`` (``paths.StreamMessageType``):
-
-    server -> client  {"type": "hello", "session_id": ..., "shape": [D, H, W], "frame_version": 1,
-                       "objects": {"1": 4, ...}}                     first message; object id -> version
-    client -> server  {"type": "resync", "object_id": 1 | null, "from_version": 3 | null}
-                       the server answers with a snapshot frame of that object (of every object when null)
-    client -> server  {"type": "ping"}           server -> client {"type": "pong"}
-    server -> client  {"type": "removed", "object_id": 1, "version": 7}
-    server -> client  {"type": "error", "error": {"code": ..., "message": ..., "field": ...}}
+"""JSON (text) messages of the WebSocket stream ``WS /v1/sessions/{sid}/stream``, as the server validates
+and writes them (pydantic). The messages themselves, with a table of who sends what, are defined by the wire
+contract, ``client.wire.messages``; ``tests/sdk/test_wire_drift.py`` keeps these models equal to it.
 """
 
 from __future__ import annotations

@@ -3,54 +3,46 @@
 Voxel coordinates are (z, y, x) indices in SimpleITK ``GetArrayFromImage`` order; boxes are INCLUSIVE
 [z0, y0, x0, z1, y1, x1]. With ``world: true`` the same fields carry LPS coordinates in mm instead, ordered
 (x, y, z) like ITK points: a box is two opposite corners [x0, y0, z0, x1, y1, z1] and a click is [x, y, z];
-the server maps them to voxels. Shapes, types and label values are checked here; bounds against the volume
-are checked by the server. Validation messages start with the field name ("box: z1 < z0").
+the server maps them to voxels. The field rules (shapes, types, label values) and the prompt vocabulary
+(modes, step names, mask formats) are the SDK's wire layer (``client.wire.rules``, ``client.wire.vocab``),
+defined once and run here; bounds against the volume are checked by the server.
 """
 
 from __future__ import annotations
 
-import math
-from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from app.schemas.paths import MAX_CLICKS_PER_REQUEST
 from app.schemas.sessions import Box6
+from client.wire import rules
+from client.wire.vocab import (
+    MASK_MEDIA_TYPES,
+    REFINE_MODES,
+    REGION_MODES,
+    MaskFormat,
+    OverlapRule,
+    RefineMode,
+    RegionMode,
+    StepName,
+)
 
-RefineMode = Literal["gru", "decoder", "both"]
-REFINE_MODES: tuple[str, ...] = ("gru", "decoder", "both")
-RegionMode = Literal["decoder", "both"]
-REGION_MODES: tuple[str, ...] = ("decoder", "both")
-"""Modes of a scribble or lasso (``app.schemas.regions``): the region constraint rides on the decoder step."""
-StepName = Literal["box", "gru", "decoder", "mask", "undo", "reset", "remove"]
-
-_AXES = ("z", "y", "x")
-
-
-def _numbers(name: str, value: Any, n: int | None) -> list[int | float]:
-    """``value`` as a list of real numbers (no bools, no strings), of length ``n`` when given."""
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{name}: expected a list of numbers, got {type(value).__name__}")
-    if n is not None and len(value) != n:
-        raise ValueError(f"{name}: expected {n} values, got {len(value)}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{name}: expected numbers, got {v!r}")
-        if not math.isfinite(v):
-            raise ValueError(f"{name}: values must be finite, got {v!r}")
-    return list(value)
-
-
-def _voxel_ints(name: str, values: list[int | float]) -> list[int]:
-    out = []
-    for v in values:
-        if isinstance(v, float) and not v.is_integer():
-            raise ValueError(f"{name}: voxel indices must be integers, got {v!r} (set world=true for mm)")
-        if v < 0:
-            raise ValueError(f"{name}: voxel indices must be >= 0, got {int(v)}")
-        out.append(int(v))
-    return out
+__all__ = [
+    "MASK_MEDIA_TYPES",
+    "REFINE_MODES",
+    "REGION_MODES",
+    "BoxRequest",
+    "ClicksRequest",
+    "MaskFormat",
+    "OverlapRule",
+    "PromptReply",
+    "RefineMode",
+    "RegionMode",
+    "StepName",
+    "StepReply",
+    "TextRequest",
+]
 
 
 class BoxRequest(BaseModel):
@@ -67,17 +59,12 @@ class BoxRequest(BaseModel):
     @field_validator("box", mode="before")
     @classmethod
     def _check_box(cls, value: Any) -> list[int | float]:
-        return _numbers("box", value, 6)
+        return rules.numbers("box", value, 6)
 
     @model_validator(mode="after")
     def _check_voxel_box(self) -> BoxRequest:
         if not self.world:
-            ints = _voxel_ints("box", self.box)
-            for axis in range(3):
-                if ints[axis + 3] < ints[axis]:
-                    a = _AXES[axis]
-                    raise ValueError(f"box: {a}1 < {a}0 ({ints[axis + 3]} < {ints[axis]})")
-            self.box = ints  # type: ignore[assignment]
+            self.box = rules.voxel_box(self.box)  # type: ignore[assignment]
         return self
 
     def voxel_box(self) -> Box6:
@@ -92,7 +79,7 @@ class TextRequest(BaseModel):
     (``GET /readyz`` ``prompt_kinds``) list "text"; others answer 422."""
 
     text: str = Field(description="The object's name; SegVol wraps it in its sentence.", min_length=1,
-                      max_length=200)
+                      max_length=rules.MAX_TEXT_LENGTH)
     box: list[int] | None = Field(default=None, description="Optional inclusive voxel box [z0, y0, x0, z1, y1, x1].")
     points: list[list[int]] | None = Field(default=None, description="Optional clicks, each [z, y, x] voxel indices.")
     labels: list[int] | None = Field(default=None, description="One 0/1 label per point.")
@@ -100,31 +87,21 @@ class TextRequest(BaseModel):
     @field_validator("text", mode="before")
     @classmethod
     def _check_text(cls, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"text: expected a non-empty object name such as 'liver', got {value!r}")
-        return value.strip()
+        return rules.text_name(value)
 
     @field_validator("box", mode="before")
     @classmethod
     def _check_box(cls, value: Any) -> list[int] | None:
-        return None if value is None else _voxel_ints("box", _numbers("box", value, 6))
+        return rules.text_box(value)
 
     @field_validator("points", mode="before")
     @classmethod
     def _check_points(cls, value: Any) -> list[list[int]] | None:
-        if value is None:
-            return None
-        if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_CLICKS_PER_REQUEST:
-            raise ValueError(f"points: expected 1 to {MAX_CLICKS_PER_REQUEST} points [z, y, x]")
-        return [_voxel_ints(f"points[{i}]", _numbers(f"points[{i}]", p, 3)) for i, p in enumerate(value)]
+        return rules.text_points(value)
 
     @model_validator(mode="after")
     def _check_labels(self) -> TextRequest:
-        n = len(self.points or [])
-        if len(self.labels or []) != n:
-            raise ValueError(f"labels: expected {n} labels (one per point), got {len(self.labels or [])}")
-        if any(v not in (0, 1) for v in self.labels or []):
-            raise ValueError("labels: values must be 0 (background) or 1 (foreground)")
+        rules.text_labels(self.points, self.labels)
         return self
 
 
@@ -152,28 +129,18 @@ class ClicksRequest(BaseModel):
     @field_validator("points", mode="before")
     @classmethod
     def _check_points(cls, value: Any) -> list[list[int | float]]:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"points: expected a list of [z, y, x], got {type(value).__name__}")
-        if not 1 <= len(value) <= MAX_CLICKS_PER_REQUEST:
-            raise ValueError(f"points: expected 1 to {MAX_CLICKS_PER_REQUEST} points, got {len(value)}")
-        return [_numbers(f"points[{i}]", p, 3) for i, p in enumerate(value)]
+        return rules.click_points(value)
 
     @field_validator("labels", mode="before")
     @classmethod
     def _check_labels(cls, value: Any) -> list[int]:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"labels: expected a list of 0/1, got {type(value).__name__}")
-        for v in value:
-            if isinstance(v, bool) or v not in (0, 1) or not isinstance(v, (int, float)):
-                raise ValueError(f"labels: values must be 0 (background) or 1 (foreground), got {v!r}")
-        return [int(v) for v in value]
+        return rules.click_labels(value)
 
     @model_validator(mode="after")
     def _check_lengths(self) -> ClicksRequest:
-        if len(self.labels) != len(self.points):
-            raise ValueError(f"labels: expected {len(self.points)} labels (one per point), got {len(self.labels)}")
+        rules.labels_per_point(len(self.points), self.labels)
         if not self.world:
-            self.points = [_voxel_ints(f"points[{i}]", p) for i, p in enumerate(self.points)]  # type: ignore[misc]
+            self.points = rules.click_voxels(self.points)  # type: ignore[assignment]
         return self
 
     def voxel_points(self) -> list[tuple[int, int, int]]:
@@ -204,40 +171,3 @@ class PromptReply(BaseModel):
     bbox: Box6 | None = None
     steps: list[StepReply] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
-
-
-class OverlapRule(str, Enum):
-    """How the segmentation label map resolves voxels claimed by several objects (``app.models.label_map``).
-
-    confidence (default): the object with the highest logit there wins (ties: the most recently changed);
-    recent: the most recently changed object wins everywhere it overlaps another."""
-
-    CONFIDENCE = "confidence"
-    RECENT = "recent"
-
-
-class MaskFormat(str, Enum):
-    """Download / upload formats of masks. npz holds key ``mask`` (uint8 (D, H, W)); the others carry the
-    source volume's geometry. dcm (download only, sessions created from a DICOM series): a DICOM SEG
-    referencing the source series, one segment per object."""
-
-    NPZ = "npz"
-    NIFTI_GZ = "nii.gz"
-    NRRD = "nrrd"
-    DCM = "dcm"
-
-    @property
-    def media_type(self) -> str:
-        return MASK_MEDIA_TYPES[self]
-
-    @property
-    def extension(self) -> str:
-        return "." + self.value
-
-
-MASK_MEDIA_TYPES: dict[MaskFormat, str] = {
-    MaskFormat.NPZ: "application/x-npz",
-    MaskFormat.NIFTI_GZ: "application/gzip",
-    MaskFormat.NRRD: "application/octet-stream",
-    MaskFormat.DCM: "application/dicom",
-}

@@ -3,7 +3,8 @@
 A **scribble** is a set of voxels with a label (what a brush painted); a **lasso** is a closed 2D contour on one
 slice, filled to a region, with a label. Both are fed to the model as clicks are (a few of their voxels become
 clicks of that label) and every voxel of the region ends with the prompt's label (``app.models.regions``).
-Voxel indices only, (z, y, x) as everywhere; shapes, types and labels are checked here, bounds by the server.
+Voxel indices only, (z, y, x) as everywhere; shapes, types and labels are checked by the field rules of
+``client.wire.rules`` (the SDK runs the same before sending), bounds by the server.
 """
 
 from __future__ import annotations
@@ -12,24 +13,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.schemas.prompts import RegionMode, _numbers, _voxel_ints
+from client.wire import rules
+from client.wire.rules import MAX_CONTOUR_COORD, MAX_LASSO_VERTICES, MAX_SCRIBBLE_VOXELS
+from client.wire.vocab import RegionMode
 
-MAX_SCRIBBLE_VOXELS = 1 << 16
-"""Voxels one scribble request may list (a JSON list of triples: a larger region is better sent as a lasso)."""
-MAX_LASSO_VERTICES = 4096
-MAX_CONTOUR_COORD = 1e6
-"""Largest |coordinate| of a lasso vertex, in voxels: a contour may run past the slice's edges (a user drags
-off the canvas), but a vertex a million voxels out is a broken client, and arithmetic on it must stay finite."""
+__all__ = ["MAX_CONTOUR_COORD", "MAX_LASSO_VERTICES", "MAX_SCRIBBLE_VOXELS", "LassoRequest", "ScribbleRequest"]
 
 _LABEL = "1 = the region is the object (foreground), 0 = it is not (background)."
 _MODE = ('"decoder": the mask decoder reads the region\'s clicks; "both": the corrector\'s step first (streamed), '
          "then the decoder. The region constraint rides on the decoder step.")
-
-
-def _label(value: Any) -> int:
-    if isinstance(value, bool) or value not in (0, 1) or not isinstance(value, (int, float)):
-        raise ValueError(f"label: expected 0 (background) or 1 (foreground), got {value!r}")
-    return int(value)
 
 
 class ScribbleRequest(BaseModel):
@@ -46,16 +38,12 @@ class ScribbleRequest(BaseModel):
     @field_validator("voxels", mode="before")
     @classmethod
     def _check_voxels(cls, value: Any) -> list[list[int]]:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"voxels: expected a list of [z, y, x], got {type(value).__name__}")
-        if not 1 <= len(value) <= MAX_SCRIBBLE_VOXELS:
-            raise ValueError(f"voxels: expected 1 to {MAX_SCRIBBLE_VOXELS} voxels, got {len(value)}")
-        return [_voxel_ints(f"voxels[{i}]", _numbers(f"voxels[{i}]", v, 3)) for i, v in enumerate(value)]
+        return rules.scribble_voxels(value)
 
     @field_validator("label", mode="before")
     @classmethod
     def _check_label(cls, value: Any) -> int:
-        return _label(value)
+        return rules.region_label(value)
 
 
 class LassoRequest(BaseModel):
@@ -75,26 +63,14 @@ class LassoRequest(BaseModel):
     @field_validator("axis", "index", mode="before")
     @classmethod
     def _check_int(cls, value: Any, info: Any) -> int:
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or (isinstance(value, float) and not value.is_integer())):
-            raise ValueError(f"{info.field_name}: expected an integer, got {value!r}")
-        return int(value)
+        return rules.integer(info.field_name, value)
 
     @field_validator("contour", mode="before")
     @classmethod
     def _check_contour(cls, value: Any) -> list[list[float]]:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"contour: expected a list of 2D vertices, got {type(value).__name__}")
-        if not 3 <= len(value) <= MAX_LASSO_VERTICES:
-            raise ValueError(f"contour: expected 3 to {MAX_LASSO_VERTICES} vertices, got {len(value)}")
-        out = [[float(c) for c in _numbers(f"contour[{i}]", v, 2)] for i, v in enumerate(value)]
-        for i, (a, b) in enumerate(out):
-            if max(abs(a), abs(b)) > MAX_CONTOUR_COORD:
-                raise ValueError(f"contour[{i}]: coordinates must lie within +-{MAX_CONTOUR_COORD:g} voxels, "
-                                 f"got {[a, b]}")
-        return out
+        return rules.lasso_contour(value)
 
     @field_validator("label", mode="before")
     @classmethod
     def _check_label(cls, value: Any) -> int:
-        return _label(value)
+        return rules.region_label(value)

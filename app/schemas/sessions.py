@@ -3,18 +3,18 @@
 Geometry follows SimpleITK's ``GetArrayFromImage`` order: ``shape`` is [D, H, W] = (z, y, x) and
 ``spacing`` is [sz, sy, sx] in mm; ``origin`` is the LPS position (x, y, z) of voxel [0, 0, 0] and
 ``direction`` the 9 direction-cosine values row-major, both exactly as SimpleITK's ``GetOrigin()`` /
-``GetDirection()`` report them (ITK axis order x, y, z).
+``GetDirection()`` report them (ITK axis order x, y, z). The SDK reads the same replies into the dataclasses
+of ``client.wire.replies`` (where the geometry types are defined); ``tests/sdk/test_wire_drift.py`` keeps the two
+alike.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Shape3 = tuple[int, int, int]
-Vec3 = tuple[float, float, float]
-Direction9 = tuple[float, float, float, float, float, float, float, float, float]
-Box6 = tuple[int, int, int, int, int, int]
-"""Inclusive voxel box [z0, y0, x0, z1, y1, x1]."""
+from client.wire.replies import Box6, Direction9, Shape3, Vec3
+
+__all__ = ["Box6", "Direction9", "ObjectInfo", "SessionCreated", "SessionInfo", "Shape3", "Vec3", "VolumeGeometry"]
 
 
 class VolumeGeometry(BaseModel):

@@ -16,8 +16,12 @@ Bbox = tuple[int, int, int, int, int, int]
 
 
 class StepChange(Protocol):
-    indices: np.ndarray  # (n,) int64 ascending flat indices into (D, H, W)
-    values: np.ndarray  # (n,) uint8 new values
+    # Read-only members: the predictor's ``Change`` is a frozen dataclass.
+    @property
+    def indices(self) -> np.ndarray: ...  # (n,) int64 ascending flat indices into (D, H, W)
+
+    @property
+    def values(self) -> np.ndarray: ...  # (n,) uint8 new values
 
 
 def net_change(changes: Sequence[StepChange], shape: tuple[int, int, int]) -> tuple[int, Bbox | None]:

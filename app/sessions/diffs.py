@@ -52,20 +52,32 @@ __all__ = [
     "decode_diff",
     "encode_change",
     "encode_diff",
-    "encode_removal",
     "encode_snapshot",
 ]
 
 
 class ChangeLike(Protocol):
-    """What ``encode_change`` reads from ``app.models.state.Change`` (kept structural: no torch import)."""
+    """What ``encode_change`` reads from ``app.models.state.Change`` (kept structural: no torch import).
 
-    object_id: int
-    version: int
-    step: str
-    indices: np.ndarray
-    values: np.ndarray
-    bbox: tuple[int, int, int, int, int, int] | None
+    Read-only members, as the frozen dataclass has them."""
+
+    @property
+    def object_id(self) -> int: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def step(self) -> str: ...
+
+    @property
+    def indices(self) -> np.ndarray: ...
+
+    @property
+    def values(self) -> np.ndarray: ...
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int, int, int] | None: ...
 
 
 def encode_change(
@@ -89,10 +101,3 @@ def encode_change(
         bbox=change.bbox,
         compress=compress,
     )
-
-
-def encode_removal(object_id: int, version: int, shape: Sequence[int]) -> bytes:
-    """An empty snapshot at ``version``: the object's mask is all zero (sent when an object is removed,
-    alongside the JSON ``removed`` message)."""
-    d, h, w = (int(s) for s in shape)
-    return encode_snapshot(np.zeros((d, h, w), dtype=np.uint8), object_id=object_id, version=version)

@@ -36,11 +36,16 @@ class RecordedReply:
 
 def replies_from_history(history: Iterable[PromptRecord]) -> dict[str, RecordedReply]:
     """Key -> recorded reply of every keyed prompt in ``history`` (a restored session answers retries too)."""
-    return {
-        p.key: RecordedReply(request_fingerprint(p.op, p.object_id, p.args), p.reply)
-        for p in history
-        if p.key is not None and p.reply is not None
-    }
+    out: dict[str, RecordedReply] = {}
+    for p in history:
+        if p.key is not None and p.reply is not None:
+            out[p.key] = RecordedReply(request_fingerprint(p.op, p.object_id, p.args), p.reply)
+        elif p.op == "refine" and p.reply is not None:
+            # A deferred refinement completes the replies of the "both" clicks it covered (app.sessions.refinement).
+            for key, reply in p.reply.get("completes", {}).items():
+                if key in out:
+                    out[key] = RecordedReply(out[key].fingerprint, reply)
+    return out
 
 
 def recorded_reply(replies: dict[str, RecordedReply], key: str | None, fingerprint: str) -> dict[str, Any] | None:

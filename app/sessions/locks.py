@@ -56,14 +56,59 @@ class OrderedLock:
     def locked(self) -> bool:
         return self._lock.locked()
 
-    async def __aenter__(self) -> OrderedLock:
+    async def acquire(self, give_up: asyncio.Event | None = None) -> bool:
+        """Take the lock (order checked first); with ``give_up``, stop waiting once it is set and return False.
+
+        The lock is taken in this task's name either way: ``release`` it from the same task.
+        """
         held = held_levels()
         if held and max(held) >= self.level:
             raise LockOrderError(
                 f"lock order: cannot take {self.name!r} (level {self.level}) while holding levels {held}"
             )
-        await self._lock.acquire()
+        if give_up is None or not self._lock.locked():
+            await self._lock.acquire()
+        elif not await self._acquire_unless(give_up):
+            return False
         _set_held(held + (self.level,))
+        return True
+
+    async def _acquire_unless(self, give_up: asyncio.Event) -> bool:
+        # asyncio.Lock has no owner, so a helper task may take it in this task's name.
+        take = asyncio.ensure_future(self._lock.acquire())
+        stop = asyncio.ensure_future(give_up.wait())
+        try:
+            await asyncio.wait((take, stop), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this task was cancelled while waiting: never keep a lock it will not release
+            stop.cancel()
+            take.cancel()
+            await asyncio.gather(take, return_exceptions=True)
+            if take.done() and not take.cancelled() and take.exception() is None:
+                self._lock.release()
+            raise
+        stop.cancel()
+        if not take.done():
+            take.cancel()
+            await asyncio.gather(take, return_exceptions=True)  # it may have been granted in the same turn
+        if take.cancelled():
+            return False
+        if give_up.is_set():  # granted and given up in the same turn: the give-up wins, the lock moves on
+            self._lock.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        """Release a lock this task took with ``acquire``."""
+        held = list(held_levels())
+        if self.level in held:
+            held.reverse()
+            held.remove(self.level)
+            held.reverse()
+        _set_held(tuple(held))
+        self._lock.release()
+
+    async def __aenter__(self) -> OrderedLock:
+        await self.acquire()
         return self
 
     async def __aexit__(
@@ -72,10 +117,4 @@ class OrderedLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        held = list(held_levels())
-        if self.level in held:
-            held.reverse()
-            held.remove(self.level)
-            held.reverse()
-        _set_held(tuple(held))
-        self._lock.release()
+        self.release()

@@ -47,7 +47,8 @@ import numpy as np
 
 from app.errors import CapacityExceeded, InvalidInput, ServiceError, SessionNotFound
 from app.io.volumes import LoadedVolume, VolumeMeta
-from app.sessions.manager import Geometry, Session, SessionManager
+from app.sessions.manager import SessionManager
+from app.sessions.session import Geometry, Session
 
 INITIAL_MODE = "decoder"
 """Mode of a label's first round (and of a replay): the decoder reads all clicks at once."""
@@ -403,7 +404,7 @@ class MonaiLabelBridge:
         if track is None:
             return None
         session = entry.session
-        if session.state is not None and track.object_id in session.state.objects:
+        if session.has_object(track.object_id):
             await self.manager.remove_object(session, track.object_id)
         return TrackResult(req.label, track.object_id, session.versions.get(track.object_id, 0), "cleared", 0)
 
@@ -412,7 +413,7 @@ class MonaiLabelBridge:
             return await self._clicks_absent(entry, req)
         session = entry.session
         track = entry.tracks.get(req.label)
-        alive = track is not None and session.state is not None and track.object_id in session.state.objects
+        alive = track is not None and session.has_object(track.object_id)
         if track is not None and alive and _extends(track.foreground, req.foreground) \
                 and _extends(track.background, req.background) \
                 and _inside(req.foreground[len(track.foreground):], track.box):

@@ -41,8 +41,10 @@ import numpy as np
 from app.errors import CapacityExceeded, InvalidInput, LeaseGone, NothingToUndo, ObjectNotFound, ServiceError
 from app.models import regions
 from app.schemas.nninteractive import TARGET_DTYPES
-from app.sessions.manager import Geometry, PromptOutcome, Session, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.monailabel_bridge import click_box
+from app.sessions.outcomes import PromptOutcome
+from app.sessions.session import Geometry, Session
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +276,7 @@ class LeaseRegistry:
         session = self.session_of(lease)
         self.acted(lease)
         lease.queued.clear()
-        if OBJECT_ID in session.state.objects:
+        if session.has_object(OBJECT_ID):
             await self.manager.reset(session, OBJECT_ID)
             lease.undo_counts.append(1)
 
@@ -288,7 +290,7 @@ class LeaseRegistry:
             return [await m.add_region(session, OBJECT_ID, flat, 0, mode=REGION_MODE)]
         if item.kind == "point":
             assert item.point is not None
-            if item.include and _is_empty(session):
+            if item.include and session.object_is_blank(OBJECT_ID):
                 box = click_box([item.point], session.record.spacing, session.shape)
                 assert box is not None  # one foreground click
                 first = await m.add_box(session, OBJECT_ID, box)
@@ -343,12 +345,6 @@ def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
         raise InvalidInput(f"image_properties.spacing: expected 3 positive numbers, got {values!r}",
                            field="image_properties.spacing")
     return (float(values[0]), float(values[1]), float(values[2]))
-
-
-def _is_empty(session: Session) -> bool:
-    """Whether the lease's object has nothing yet (no box, no mask, no logits)."""
-    obj = session.state.objects.get(OBJECT_ID)
-    return obj is None or (obj.box is None and obj.logits is None)
 
 
 def _box_mask(box: Box3, shape: tuple[int, int, int]) -> np.ndarray:

@@ -23,7 +23,6 @@ rebuilt logits, hidden states, undo stacks and versions equal the ones acknowled
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -34,20 +33,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from app.errors import CapacityExceeded, StoreUnavailable
 from app.models import regions
-from app.sessions.store import PromptRecord, SessionRecord
+from app.sessions.store import PromptRecord
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
-    from app.models.state import SessionState
-    from app.sessions.manager import SessionManager
+    from app.models import Predictor, SessionState
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +56,11 @@ _MASKS = "masks"
 # Several replicas share one storage_dir: a folder without a record may be a creation in flight on another
 # replica (the volume is written before the record), so only folders this old are swept as orphans.
 ORPHAN_GRACE_S = 3600.0
+
+
+def storable_session_id(session_id: str) -> bool:
+    """Whether ``session_id`` may name a storage folder (never a path)."""
+    return _SESSION_ID.match(session_id) is not None
 
 
 class ReplayError(Exception):
@@ -121,18 +122,6 @@ class Persistence:
     storage: SessionStorage
     model: str
     keep_on_shutdown: bool = False
-
-
-@dataclass
-class RestoreSummary:
-    """What ``restore_sessions`` did (ids of each outcome)."""
-
-    restored: list[str] = field(default_factory=list)
-    expired: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    not_here: list[str] = field(default_factory=list)  # records whose volume is not in this storage
-    orphans_removed: int = 0
-    seconds: float = 0.0
 
 
 class SessionStorage:
@@ -271,8 +260,13 @@ def _apply(predictor: Predictor, state: SessionState, prompt: PromptRecord,
             return predictor.add_text(state, oid, args["text"], args["box"], args["points"] or None,
                                       args["labels"] or None).version
         case "clicks":
-            changes = predictor.add_clicks(state, oid, args["points"], args["labels"], mode=args["mode"])
+            changes = predictor.add_clicks(state, oid, args["points"], args["labels"], mode=args["mode"],
+                                           refine=False)
+            if changes[-1].version < prompt.version:  # a "both" click refined at once (before deferred refinement)
+                changes.append(predictor.refine(state, oid))
             return changes[-1].version
+        case "refine":  # the deferred decoder step of "both" clicks (app.sessions.refinement)
+            return predictor.refine(state, oid).version
         case "region":  # a scribble or a lasso (app.models.regions), recorded as runs of flat indices
             region = regions.from_runs(args["runs"])
             return predictor.add_region(state, oid, region, args["label"], mode=args["mode"])[-1].version
@@ -320,82 +314,3 @@ def _describe(e: Exception) -> str:
     if isinstance(e, OSError):
         return e.strerror or type(e).__name__
     return f"{type(e).__name__}: {e}"
-
-
-async def restore_sessions(manager: SessionManager) -> RestoreSummary:
-    """Rebuild, at startup, every session the store knows whose volume is in this process's storage.
-
-    Most recently used first (they get the room when capacity is short). A session past its idle timeout
-    or maximum age (wall clock, from its record) is deleted and its token answers 410 ``expired``; one
-    whose rebuild fails (unreadable files, other model weights, replay diverged, no room) answers 410 with
-    the reason, and its record and files are kept for a later process. Storage directories the store no
-    longer knows (sessions ended while this process was down, a crash between writing the volume and the
-    record) are removed. Records without a volume here belong to another process and are left alone.
-
-    With several replicas (``manager.replica_id``) only the sessions the directory says this replica owns
-    are restored (the others are taken over on their first request, ``app.sessions.replicas``), and only
-    orphan folders older than ``ORPHAN_GRACE_S`` are removed.
-    """
-    persistence = manager.persistence
-    if persistence is None:
-        raise RuntimeError("restore: the manager has no storage (Settings.storage_dir)")
-    storage, store, limits = persistence.storage, manager.store, manager.limits
-    summary = RestoreSummary()
-    started = time.perf_counter()
-    records: list[SessionRecord] = []
-    for sid in await store.session_ids():
-        record = await store.get_session(sid)
-        if record is None:  # its keys expired in Redis: forget the id too
-            await store.delete_session(sid)
-        else:
-            records.append(record)
-    known = {r.session_id for r in records}
-    replica = manager.replica_id
-    grace = ORPHAN_GRACE_S if replica is not None else None
-    for sid in await asyncio.to_thread(storage.session_ids, older_than_s=grace):
-        if sid not in known:
-            await asyncio.to_thread(storage.delete, sid)
-            summary.orphans_removed += 1
-    owners: dict[str, str | None] = {}
-    if replica is not None:
-        owners = await store.session_owners(sorted(known))  # type: ignore[attr-defined]
-    now = time.time()
-    for record in sorted(records, key=lambda r: r.last_used_at, reverse=True):
-        sid = record.session_id
-        if replica is not None and owners.get(sid) != replica:
-            summary.not_here.append(sid)  # another replica's, or nobody's: taken over on its first request
-            continue
-        if not _SESSION_ID.match(sid) or not await asyncio.to_thread(storage.has_volume, sid):
-            summary.not_here.append(sid)
-            continue
-        expired = ("max_age" if now - record.created_at > limits.max_session_age_s else
-                   "idle" if now - record.last_used_at > limits.idle_timeout_s else None)
-        if expired is not None:
-            manager.refuse_restored(record, expired)
-            await store.delete_session(sid)
-            await asyncio.to_thread(storage.delete, sid)
-            summary.expired.append(sid)
-            log.info("session %s expired (%s) while the server was down: deleted", sid, expired)
-            continue
-        t0 = time.perf_counter()
-        history = await store.prompt_history(sid)
-        versions = await store.object_versions(sid)
-        try:
-            session = await manager.restore(record, history, stored_versions=versions)
-        except (ReplayError, CapacityExceeded) as e:
-            log.error("session %s: cannot restore it (record and files kept): %s", sid, e)
-            manager.refuse_restored(record, "restore_failed", detail=str(e))
-            summary.failed.append(sid)
-            continue
-        except StoreUnavailable:
-            raise  # the store went away during startup: do not start half restored
-        except Exception:  # one broken session must not keep the server from starting
-            log.exception("session %s: cannot restore it (record and files kept)", sid)
-            manager.refuse_restored(record, "restore_failed", detail="its replay failed (see the server log)")
-            summary.failed.append(sid)
-            continue
-        summary.restored.append(sid)
-        log.info("restored session %s: %d prompts, %d objects, in %.2f s", sid, len(history),
-                 len(session.versions), time.perf_counter() - t0)
-    summary.seconds = time.perf_counter() - started
-    return summary

@@ -35,8 +35,9 @@ import time
 from dataclasses import dataclass
 
 from app.errors import CapacityExceeded, StoreUnavailable
-from app.sessions.manager import Session, SessionManager, hash_token
+from app.sessions.manager import SessionManager
 from app.sessions.persistence import ReplayError
+from app.sessions.session import Session, hash_token
 from app.sessions.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class TakeOver:
     session_id: str
     previous: str | None
     previous_alive: bool
-    prompts: int
+    history_entries: int
     seconds: float
 
 
@@ -149,9 +150,9 @@ class ReplicaCoordinator:
         took = TakeOver(session_id, claim.previous, claim.previous_alive, len(history),
                         time.perf_counter() - started)
         self.taken_over.append(took)
-        log.info("took over session %s from %s (%s): %d prompts replayed in %.2f s", session_id,
+        log.info("took over session %s from %s (%s): %d history entries replayed in %.2f s", session_id,
                  claim.previous or "nobody", "its heartbeat still fresh" if claim.previous_alive else "its heartbeat expired",
-                 took.prompts, took.seconds)
+                 took.history_entries, took.seconds)
         return manager.authenticate(session_id, token)
 
     async def _beat(self) -> None:

@@ -18,22 +18,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.config import Settings
+from app.sessions.admission import AdmissionLimits
 from app.sessions.executor import DeviceExecutor
-from app.sessions.manager import SessionLimits, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.metrics import ServiceMetrics
-from app.sessions.persistence import (
-    Persistence,
-    RestoreSummary,
-    SessionStorage,
-    model_fingerprint,
-    restore_sessions,
-)
+from app.sessions.persistence import Persistence, SessionStorage, model_fingerprint
 from app.sessions.reaper import Reaper
 from app.sessions.replicas import ReplicaCoordinator
+from app.sessions.restore import RestoreSummary
+from app.sessions.session import SessionLimits
 from app.sessions.store import MetadataStore, RedisStore, build_store
 
 if TYPE_CHECKING:
-    from app.models.predictor import Predictor
+    from app.models import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +68,22 @@ def limits_from(settings: Settings) -> SessionLimits:
         stream_queue_frames=settings.stream_queue_frames,
         seed=settings.seed,
         exclusive_objects=settings.exclusive_objects,
+        idle_trim_s=settings.idle_trim_s,
+        admission=AdmissionLimits(max_queue=settings.admission_max_queue, max_wait_ms=settings.admission_max_wait_ms,
+                                  window_s=settings.admission_window_s, min_samples=settings.admission_min_samples),
     )
 
 
 def load_predictor(settings: Settings) -> Predictor:
     """Build the model named by the settings (blocking: call it in a thread)."""
-    from app.models.build import build_predictor
+    from app.models import build_predictor
 
     if settings.weights is None and not settings.allow_random_weights:  # Settings validates it too
         raise ValueError("weights: None (random init) requires allow_random_weights=True")
     if settings.weights is None:
         log.warning("model %s runs with RANDOM weights (allow_random_weights=True): for tests and timing only",
                     settings.model_config_name)
-    from app.models.predictor import PredictorConfig
+    from app.models import PredictorConfig
 
     return build_predictor(settings.model_config_name, weights=settings.weights, device=settings.device,
                            predictor_config=PredictorConfig(propagation_reach=settings.click_propagation_reach,
@@ -154,7 +154,7 @@ async def start_services(
         restored = None
         if persistence is not None:
             # Eager: the server answers only once every stored session is back (one log line per session).
-            restored = await restore_sessions(manager)
+            restored = await manager.restore_sessions()
             log.info("restore: %d session(s) restored, %d failed, %d expired, %d of other processes, "
                      "%d orphan folder(s) removed, in %.2f s", len(restored.restored), len(restored.failed),
                      len(restored.expired), len(restored.not_here), restored.orphans_removed, restored.seconds)

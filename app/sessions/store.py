@@ -29,9 +29,9 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
 from app.errors import SessionRecordLost, StoreUnavailable
 
@@ -96,7 +96,9 @@ class PromptRecord:
     """One acknowledged prompt, as appended to a session's history.
 
     Attributes:
-        op: "box" | "clicks" | "region" (scribble or lasso) | "undo" | "reset" | "mask" | "remove".
+        op: "box" | "clicks" | "region" (scribble or lasso) | "undo" | "reset" | "mask" | "remove" | "refine" (the
+            deferred decoder step of ``both`` clicks; its ``reply`` holds ``{"completes": {key: reply}}``, the
+            complete replies of the keyed clicks it covered).
         object_id: the object it changed.
         args: the prompt's JSON arguments (box, points/labels/mode, mask digest, ...).
         version: the object's version after the prompt.
@@ -280,11 +282,15 @@ class Claim:
     previous_alive: bool = False
 
 
-def _store_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Report any Redis or socket failure as ``StoreUnavailable``."""
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _store_errors(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """Report any Redis or socket failure as ``StoreUnavailable`` (the wrapped method keeps its signature)."""
 
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         from redis.exceptions import RedisError
 
         try:
@@ -307,6 +313,8 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = "segsvc:", ttl_s: float | None = None) -> None:
         import redis.asyncio as aioredis
 
+        # decode_responses: every reply is str. redis' stubs type replies ``bytes | str`` whatever the client's
+        # settings, hence the casts to str in the reads below.
         self._client = aioredis.from_url(url, decode_responses=True)
         self._prefix = prefix
         self._ttl_s = ttl_s
@@ -365,7 +373,7 @@ class RedisStore:
 
     @_store_errors
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        fields = await self._client.hgetall(self._k_session(session_id))
+        fields = cast(dict[str, str], await self._client.hgetall(self._k_session(session_id)))
         if not fields or "record" not in fields:
             return None
         record = SessionRecord.from_json(fields["record"])
@@ -389,7 +397,7 @@ class RedisStore:
 
     @_store_errors
     async def session_ids(self) -> list[str]:
-        ids = await self._client.smembers(self._k_sessions())
+        ids = cast(set[str], await self._client.smembers(self._k_sessions()))
         return sorted(ids)
 
     @_store_errors
@@ -418,10 +426,6 @@ class RedisStore:
         await self._client.delete(self._k_replica(replica_id))
 
     @_store_errors
-    async def replica_alive(self, replica_id: str) -> bool:
-        return bool(await self._client.exists(self._k_replica(replica_id)))
-
-    @_store_errors
     async def claim_session(self, session_id: str, replica_id: str) -> Claim:
         """Make ``replica_id`` the session's owner (atomically; from now on only its commits land)."""
         keys = [self._k_session(session_id), self._k_owner(session_id)]
@@ -444,7 +448,7 @@ class RedisStore:
         """The owner of every given session (None: no owner)."""
         if not session_ids:
             return {}
-        owners = await self._client.mget([self._k_owner(sid) for sid in session_ids])
+        owners = cast(list[str | None], await self._client.mget([self._k_owner(sid) for sid in session_ids]))
         return dict(zip(session_ids, owners, strict=True))
 
     @_store_errors
@@ -454,7 +458,7 @@ class RedisStore:
 
     @_store_errors
     async def prompt_history(self, session_id: str, object_id: int | None = None) -> list[PromptRecord]:
-        raw = await self._client.lrange(self._k_prompts(session_id), 0, -1)
+        raw = cast(list[str], await self._client.lrange(self._k_prompts(session_id), 0, -1))
         prompts = [PromptRecord.from_json(t) for t in raw]
         return [p for p in prompts if object_id is None or p.object_id == object_id]
 

@@ -19,9 +19,8 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def text_predictor():  # noqa: ANN201
-    from app.models.build import build_predictor
+    from app.models import PredictorConfig, build_predictor
     from app.models.clip_tokenizer import packaged_vocabulary
-    from app.models.predictor import PredictorConfig
 
     try:
         packaged_vocabulary()

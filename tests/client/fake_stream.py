@@ -9,7 +9,7 @@ from http import HTTPStatus
 import numpy as np
 from websockets.sync.server import Server, ServerConnection, serve
 
-from app.schemas.frames import FRAME_FORMAT_VERSION, encode_diff, encode_snapshot
+from client.wire.frames import FRAME_FORMAT_VERSION, encode_diff, encode_snapshot
 
 
 class FakeStreamServer:

@@ -11,8 +11,8 @@ import json
 
 import numpy as np
 
-from app.schemas.frames import encode_diff, encode_snapshot
 from client import MaskMirror
+from client.wire.frames import encode_diff, encode_snapshot
 
 SHAPE = (4, 5, 6)
 OID = 1

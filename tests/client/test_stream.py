@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from app.schemas.frames import encode_diff
 from client import (
     AsyncMaskStream,
     AuthenticationError,
@@ -22,6 +21,7 @@ from client import (
     StreamError,
     VersionTimeoutError,
 )
+from client.wire.frames import encode_diff
 from tests.client.fake_stream import FakeStreamServer
 
 SHAPE = (12, 16, 20)

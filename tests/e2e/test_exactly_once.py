@@ -83,6 +83,19 @@ def test_a_resent_prompt_gets_the_recorded_reply_and_is_applied_once(server: Ser
     assert s.mask(1)[0] == 3
 
 
+def test_a_resent_removal_is_answered_from_the_record(server: Server) -> None:
+    s, _, _ = _open(server.url)
+    assert s.post("/objects/1/box", {"box": BOX}).status_code == 200
+    key = str(uuid.uuid4())
+    removed = httpx.delete(f"{s.base}/objects/1", headers={**s.auth, KEY_HEADER: key}, timeout=120)
+    assert removed.status_code == 204, removed.text
+    again = httpx.delete(f"{s.base}/objects/1", headers={**s.auth, KEY_HEADER: key}, timeout=120)
+    assert again.status_code == 204, again.text  # not 404: the removal it asks for was made, once
+    unkeyed = httpx.delete(f"{s.base}/objects/1", headers=s.auth, timeout=120)
+    assert unkeyed.status_code == 404  # a new removal of a gone object
+    assert s.post("/objects/1/undo", key=key).status_code == 422  # the key belongs to the removal
+
+
 @pytest.mark.parametrize("key", ["has space", "x" * 129, "", "ключ"])
 def test_a_malformed_key_is_refused_naming_the_header(server: Server, key: str) -> None:
     s, _, _ = _open(server.url)
@@ -105,12 +118,17 @@ def test_a_prompt_resent_after_a_restart_is_not_applied_again(server_factory: Ca
     key = str(uuid.uuid4())
     first = s.post("/objects/1/clicks", CLICK, key=key)
     assert first.status_code == 200, first.text
+    # A "both" click is recorded as its GRU step, then its deferred refinement, which records the full reply.
+    both_key, both = str(uuid.uuid4()), {**CLICK, "points": [[12, 28, 28]], "mode": "both"}
+    first_both = s.post("/objects/1/clicks", both, key=both_key)
+    assert [st["step"] for st in first_both.json()["steps"]] == ["gru", "decoder"], first_both.text
     version, mask = s.mask(1)
 
     kill_server(first_server)  # the reply was sent; suppose the client never got it and retries later
     s = _Session(server_factory(*flags, env=env).url, sid, token)
     again = s.post("/objects/1/clicks", CLICK, key=key)
     assert again.status_code == 200 and again.json() == first.json()
+    assert s.post("/objects/1/clicks", both, key=both_key).json() == first_both.json()
     after_version, after_mask = s.mask(1)
     assert after_version == version and np.array_equal(after_mask, mask)
     assert s.post("/objects/1/clicks", {**CLICK, "labels": [1]}, key=key).status_code == 422

@@ -171,8 +171,11 @@ def test_flow_redis_store(redis_server: tuple[Server, str]) -> None:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         prompts = [json.loads(p) for p in client.lrange(f"{prefix}session:{sid}:prompts", 0, -1)]
-        assert [p["op"] for p in prompts] == ["box"] + ["clicks"] * len(CLICKS)
-        assert [p["args"]["points"] for p in prompts[1:]] == [[list(c[0])] for c in CLICKS]
+        # Each "both" click is followed by its deferred decoder step (a "refine" entry).
+        expected_ops = ["box"] + [op for c in CLICKS for op in (["clicks", "refine"] if c[2] == "both" else ["clicks"])]
+        assert [p["op"] for p in prompts] == expected_ops
+        clicks = [p for p in prompts if p["op"] == "clicks"]
+        assert [p["args"]["points"] for p in clicks] == [[list(c[0])] for c in CLICKS]
         versions = client.hgetall(f"{prefix}session:{sid}:versions")
         assert versions == {"1": str(prompts[-1]["version"])}
         assert client.sismember(f"{prefix}sessions", sid)

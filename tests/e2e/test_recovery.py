@@ -113,9 +113,11 @@ def test_kill_9_then_restart_loses_nothing(server_factory: Callable[..., Server]
     assert client.put_mask(3, mask).status_code == 200  # a new object, on the restored session
 
     log = second.log_path.read_text(errors="replace")
-    restored = re.search(rf"restored session {re.escape(sid)}: (\d+) prompts, (\d+) objects, in ([0-9.]+) s", log)
-    assert restored is not None and restored.groups()[:2] == ("6", "2"), log[-2000:]
-    print(f"restart to ready: {ready_s:.1f} s; restore of 6 prompts: {restored.group(3)} s")
+    # 7 history entries: box, 3 clicks, the "both" click's deferred refinement, undo, the mask.
+    restored = re.search(rf"restored session {re.escape(sid)}: (\d+) history entries, (\d+) objects, in ([0-9.]+) s",
+                         log)
+    assert restored is not None and restored.groups()[:2] == ("7", "2"), log[-2000:]
+    print(f"restart to ready: {ready_s:.1f} s; restore of 7 history entries: {restored.group(3)} s")
 
     assert httpx.delete(client.base, headers=client.headers).status_code == 204
     assert not (storage / sid).exists()  # DELETE forgets the files too

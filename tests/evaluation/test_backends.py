@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.models.build import build_predictor
+from app.models import Predictor, build_predictor
 from app.models.label_map import paint_in_order
-from app.models.predictor import Predictor
 from evaluation.__main__ import main
 from evaluation.backends import MODEL_METHODS, PredictorMethod
 from evaluation.cases import EvalCase, box_from_mask

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.models.build import build_predictor
+from app.models import build_predictor
 from client import Client
 from evaluation.backends import MODEL_METHODS, PredictorMethod, ServerMethod
 from evaluation.cases import EvalCase, box_from_mask

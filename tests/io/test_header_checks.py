@@ -114,11 +114,11 @@ def test_spacing_must_be_positive_and_finite(bad: float) -> None:
 
 
 def test_itk_reasons_keep_the_meaningful_line_without_paths_or_errno_noise() -> None:
-    from app.io.volumes import _itk_reason
+    from app.io.volume_checks import itk_reason
 
     exc = RuntimeError("Exception thrown in SimpleITK ImageFileReader_Execute: /src/itk/Meta.cxx:123:\n"
                        "ITK ERROR: MetaImageIO(0x55d0): File cannot be read: /tmp/upload-x/v.mha for reading.\n"
                        "Reason: Success")
-    assert _itk_reason(exc) == "File cannot be read: the file for reading"
-    assert _itk_reason(RuntimeError("ITK ERROR: NrrdImageIO(0x1): Could not open file (Reason: Success)")) == \
+    assert itk_reason(exc) == "File cannot be read: the file for reading"
+    assert itk_reason(RuntimeError("ITK ERROR: NrrdImageIO(0x1): Could not open file (Reason: Success)")) == \
         "Could not open file"

@@ -44,7 +44,7 @@ def _run_locust(server: Server, out: Path, stream_prob: str) -> tuple[subprocess
     return done, stats
 
 
-@pytest.mark.parametrize(("stream_prob", "viewer_steps"), [("0", {"mask"}), ("1", {"stream_open", "frame"})],
+@pytest.mark.parametrize(("stream_prob", "viewer_steps"), [("0", {"mask"}), ("1", {"stream_open", "frame", "gru_frame"})],
                          ids=["http-refresh", "websocket-stream"])
 def test_every_step_runs_and_none_fails(server: Server, tmp_path: Path, stream_prob: str,
                                         viewer_steps: set[str]) -> None:

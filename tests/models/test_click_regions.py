@@ -116,8 +116,7 @@ def _volume() -> np.ndarray:
 
 
 def _masks_around_a_background_click(click_region_reach: float) -> tuple[np.ndarray, np.ndarray]:
-    from app.models.build import build_predictor
-    from app.models.predictor import PredictorConfig
+    from app.models import PredictorConfig, build_predictor
 
     # confident=inf: the whole region is written, so the test sees where it acts, not the model's confidence.
     cfg = PredictorConfig(propagation_reach=0.0, click_region_reach=click_region_reach, click_region_foreground_reach=0.0,

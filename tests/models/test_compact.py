@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.models.build import build_backbone
+from app.models import build_backbone
 from app.models.compact import PROMPT_CHANNELS, CompactBackbone, FastCPUConv3d
 
 EMBEDDING_BUDGET_BYTES = 8_000_000  # per window, float32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.models.build import get_model_config
+from app.models import get_model_config
 from app.models.corrector import GRUCorrector, apply_correction
 from app.models.sampling import SamplingConfig, build_corrector_input
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.models.build import build_predictor
-from app.models.predictor import Predictor
-from app.models.state import Click, SessionState
+from app.models import Click, Predictor, SessionState, build_predictor
+from app.models.corrector_step import exclusion_clicks
 
 SHAPE = (23, 61, 47)
 SPACING = (3.0, 0.8, 0.8)
@@ -44,13 +43,13 @@ def _two_objects(predictor: Predictor, exclusive: bool) -> SessionState:
 
 def _record_decoder_points(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> list[list[tuple]]:
     seen: list[list[tuple]] = []
-    decode = predictor._decode
+    decode = predictor.decoder.decode
 
     def spy(state, obj, box, points, labels, timer, use_old):  # noqa: ANN001, ANN202
         seen.append([(*map(int, p), int(lab)) for p, lab in zip(points, labels, strict=True)])
         return decode(state, obj, box, points, labels, timer, use_old)
 
-    monkeypatch.setattr(predictor, "_decode", spy)
+    monkeypatch.setattr(predictor.decoder, "decode", spy)
     return seen
 
 
@@ -59,8 +58,8 @@ def test_another_objects_foreground_click_is_a_background_click_here(predictor: 
     state = _two_objects(predictor, exclusive=True)
     predictor.add_clicks(state, 2, [INSIDE_BOTH], [1], mode="decoder")  # "this voxel is object 2"
     predictor.add_clicks(state, 2, [[9, 28, 18]], [0], mode="decoder")  # background clicks are not passed on
-    assert predictor.exclusion_clicks(state, state.objects[1]) == [Click(*INSIDE_BOTH, 0)]
-    assert predictor.exclusion_clicks(state, state.objects[2]) == []  # object 1 has no clicks
+    assert exclusion_clicks(state, state.objects[1]) == [Click(*INSIDE_BOTH, 0)]
+    assert exclusion_clicks(state, state.objects[2]) == []  # object 1 has no clicks
 
     seen = _record_decoder_points(predictor, monkeypatch)
     predictor.add_clicks(state, 1, [[4, 17, 8]], [1], mode="decoder")
@@ -71,32 +70,32 @@ def test_another_objects_foreground_click_is_a_background_click_here(predictor: 
 def test_independent_sessions_and_far_or_shared_clicks_pass_nothing(predictor: Predictor) -> None:
     independent = _two_objects(predictor, exclusive=False)
     predictor.add_clicks(independent, 2, [INSIDE_BOTH], [1], mode="decoder")
-    assert predictor.exclusion_clicks(independent, independent.objects[1]) == []
+    assert exclusion_clicks(independent, independent.objects[1]) == []
 
     state = _two_objects(predictor, exclusive=True)
     far = predictor.init_state(_volume(), SPACING, exclusive_objects=True)
     predictor.add_box(far, 1, [0, 0, 0, 3, 8, 8])
     predictor.add_clicks(far, 2, [[20, 55, 42]], [1], mode="decoder")  # outside object 1's ROI
-    assert predictor.exclusion_clicks(far, far.objects[1]) == []
+    assert exclusion_clicks(far, far.objects[1]) == []
     predictor.add_clicks(state, 1, [INSIDE_BOTH], [1], mode="decoder")
     predictor.add_clicks(state, 2, [INSIDE_BOTH], [1], mode="decoder")  # both claim the voxel: each keeps its own
-    assert predictor.exclusion_clicks(state, state.objects[1]) == []
-    assert predictor.exclusion_clicks(state, state.objects[2]) == []
+    assert exclusion_clicks(state, state.objects[1]) == []
+    assert exclusion_clicks(state, state.objects[2]) == []
 
 
 def test_the_gru_step_reads_the_exclusions_too(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.models.predictor as predictor_module
+    import app.models.corrector_step as corrector_step_module
 
     state = _two_objects(predictor, exclusive=True)
     predictor.add_clicks(state, 2, [INSIDE_BOTH], [1], mode="decoder")
     seen: list[list[tuple]] = []
-    build = predictor_module.build_corrector_input
+    build = corrector_step_module.build_corrector_input
 
     def spy(logits, roi, shape, clicks, labels, *rest):  # noqa: ANN001, ANN202
         seen.append([(*map(int, c), int(lab)) for c, lab in zip(clicks.tolist(), labels.tolist(), strict=True)])
         return build(logits, roi, shape, clicks, labels, *rest)
 
-    monkeypatch.setattr(predictor_module, "build_corrector_input", spy)
+    monkeypatch.setattr(corrector_step_module, "build_corrector_input", spy)
     predictor.add_clicks(state, 1, [[4, 17, 8]], [1], mode="gru")
     assert seen == [[(*INSIDE_BOTH, 0), (4, 17, 8, 1)]]
 

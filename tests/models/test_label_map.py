@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.models.build import build_predictor
+from app.models import Predictor, UnknownObjectError, build_predictor
 from app.models.label_map import OVERLAP_RULES, paint_by_confidence, paint_in_order
-from app.models.predictor import Predictor, UnknownObjectError
 from app.schemas.prompts import OverlapRule
 
 SHAPE = (6, 8, 8)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import app.models.predictor as predictor_module
-from app.models.build import build_predictor
-from app.models.predictor import Predictor
+import app.models.corrector_step as corrector_step_module
+from app.models import Predictor, build_predictor
 from app.models.sampling import build_corrector_input
 
 SHAPE = (23, 61, 47)
@@ -43,7 +42,7 @@ def corrector_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[tupl
         calls.append((tuple(int(a) for a in anchor), int(generator.initial_seed())))
         return build_corrector_input(*args, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "build_corrector_input", recording)
+    monkeypatch.setattr(corrector_step_module, "build_corrector_input", recording)
     yield calls
 
 

@@ -7,9 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_dilation
 
-from app.models import propagation
-from app.models.build import build_predictor
-from app.models.predictor import PredictorConfig
+from app.models import PredictorConfig, build_predictor, propagation
 from app.models.propagation import PropagationConfig, frame_sampling, propagate_clicks
 
 SHAPE = (8, 32, 32)

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.models import regions
-from app.models.build import build_predictor
-from app.models.predictor import Predictor
-from app.models.state import SessionState
+from app.models import Predictor, SessionState, build_predictor, regions
 
 SHAPE = (23, 61, 47)
 SPACING = (3.0, 0.8, 0.8)

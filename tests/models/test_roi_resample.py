@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from app.models import Predictor, PredictorConfig, SessionState, get_model_config
 from app.models import geometry as geo
-from app.models.build import build_predictor, get_model_config, resolve_inference
-from app.models.predictor import Predictor, PredictorConfig
+from app.models.build import build_predictor, resolve_inference
 from app.models.preprocess import normalize_intensity
-from app.models.state import SessionState
 from app.models.weights import save_checkpoint
 from training.sampler import roi_view
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.models.build import get_model_config
+from app.models import get_model_config
 from app.models.segvol import SegVol
 
 REFERENCE_LIST = Path(__file__).resolve().parents[1] / "fixtures" / "segvol_state_dict.tsv"

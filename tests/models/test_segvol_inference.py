@@ -162,8 +162,8 @@ def test_point_draw_takes_the_positives_nearest_the_clicks_when_there_are_more_t
 
 
 def test_segvol_base_runs_segvols_inference_unless_the_weights_say_otherwise() -> None:
-    from app.models.build import get_model_config, resolve_inference
-    from app.models.predictor import PredictorConfig
+    from app.models import PredictorConfig, get_model_config
+    from app.models.build import resolve_inference
 
     default = get_model_config("segvol-base").default_zoom_in
     assert default == "segvol" and get_model_config("compact").default_zoom_in == "windows"

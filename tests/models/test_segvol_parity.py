@@ -21,10 +21,8 @@ import SimpleITK as sitk
 import torch
 from torch.nn import functional as F
 
-from app.models.build import build_predictor
-from app.models.predictor import Predictor
+from app.models import Predictor, SessionState, build_predictor
 from app.models.segvol_inference import SegVolPrompt, SegVolTrace, segment
-from app.models.state import SessionState
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "segvol_parity"
 CASES = json.loads((FIXTURES / "cases.json").read_text())

@@ -12,9 +12,12 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from app.models.build import build_predictor  # noqa: E402
+from app.models import (  # noqa: E402
+    Predictor,
+    PredictorConfig,
+    build_predictor,  # noqa: E402
+)
 from app.models.clip_tokenizer import packaged_vocabulary, tokenize  # noqa: E402
-from app.models.predictor import Predictor, PredictorConfig  # noqa: E402
 from app.models.segvol_inference import SegVolPrompt, segment  # noqa: E402
 from tests.volumes import synthetic_volume  # noqa: E402
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from app.models import build_corrector, get_model_config, load_model
 from app.models.__main__ import main as cli_main
-from app.models.build import build_corrector, get_model_config
 from app.models.segvol import SegVol
 from app.models.weights import (
     CHECKPOINT_FORMAT,
@@ -21,7 +21,6 @@ from app.models.weights import (
     LoadReport,
     load_checkpoint,
     load_into,
-    load_model,
     read_checkpoint,
     save_checkpoint,
 )

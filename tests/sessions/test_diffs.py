@@ -10,7 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from app.schemas.frames import (
+from app.sessions.diffs import (
+    VersionMismatchError,
+    apply_diff,
+    decode_diff,
+    encode_change,
+    encode_diff,
+    encode_snapshot,
+)
+from client.wire.frames import (
     FLAG_HAS_BBOX,
     FLAG_ZLIB,
     HEADER,
@@ -20,15 +28,6 @@ from app.schemas.frames import (
     MAGIC,
     _varint_decode,
     _varint_encode,
-)
-from app.sessions.diffs import (
-    VersionMismatchError,
-    apply_diff,
-    decode_diff,
-    encode_change,
-    encode_diff,
-    encode_removal,
-    encode_snapshot,
 )
 
 
@@ -108,7 +107,7 @@ def test_snapshot_replaces_any_local_mask_for_resync() -> None:
     stale = np.random.default_rng(0).integers(0, 2, shape, dtype=np.uint8)
     assert apply_diff(stale, frame, current_version=3) == 11  # version not checked for snapshots
     np.testing.assert_array_equal(stale, truth)
-    empty = decode_diff(encode_removal(2, 12, shape))
+    empty = decode_diff(encode_snapshot(np.zeros(shape, np.uint8), object_id=2, version=12))
     apply_diff(stale, empty)
     assert not stale.any()
 

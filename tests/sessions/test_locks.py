@@ -93,3 +93,18 @@ async def test_executor_runs_off_loop_one_at_a_time() -> None:
     finally:
         release.set()
         executor.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_waiter_that_gives_up_leaves_the_queue_and_the_lock_moves_on() -> None:
+    lock = OrderedLock("device", DEVICE_LEVEL)
+    give_up = asyncio.Event()
+    await lock.acquire()
+    waiting = asyncio.ensure_future(lock.acquire(give_up))
+    behind = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0.01)
+    give_up.set()
+    assert await asyncio.wait_for(waiting, 5) is False
+    lock.release()
+    assert await asyncio.wait_for(behind, 5) is True  # the next waiter gets it; the one that gave up holds nothing
+    assert lock.locked()

@@ -20,8 +20,9 @@ from app.errors import (
 )
 from app.sessions.diffs import apply_diff, decode_diff
 from app.sessions.executor import DeviceExecutor
-from app.sessions.manager import Geometry, SessionLimits, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.reaper import Reaper
+from app.sessions.session import Geometry, SessionLimits
 from app.sessions.store import InProcessStore, PromptRecord
 from app.sessions.subscribers import Close
 
@@ -181,10 +182,30 @@ async def test_prompts_are_recorded_before_the_reply(make_manager) -> None:  # n
     assert [c.step for c in clicks.steps] == ["gru", "decoder"]
     assert box.version < clicks.version < undo.version
     history = await store.prompt_history(session.session_id)
-    assert [(p.op, p.version) for p in history] == [("box", box.version), ("clicks", clicks.version),
-                                                   ("undo", undo.version)]
+    # A "both" click is recorded as its GRU step, then the deferred refinement (its decoder step).
+    gru, decoder = clicks.steps
+    assert [(p.op, p.version) for p in history] == [("box", box.version), ("clicks", gru.version),
+                                                   ("refine", decoder.version), ("undo", undo.version)]
     assert history[1].args == {"points": [[12, 30, 30]], "labels": [1], "mode": "both"}
     assert await store.object_versions(session.session_id) == {1: undo.version}
+
+
+async def test_narrow_reads_see_prompts_and_objects_without_the_device_state(make_manager) -> None:  # noqa: ANN001
+    store = InProcessStore()
+    manager = make_manager(store=store)
+    session, _ = await manager.create(_volume(), GEOMETRY, exclusive_objects=False)
+    assert session.exclusive_objects is False and not session.has_object(1)
+    await manager.add_box(session, 1, [6, 20, 20, 17, 43, 43])
+    await manager.add_clicks(session, 1, [(12, 30, 30)], [1], mode="gru")
+    await manager.add_box(session, 2, [6, 20, 20, 10, 30, 30])
+    await manager.remove_object(session, 2)  # a removed object's prompts stay in its history
+    assert await manager.prompt_counts(session) == {1: 2, 2: 2}
+    assert session.has_object(1) and not session.has_object(2)
+    later = session.record.last_used_at + 60.0
+    await store.touch_session(session.session_id, later)
+    assert (await manager.stored_record(session)).last_used_at == later  # the store's, not the one in memory
+    await manager.close(session)
+    assert not session.has_object(1)  # its state was freed: no AttributeError on a closed session
 
 
 async def test_failed_prompts_leave_session_and_store_unchanged(make_manager) -> None:  # noqa: ANN001

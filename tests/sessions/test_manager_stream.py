@@ -13,7 +13,8 @@ import pytest
 from app.errors import SessionMoved, StoreUnavailable
 from app.sessions.diffs import apply_diff, decode_diff
 from app.sessions.executor import DeviceExecutor
-from app.sessions.manager import Geometry, SessionLimits, SessionManager
+from app.sessions.manager import SessionManager
+from app.sessions.session import Geometry, SessionLimits
 from app.sessions.store import InProcessStore, OwnershipLost, PromptRecord
 from app.sessions.subscribers import Close, Subscriber
 

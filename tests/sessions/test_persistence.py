@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from app.errors import SessionExpired, StoreUnavailable
 from app.sessions.executor import DeviceExecutor
-from app.sessions.manager import Geometry, SessionLimits, SessionManager
+from app.sessions.manager import SessionManager
 from app.sessions.persistence import (
     Persistence,
     ReplayError,
@@ -26,8 +27,8 @@ from app.sessions.persistence import (
     VolumeMeta,
     model_fingerprint,
     replay_history,
-    restore_sessions,
 )
+from app.sessions.session import Geometry, SessionLimits
 from app.sessions.store import InProcessStore, MetadataStore, PromptRecord
 
 SHAPE = (24, 64, 64)
@@ -238,7 +239,7 @@ async def test_a_new_manager_restores_sessions_exactly(managers, store: Metadata
     assert (storage_dir / "masks" / f"{_sha(_square_mask())}.npy").is_file()
 
     second = managers(store)  # the first one "crashed": never shut down
-    summary = await restore_sessions(second)
+    summary = await second.restore_sessions()
     assert summary.restored == [session.session_id] and not summary.failed
     restored = second.authenticate(session.session_id, token)  # the client's token keeps working
     assert restored.record.shape == SHAPE and restored.record.origin == GEOMETRY.origin
@@ -269,7 +270,7 @@ async def test_a_restore_keeps_the_sessions_object_exclusivity(managers, store: 
     chosen, chosen_token = await first.create(_volume(1), GEOMETRY, exclusive_objects=True)  # its own choice
 
     second = managers(store, exclusive_objects=True)  # today's setting differs from the first session's
-    summary = await restore_sessions(second)
+    summary = await second.restore_sessions()
     assert sorted(summary.restored) == sorted([session.session_id, chosen.session_id]) and not summary.failed
     assert second.authenticate(chosen.session_id, chosen_token).state.exclusive_objects is True
     restored = second.authenticate(session.session_id, token)
@@ -299,7 +300,7 @@ async def test_expired_damaged_and_orphaned_sessions_on_restore(managers, store:
     (storage_root / "orphan-dir").mkdir()  # a crash between the volume and the store record
 
     second = managers(store, idle_timeout_s=30, max_session_age_s=60)
-    summary = await restore_sessions(second)
+    summary = await second.restore_sessions()
     assert summary.restored == [kept.session_id]
     assert sorted(summary.failed) == sorted([damaged.session_id, truncated.session_id])
     assert summary.expired == [idle.session_id] and summary.orphans_removed == 1
@@ -316,6 +317,30 @@ async def test_expired_damaged_and_orphaned_sessions_on_restore(managers, store:
 
 
 @pytest.mark.anyio
+async def test_an_expired_session_first_in_line_does_not_stop_the_restore(managers, store: MetadataStore,  # noqa: ANN001
+                                                                          tmp_path: Path) -> None:
+    """Sessions are restored most recently used first; one past its maximum age but used a moment ago comes
+    first, is deleted, and the ones after it are still restored. Every orphan folder goes, not only one."""
+    first = managers(store, max_session_age_s=60)
+    old, old_token = await first.create(_volume(), GEOMETRY)
+    young, young_token = await first.create(_volume(1), GEOMETRY)
+    now = time.time()
+    await store.create_session(replace(old.record, created_at=now - 61, last_used_at=now + 5))
+    await store.touch_session(young.session_id, now)
+    storage_root = tmp_path / "storage"
+    for name in ("orphan-a", "orphan-b"):
+        (storage_root / name).mkdir()
+
+    second = managers(store, max_session_age_s=60)
+    summary = await second.restore_sessions()
+    assert summary.expired == [old.session_id] and summary.restored == [young.session_id]
+    assert summary.orphans_removed == 2 and not (storage_root / "orphan-a").exists()
+    with pytest.raises(SessionExpired, match="max_age|maximum age"):
+        second.authenticate(old.session_id, old_token)
+    assert second.authenticate(young.session_id, young_token).session_id == young.session_id
+
+
+@pytest.mark.anyio
 async def test_shutdown_keeps_durable_sessions_and_delete_forgets_them(managers, store: MetadataStore,  # noqa: ANN001
                                                                         tmp_path: Path) -> None:
     first = managers(store)
@@ -326,7 +351,7 @@ async def test_shutdown_keeps_durable_sessions_and_delete_forgets_them(managers,
     assert not (tmp_path / "storage" / gone.session_id).exists()
     assert (tmp_path / "storage" / kept.session_id / "volume.npy").is_file()
     second = managers(store)
-    assert (await restore_sessions(second)).restored == [kept.session_id]
+    assert (await second.restore_sessions()).restored == [kept.session_id]
 
 
 class _OutageStore(InProcessStore):
@@ -359,7 +384,7 @@ async def test_a_session_closed_by_a_store_outage_comes_back_after_a_restart(man
         first.authenticate(session.session_id, token)  # closed here, as documented
     store.down = False
     second = managers(store)
-    assert (await restore_sessions(second)).restored == [session.session_id]
+    assert (await second.restore_sessions()).restored == [session.session_id]
     mask, version = await second.get_mask(second.authenticate(session.session_id, token), 1)
     assert version == acknowledged[1] == 1 and np.array_equal(mask, acknowledged[0])
 
@@ -376,7 +401,7 @@ async def test_a_restore_replays_with_the_sessions_own_seed_and_undo_goes_on(man
         masks.append(await first.get_mask(session, 1))
 
     second = managers(store, seed=4)  # today's seed differs from the one the session was created with
-    assert (await restore_sessions(second)).restored == [session.session_id]
+    assert (await second.restore_sessions()).restored == [session.session_id]
     restored = second.authenticate(session.session_id, token)
     mask, version = await second.get_mask(restored, 1)
     assert version == masks[-1][1] and np.array_equal(mask, masks[-1][0])
@@ -400,7 +425,7 @@ async def test_a_replay_that_misses_the_stored_versions_is_refused(managers) -> 
     session, token = await first.create(_volume(), GEOMETRY)
     await first.add_box(session, 1, BOX)
     second = managers(store)
-    summary = await restore_sessions(second)
+    summary = await second.restore_sessions()
     assert summary.failed == [session.session_id] and not summary.restored
     with pytest.raises(SessionExpired, match=r"versions: replay and store differ.*\{1: \(1, 2\)\}"):
         second.authenticate(session.session_id, token)
@@ -415,7 +440,7 @@ async def test_short_of_room_the_most_recently_used_session_is_restored(managers
     await store.touch_session(older.session_id, time.time() - 20)
     await store.touch_session(recent.session_id, time.time() - 5)
     second = managers(store, max_sessions=1)
-    summary = await restore_sessions(second)
+    summary = await second.restore_sessions()
     assert summary.restored == [recent.session_id] and summary.failed == [older.session_id]
     assert second.authenticate(recent.session_id, recent_token).session_id == recent.session_id
     with pytest.raises(SessionExpired, match="could not be restored"):

@@ -16,9 +16,10 @@ import pytest
 from app.api.errors import error_response
 from app.errors import SessionExpired, SessionMoved, SessionRecordLost
 from app.sessions.executor import DeviceExecutor
-from app.sessions.manager import Geometry, SessionLimits, SessionManager
-from app.sessions.persistence import Persistence, SessionStorage, model_fingerprint, restore_sessions
+from app.sessions.manager import SessionManager
+from app.sessions.persistence import Persistence, SessionStorage, model_fingerprint
 from app.sessions.replicas import ReplicaCoordinator
+from app.sessions.session import Geometry, SessionLimits
 from app.sessions.store import RedisStore
 from tests.sessions.conftest import REDIS_URL, _redis_reachable
 from tests.volumes import synthetic_volume
@@ -92,7 +93,7 @@ async def test_take_over_replays_exactly_and_fences_the_old_owner(replicas, redi
     moved = await coordinator.session_for(sid, token)
     assert (await redis_store.session_owners([sid]))[sid] == "b"
     assert coordinator.taken_over[-1].previous == "a" and coordinator.taken_over[-1].previous_alive
-    assert coordinator.taken_over[-1].prompts == 2
+    assert coordinator.taken_over[-1].history_entries == 2
     assert await _masks(b, moved) == before  # bit-identical replay on the other replica
 
     # The old owner still holds a copy: its next prompt runs on its device but must not be recorded.
@@ -130,7 +131,7 @@ async def test_a_restarted_replica_restores_only_its_own_sessions(replicas, redi
     theirs, _ = await b.create(synthetic_volume(seed=1), GEOMETRY)
     await a.add_box(mine, 1, BOX)
     restarted_a = replicas("a")  # same replica id, new process
-    summary = await restore_sessions(restarted_a)
+    summary = await restarted_a.restore_sessions()
     assert summary.restored == [mine.session_id]
     assert summary.not_here == [theirs.session_id] and summary.orphans_removed == 0
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from app.coordinates import check_box, check_points, world_box_to_voxel, world_to_voxel
 from app.errors import InvalidInput
 from app.sessions.changes import net_change
-from app.sessions.validation import check_box, check_points, world_box_to_voxel, world_to_voxel
 
 SHAPE = (10, 20, 30)
 
@@ -25,6 +25,13 @@ def test_check_box_names_the_field(box: list[int], message: str) -> None:
     with pytest.raises(InvalidInput, match=message) as info:
         check_box(box, SHAPE)
     assert info.value.field == "box" and info.value.message.startswith("box:")
+
+
+def test_a_broken_rule_is_the_services_422_and_the_predictors_value_error() -> None:
+    # One rule for both callers: the session services catch InvalidInput, the predictor's callers ValueError.
+    with pytest.raises(ValueError, match="^points: point 0 y=20 is outside") as info:
+        check_points([[0, 20, 0]], [1], SHAPE)
+    assert isinstance(info.value, InvalidInput) and info.value.field == "points"
 
 
 def test_check_box_accepts_the_whole_volume() -> None:

@@ -38,7 +38,7 @@ def test_unknown_config_keys_fail(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    from app.models.build import get_model_config
+    from app.models import get_model_config
 
     repo = Path(__file__).resolve().parents[2]
     paths = sorted((repo / "training" / "configs").rglob("*.json"))
@@ -51,7 +51,7 @@ def test_shipped_configs_load() -> None:
 
 
 def test_frame_view_shares_parameters() -> None:
-    from app.models.build import build_backbone, get_model_config
+    from app.models import build_backbone, get_model_config
 
     cfg = get_model_config("compact")
     backbone = build_backbone(cfg)
@@ -85,7 +85,7 @@ def test_one_step_updates_both_models_with_finite_losses(
 def test_run_exports_loadable_weights_and_resume_restores_step_and_rng(
     tmp_path: Path, data_root: Path, engine: DataEngine
 ) -> None:
-    from app.models.weights import load_model
+    from app.models import load_model
 
     cfg = _config(tmp_path, data_root, max_steps=2)
     first = Trainer(cfg, engine=engine)
@@ -145,7 +145,7 @@ def test_box_teacher_is_the_frozen_start_point_and_pulls_the_box_round(
 def test_roi_view_training_exports_weights_the_predictor_runs_resampled(
     tmp_path: Path, data_root: Path
 ) -> None:
-    from app.models.build import build_predictor
+    from app.models import build_predictor
 
     cfg = _config(tmp_path, data_root, max_steps=1,
                   data={"root": str(data_root), "pseudo_pool_size": 2, "roi_view_prob": 1.0})

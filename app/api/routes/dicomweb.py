@@ -19,12 +19,12 @@ from fastapi import APIRouter, Form, Query
 from app.api.deps import ExclusiveObjectsForm, ManagerDep, RouterSessionIdDep, SessionDep
 from app.api.dicomweb_deps import DicomwebDep, LimitsDep, dicomweb_errors, load_series
 from app.api.errors import error_responses
-from app.api.routes.sessions import dicom_headers, dicom_seg
+from app.api.responses import dicom_headers, dicom_seg
 from app.errors import InvalidInput
 from app.schemas import paths
 from app.schemas.monailabel import StoredSeg
 from app.schemas.sessions import SessionCreated
-from app.sessions.manager import Geometry
+from app.sessions.session import Geometry
 
 router = APIRouter(tags=["dicomweb"])
 
@@ -60,7 +60,7 @@ async def create_session_from_dicomweb(
         session_id=r.session_id, token=token, shape=r.shape, spacing=r.spacing, origin=r.origin,
         direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
         expires_in_s=manager.expires_in_s(session), source_format=r.source_format,
-        exclusive_objects=session.state.exclusive_objects,
+        exclusive_objects=session.exclusive_objects,
     )
 
 

@@ -41,7 +41,8 @@ import app as app_package
 from app.api.deps import ManagerDep, SettingsDep
 from app.api.dicomweb_deps import BridgeDep, LimitsDep, OptionalDatastoreDep, dicomweb_errors
 from app.api.errors import error_responses
-from app.api.routes.sessions import dicom_seg
+from app.api.monailabel_params import parse_params
+from app.api.responses import dicom_seg
 from app.errors import InvalidInput
 from app.io.label_files import RESULT_DTYPES, RESULT_EXTENSIONS, encode_label_image
 from app.io.volumes import LoadedVolume, VolumeLimits, load_volume
@@ -171,16 +172,6 @@ async def delete_session(session_id: str, bridge: BridgeDep, manager: ManagerDep
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-
-
-def parse_params(params: str) -> dict[str, Any]:
-    try:
-        value = json.loads(params or "{}")
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"params: not JSON ({e.msg} at {e.pos})", field="params") from None
-    if not isinstance(value, dict):
-        raise InvalidInput("params: expected a JSON object", field="params")
-    return value
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from app.api.dicomweb_deps import (
     dicomweb_errors,
 )
 from app.api.errors import error_responses
-from app.api.routes.monailabel import parse_params
-from app.api.routes.sessions import dicom_seg
+from app.api.monailabel_params import parse_params
+from app.api.responses import dicom_seg
 from app.errors import InvalidInput
 from app.io.label_files import decode_label_upload
 from app.io.monailabel_datastore import (

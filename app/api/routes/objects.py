@@ -17,14 +17,16 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from app.api.deps import IdempotencyKeyDep, ManagerDep, ObjectIdPath, SessionDep, SettingsDep
 from app.api.errors import error_responses
-from app.api.routes.sessions import dicom_headers, dicom_seg, file_response, volume_meta
+from app.api.responses import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_mask
+from app.coordinates import world_box_to_voxel, world_to_voxel
 from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import BoxRequest, ClicksRequest, MaskFormat, PromptReply, StepReply, TextRequest
 from app.schemas.regions import LassoRequest, ScribbleRequest
-from app.sessions.manager import PromptOutcome, Session
-from app.sessions.validation import lasso_region, scribble_region, world_box_to_voxel, world_to_voxel
+from app.sessions.outcomes import PromptOutcome
+from app.sessions.session import Session
+from app.sessions.validation import lasso_region, scribble_region
 
 router = APIRouter(tags=["objects"])
 
@@ -161,6 +163,7 @@ async def get_mask(
 
 @router.delete(paths.OBJECT, status_code=204, summary="Remove the object (not undoable)",
                responses=_READ_ERRORS)
-async def remove_object(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath) -> Response:
-    await manager.remove_object(session, object_id)
+async def remove_object(session: SessionDep, manager: ManagerDep, object_id: ObjectIdPath,
+                        key: IdempotencyKeyDep = None) -> Response:
+    await manager.remove_object(session, object_id, key=key)
     return Response(status_code=204)

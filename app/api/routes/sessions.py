@@ -3,55 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from app.api.deps import ExclusiveObjectsForm, ManagerDep, RouterSessionIdDep, SessionDep, SettingsDep
 from app.api.errors import error_responses
+from app.api.responses import dicom_headers, dicom_seg, file_response, volume_meta
 from app.api.uploads import read_volume
 from app.errors import InvalidInput
-from app.io.dicom_seg import build_seg
-from app.io.volumes import VolumeMeta, save_mask
+from app.io.volumes import save_mask
 from app.schemas import paths
 from app.schemas.prompts import MaskFormat, OverlapRule
 from app.schemas.sessions import ObjectInfo, SessionCreated, SessionInfo
-from app.sessions.manager import Geometry, Session
+from app.sessions.session import Geometry
 
 router = APIRouter(tags=["sessions"])
 
 _AUTH_ERRORS = error_responses(401, 404, 410, 503, s404="Unknown session (or a token of another session).")
-
-
-def volume_meta(session: Session) -> VolumeMeta:
-    r = session.record
-    return VolumeMeta(shape=r.shape, spacing=r.spacing, origin=r.origin, direction=r.direction)
-
-
-def file_response(data: bytes, fmt: MaskFormat, stem: str, headers: dict[str, str] | None = None) -> Response:
-    disposition = {"Content-Disposition": f'attachment; filename="{stem}{fmt.extension}"'}
-    return Response(content=data, media_type=fmt.media_type, headers={**disposition, **(headers or {})})
-
-
-def dicom_headers(session: Session) -> tuple[Any, ...]:
-    """The source series' headers a DICOM SEG references; ``InvalidInput`` naming ``format`` without them."""
-    if session.dicom_headers is not None:
-        return session.dicom_headers
-    if session.record.source_format == "dicom":
-        reason = "its DICOM headers are kept in memory only and this session was restored after a restart"
-    else:
-        reason = f"this session was created from a {session.record.source_format or 'non-DICOM'} upload"
-    raise InvalidInput(f"format: 'dcm' (DICOM SEG) needs a session created from a DICOM series; {reason}. "
-                       "Use npz, nii.gz or nrrd.", field="format")
-
-
-async def dicom_seg(labels: np.ndarray, headers: tuple[Any, ...], names: dict[int, str]) -> bytes:
-    """``build_seg`` off the event loop; its refusals become ``InvalidInput`` naming ``format``."""
-    try:
-        return await asyncio.to_thread(build_seg, labels, headers, names)
-    except ValueError as e:
-        raise InvalidInput(f"format: cannot export a DICOM SEG ({e})", field="format") from e
 
 
 @router.post(
@@ -88,24 +57,20 @@ async def create_session(
         session_id=r.session_id, token=token, shape=r.shape, spacing=r.spacing, origin=r.origin,
         direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
         expires_in_s=manager.expires_in_s(session), source_format=r.source_format,
-        exclusive_objects=session.state.exclusive_objects,
+        exclusive_objects=session.exclusive_objects,
     )
 
 
 @router.get(paths.SESSION, summary="Session geometry, objects and expiry", responses=_AUTH_ERRORS)
 async def get_session_info(session: SessionDep, manager: ManagerDep) -> SessionInfo:
     summaries = await manager.object_summaries(session)
-    history = await manager.store.prompt_history(session.session_id)
-    prompts: dict[int, int] = {}
-    for p in history:
-        prompts[p.object_id] = prompts.get(p.object_id, 0) + 1
-    stored = await manager.store.get_session(session.session_id)
-    r = stored or session.record
+    prompts = await manager.prompt_counts(session)
+    r = await manager.stored_record(session)
     return SessionInfo(
         session_id=r.session_id, shape=r.shape, spacing=r.spacing, origin=r.origin,
         direction=r.direction, modality=r.modality, config=r.config,  # type: ignore[arg-type]
         created_at=r.created_at, last_used_at=r.last_used_at, expires_in_s=manager.expires_in_s(session),
-        source_format=r.source_format, exclusive_objects=session.state.exclusive_objects,
+        source_format=r.source_format, exclusive_objects=session.exclusive_objects,
         objects=[ObjectInfo(object_id=oid, version=v, voxels=n, bbox=bbox, n_prompts=prompts.get(oid, 0))
                  for oid, v, n, bbox in summaries],
     )

@@ -34,7 +34,8 @@ from app.schemas import paths
 from app.schemas.diffs import CLIENT_MESSAGE_ADAPTER, PingMessage, PongMessage, StreamError, StreamHello
 from app.schemas.errors import ErrorCode, ErrorDetail
 from app.schemas.frames import FRAME_FORMAT_VERSION
-from app.sessions.manager import Session, SessionManager
+from app.sessions.manager import SessionManager
+from app.sessions.session import Session
 from app.sessions.subscribers import Close, Subscriber
 
 router = APIRouter(tags=["stream"])

@@ -1,0 +1,86 @@
+"""Load shedding before slowness: refuse new sessions while the device is already as busy as the admitted
+annotators can bear.
+
+A session count alone does not say whether the box keeps up: 12 annotators that think for seconds between clicks
+leave the device idle most of the time, 12 that send clicks as fast as they can, or one other process on the
+cores, do not. So a new session is refused (``CapacityExceeded``: 503 + Retry-After) while either
+
+- the bulk lane's queue (``DeviceExecutor.bulk.waiting``: calls waiting behind the one that runs) is longer than
+  ``max_queue``, or
+- the 95th percentile of the device queue waits of the last ``window_s`` seconds, in either lane (a lane with at
+  least ``min_samples`` waits in the window), is above ``max_wait_ms``. Per lane, because the instant lane's
+  many near-zero waits would otherwise hide a slow bulk lane in a pooled percentile.
+
+Both read what the admitted sessions experience right now; the waits leave the window by themselves, so
+admission reopens a few seconds after the load drops. Existing sessions are never refused (their requests
+keep their normal path): shedding applies to new work only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from app.errors import CapacityExceeded
+from app.sessions.executor import DeviceExecutor
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """When new sessions are refused (see ``app.config.Settings``, ``admission_*``); None turns a rule off."""
+
+    max_queue: int | None = None
+    max_wait_ms: float | None = None
+    window_s: float = 10.0
+    min_samples: int = 20
+
+
+def p95(values: Iterable[float]) -> float | None:
+    """The 95th percentile (nearest rank) of ``values``, None when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+class Admission:
+    """Decides, from the executor's measured queue, whether a new session may start now."""
+
+    def __init__(self, executor: DeviceExecutor, limits: AdmissionLimits, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.executor = executor
+        self.limits = limits
+        self._clock = clock
+
+    def recent_wait_p95_ms(self) -> float | None:
+        """The higher lane p95 of the device queue waits that ended in the last ``window_s`` seconds (None: no
+        lane had ``min_samples`` waits in the window)."""
+        since = self._clock() - self.limits.window_s
+        worst = None
+        for lane in (self.executor.bulk, self.executor.instant):
+            waits = [ms for at, ms in lane.recent_waits_ms if at >= since]
+            if len(waits) >= self.limits.min_samples and (value := p95(waits)) is not None:
+                worst = value if worst is None else max(worst, value)
+        return worst
+
+    def refusal(self) -> tuple[str, str] | None:
+        """(limit, message) of the rule that refuses a new session now, or None to admit it."""
+        lim = self.limits
+        if lim.max_queue is not None and (queued := self.executor.bulk.waiting) > lim.max_queue:
+            return "queue", f"capacity: {queued} device calls are queued (at most {lim.max_queue} admit new sessions)"
+        if lim.max_wait_ms is not None and (wait := self.recent_wait_p95_ms()) is not None and wait > lim.max_wait_ms:
+            return "latency", (f"capacity: device queue wait p95 {wait:.0f} ms over the last {lim.window_s:g} s "
+                               f"(at most {lim.max_wait_ms:g} ms admit new sessions)")
+        return None
+
+    def check(self, retry_after_s: int, on_refusal: Callable[[str], None] | None = None) -> None:
+        """Raise ``CapacityExceeded`` (with ``retry_after_s``) when a new session must wait."""
+        refused = self.refusal()
+        if refused is None:
+            return
+        limit, message = refused
+        if on_refusal is not None:
+            on_refusal(limit)
+        raise CapacityExceeded(f"{message}; retry later", retry_after_s=retry_after_s)
