@@ -101,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="")
     args, extra = p.parse_known_args(argv)
     rows = []
+    # The runs start in the repository root: a folder inside it is passed (and so recorded) relative to it.
+    out_dir = args.out_dir.resolve()
+    out_arg = str(out_dir.relative_to(REPO_ROOT)) if out_dir.is_relative_to(REPO_ROOT) else str(out_dir)
     for users in (int(u) for u in args.users.split(",")):
         name = f"{args.tag}u{users}"
-        common = ["--name", name, "--duration", args.duration, "--out-dir", str(args.out_dir),
+        common = ["--name", name, "--duration", args.duration, "--out-dir", out_arg,
                   "--users", str(users), "--spawn-rate", args.spawn_rate, "--note", args.note, *extra]
         module = "benchmarks.profile_load" if users == args.profile_users else "loadtests"
         rc = subprocess.run([sys.executable, "-m", module, *common], cwd=REPO_ROOT).returncode

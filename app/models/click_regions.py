@@ -33,7 +33,7 @@ import cc3d
 import numpy as np
 import torch
 
-from app.models.propagation import require_finite
+from app.models.propagation import click_arrays, require_finite
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,7 @@ def apply_click_regions(
     if logits.dim() != 3 or logits.shape != previous_logits.shape or logits.shape != image.shape:
         raise ValueError(f"logits: expected (d, h, w) matching the previous logits {tuple(previous_logits.shape)} "
                          f"and the image {tuple(image.shape)}, got {tuple(logits.shape)}")
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    labels = np.asarray(labels).reshape(-1)
-    if len(points) != len(labels):
-        raise ValueError(f"labels: {len(labels)} labels for {len(points)} points")
+    points, labels = click_arrays(points, labels)
     if not config.enabled or len(points) == 0:
         return logits.clone()
     shape = tuple(int(s) for s in logits.shape)

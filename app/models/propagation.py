@@ -41,6 +41,17 @@ import torch
 from skimage.graph import MCP_Geometric
 
 
+def click_arrays(points: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[int] | np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Clicks as (N, 3) float64 voxel coordinates and their (N,) labels; ``ValueError`` naming ``labels`` when
+    the counts differ (shared by the click propagation and the click regions)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    labs = np.asarray(labels).reshape(-1)
+    if len(pts) != len(labs):
+        raise ValueError(f"labels: {len(labs)} labels for {len(pts)} points")
+    return pts, labs
+
+
 def require_finite(name: str, value: float, *, allow_zero: bool = False) -> None:
     """Refuse a setting that is not a finite number > 0 (>= 0 with ``allow_zero``), naming it."""
     if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
@@ -133,10 +144,7 @@ def propagate_clicks(
     if logits.dim() != 3 or (isinstance(image, torch.Tensor) and logits.shape != image.shape):
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else "?"
         raise ValueError(f"logits: expected (d, h, w) matching the image {got}, got {tuple(logits.shape)}")
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    labels = np.asarray(labels).reshape(-1)
-    if len(points) != len(labels):
-        raise ValueError(f"labels: {len(labels)} labels for {len(points)} points")
+    points, labels = click_arrays(points, labels)
     if not config.enabled or len(points) == 0:
         return logits.clone()
     shape = tuple(int(s) for s in logits.shape)
