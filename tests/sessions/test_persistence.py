@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import re
+import shutil
 import time
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
 import torch
 
+import app.sessions.persistence as persistence_module
 from app.errors import SessionExpired, StoreUnavailable
+from app.models import regions
 from app.sessions.executor import DeviceExecutor
 from app.sessions.manager import SessionManager
 from app.sessions.persistence import (
@@ -106,6 +114,113 @@ def test_damaged_or_foreign_files_are_replay_errors(tmp_path: Path) -> None:
         storage.session_dir("../etc")
 
 
+def test_storage_folders_masks_and_rewrites(tmp_path: Path) -> None:
+    root = tmp_path / "not" / "yet"
+    storage = SessionStorage(root)  # made with its parents
+    meta = VolumeMeta(spacing=SPACING, origin=GEOMETRY.origin, direction=GEOMETRY.direction, seed=7, model="m")
+    storage.save_volume("s1", _volume(), meta)
+    storage.save_volume("s1", _volume(1), meta)  # not exclusive by default: rewritten
+    assert np.array_equal(storage.load_volume("s1").array, _volume(1))
+    with pytest.raises(FileExistsError):
+        storage.save_volume("s1", _volume(), meta, exclusive=True)
+    storage.save_volume("s2", _volume(), meta, exclusive=True)
+    shutil.rmtree(root)  # the storage folder went away under the process: made again
+    storage.save_volume("s3", _volume(), meta)
+    assert storage.has_volume("s3")
+    odd_shape = (3, 5, 7)  # 105 voxels: the packed bits end mid-byte
+    first = (np.arange(105).reshape(odd_shape) % 3 == 0).astype(np.uint8)
+    second = 1 - first  # a second mask of the same session: its masks folder exists
+    for mask in (first, second):
+        digest = storage.save_mask("s3", mask)
+        assert np.array_equal(storage.load_mask("s3", digest, odd_shape), mask)
+    with pytest.raises(ValueError, match="allow_pickle=False"):  # never writes a pickle
+        storage.save_volume("s4", np.empty((1, 1, 1), dtype=object), meta)
+
+
+def test_session_ids_lists_session_folders_only_and_by_age(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = SessionStorage(tmp_path)
+    for name in ("young", "old", "edge"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "stray-file").write_bytes(b"")  # a file with a session-like name
+    (tmp_path / ".hidden dir").mkdir()  # a folder no session id names
+    now = float(int(time.time()))
+    os.utime(tmp_path / "old", (now - 101, now - 101))
+    os.utime(tmp_path / "edge", (now - 100, now - 100))
+    os.utime(tmp_path / "young", (now, now))
+    monkeypatch.setattr(persistence_module, "time", types.SimpleNamespace(time=lambda: now))
+    assert storage.session_ids() == ["edge", "old", "young"]
+    assert storage.session_ids(older_than_s=100) == ["old"]  # older than: not exactly as old
+
+
+def test_stored_files_are_read_without_pickles_and_errors_name_the_reason(tmp_path: Path) -> None:
+    storage = SessionStorage(tmp_path)
+    meta = VolumeMeta(spacing=SPACING, origin=GEOMETRY.origin, direction=GEOMETRY.direction, seed=7, model="m")
+    with pytest.raises(ReplayError, match=r"cannot read the stored volume \(No such file or directory\)"):
+        storage.load_volume("s1")
+    storage.save_volume("s1", _volume(), meta)
+    pickled = np.empty((1, 1, 1), dtype=object)
+    pickled[0, 0, 0] = {"a": 1}
+    np.save(tmp_path / "s1" / "volume.npy", pickled, allow_pickle=True)
+    with pytest.raises(ReplayError, match=r"cannot read the stored volume \(ValueError: .*pickle"):
+        storage.load_volume("s1")
+    (tmp_path / "s1" / "volume.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ReplayError, match=r"cannot read the stored volume \(JSONDecodeError: "):
+        storage.load_volume("s1")
+
+    digest = storage.save_mask("s1", _square_mask())
+    mask_file = tmp_path / "s1" / "masks" / f"{digest}.npy"
+    np.save(mask_file, np.array([b"x", 1], dtype=object), allow_pickle=True)
+    with pytest.raises(ReplayError, match=rf"^mask: cannot read stored mask {digest[:12]} \(ValueError: .*pickle"):
+        storage.load_mask("s1", digest, SHAPE)
+    missing = "0" * 64
+    with pytest.raises(ReplayError, match=rf"^mask: cannot read stored mask {missing[:12]} \(No such file"):
+        storage.load_mask("s1", missing, SHAPE)
+    mask_file.unlink()
+    storage.save_mask("s1", _square_mask())
+    with pytest.raises(ReplayError, match=rf"^mask: stored mask {digest[:12]} does not fit the volume \[2, 2, 2\]$"):
+        storage.load_mask("s1", digest, (2, 2, 2))
+    packed = np.load(mask_file)
+    packed[3] ^= 0xFF
+    np.save(mask_file, packed)
+    with pytest.raises(ReplayError, match=rf"^mask: stored mask {digest[:12]} is corrupt"):
+        storage.load_mask("s1", digest, SHAPE)
+    assert persistence_module._describe(OSError()) == "OSError"  # an OS error without a message
+
+
+def test_files_are_written_through_a_hidden_temporary_beside_them(tmp_path: Path) -> None:
+    """A crash mid-write leaves a '.NAME.*.tmp' file beside the target, never a partial file under its name."""
+    target = tmp_path / "masks" / "volume.npy"
+    target.parent.mkdir()
+    seen: list[str] = []
+
+    def write(f: BinaryIO) -> None:
+        seen.extend(p.name for p in target.parent.iterdir())
+        f.write(b"data")
+
+    persistence_module._atomic_write(target, write)
+    assert len(seen) == 1 and re.fullmatch(r"\.volume\.npy\..+\.tmp", seen[0]), seen
+    assert target.read_bytes() == b"data" and [p.name for p in target.parent.iterdir()] == ["volume.npy"]
+
+
+def test_a_directory_that_cannot_be_synced_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(fd: int) -> None:
+        raise OSError(22, "Invalid argument")  # some file systems refuse fsync on a directory
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    persistence_module._fsync_dir(tmp_path)
+
+
+def test_fingerprint_covers_the_config_and_bfloat16_weights() -> None:
+    part = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    model = types.SimpleNamespace(config_name="tiny", config={"zoom": 1}, backbone=part, corrector=None)
+    before = model_fingerprint(model)  # type: ignore[arg-type]
+    assert model_fingerprint(types.SimpleNamespace(**{**vars(model), "config": {"zoom": 2}})) != before  # type: ignore[arg-type]
+    with torch.no_grad():
+        part.weight[0, 0] += 1.0
+    assert model_fingerprint(model) != before  # type: ignore[arg-type]
+
+
 def test_fingerprint_changes_with_any_weight(predictor) -> None:  # noqa: ANN001
     before = model_fingerprint(predictor)
     assert model_fingerprint(predictor) == before
@@ -137,6 +252,9 @@ def _session_prompts(predictor, state) -> list[PromptRecord]:  # noqa: ANN001
         args = {"points": [list(point)], "labels": [label], "mode": mode}
         rec("clicks", 1, args, predictor.add_clicks(state, 1, [point], [label], mode=mode)[-1].version)
     rec("undo", 1, {}, predictor.undo(state, 1).version)
+    region = regions.fill_lasso(0, 10, [[20, 20], [20, 40], [40, 40]], SHAPE)  # a lasso on slice 10
+    rec("region", 1, {"runs": regions.to_runs(region), "label": 1, "mode": "both"},
+        predictor.add_region(state, 1, region, 1, mode="both")[-1].version)
     mask = _square_mask()
     rec("mask", 2, {"sha256": _sha(mask), "voxels": int(mask.sum())}, predictor.set_mask(state, 2, mask).version)
     rec("clicks", 2, {"points": [[12, 20, 50]], "labels": [0], "mode": "gru"},
@@ -179,6 +297,26 @@ def test_replay_rebuilds_every_object_bit_for_bit(predictor) -> None:  # noqa: A
     assert torch.equal(original.objects[1].logits, rebuilt.objects[1].logits)
 
 
+def test_replay_rebuilds_text_prompts() -> None:
+    from app.models import PredictorConfig, build_predictor
+
+    predictor = build_predictor("segvol-test", weights=None, with_text=True,
+                                predictor_config=PredictorConfig(zoom_in="segvol"))
+    original = predictor.init_state(_volume(), SPACING, seed=5)
+    box, point = [4, 16, 16, 18, 46, 46], [10, 30, 30]
+    history = [
+        PromptRecord(op="text", object_id=1, args={"text": "liver", "box": box, "points": [point], "labels": [1]},
+                     version=predictor.add_text(original, 1, "liver", box, [point], [1]).version),
+        PromptRecord(op="text", object_id=2, args={"text": "spleen", "box": None, "points": [], "labels": []},
+                     version=predictor.add_text(original, 2, "spleen").version),
+    ]
+    rebuilt = predictor.init_state(_volume(), SPACING, seed=5)
+    assert replay_history(predictor, rebuilt, history, {}.__getitem__) == {1: 1, 2: 1}
+    for oid in (1, 2):
+        assert rebuilt.objects[oid].text == original.objects[oid].text
+        assert np.array_equal(predictor.get_mask(rebuilt, oid), predictor.get_mask(original, oid))
+
+
 def test_replay_with_another_seed_or_a_forged_version_fails_loudly(predictor) -> None:  # noqa: ANN001
     state = predictor.init_state(_volume(), SPACING)
     predictor.add_box(state, 1, BOX)
@@ -203,11 +341,12 @@ async def managers(predictor, tmp_path: Path) -> AsyncIterator[Callable[..., Ses
     executors: list[DeviceExecutor] = []
     fingerprint = model_fingerprint(predictor)
 
-    def make(store: MetadataStore, **limits: object) -> SessionManager:
+    def make(store: MetadataStore, clock: Callable[[], float] = time.monotonic, **limits: object) -> SessionManager:
         executor = DeviceExecutor()
         executors.append(executor)
         persistence = Persistence(SessionStorage(tmp_path / "storage"), fingerprint, keep_on_shutdown=True)
-        return SessionManager(predictor, store, executor, SessionLimits(**limits), persistence=persistence)
+        return SessionManager(predictor, store, executor, SessionLimits(**limits), clock=clock,
+                              persistence=persistence)
 
     yield make
     for e in executors:
@@ -284,7 +423,8 @@ async def test_a_restore_keeps_the_sessions_object_exclusivity(managers, store: 
 
 @pytest.mark.anyio
 async def test_expired_damaged_and_orphaned_sessions_on_restore(managers, store: MetadataStore,  # noqa: ANN001
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     first = managers(store, idle_timeout_s=30, max_session_age_s=60)
     kept, kept_token = await first.create(_volume(), GEOMETRY)
     damaged, damaged_token = await first.create(_volume(1), GEOMETRY)
@@ -300,7 +440,11 @@ async def test_expired_damaged_and_orphaned_sessions_on_restore(managers, store:
     (storage_root / "orphan-dir").mkdir()  # a crash between the volume and the store record
 
     second = managers(store, idle_timeout_s=30, max_session_age_s=60)
+    caplog.set_level(logging.INFO, logger="app.sessions.restore")
+    started = time.perf_counter()
     summary = await second.restore_sessions()
+    elapsed = time.perf_counter() - started
+    assert 0.0 <= summary.seconds <= elapsed  # measured inside the call
     assert summary.restored == [kept.session_id]
     assert sorted(summary.failed) == sorted([damaged.session_id, truncated.session_id])
     assert summary.expired == [idle.session_id] and summary.orphans_removed == 1
@@ -311,9 +455,20 @@ async def test_expired_damaged_and_orphaned_sessions_on_restore(managers, store:
     assert (storage_root / damaged.session_id).is_dir()  # kept for a later process (nothing is lost)
     with pytest.raises(SessionExpired, match="could not be restored"):
         second.authenticate(truncated.session_id, truncated_token)
-    with pytest.raises(SessionExpired, match="idle"):
+    with pytest.raises(SessionExpired, match=r"expired \(idle\)$"):
         second.authenticate(idle.session_id, idle_token)
     assert await store.get_session(idle.session_id) is None and not (storage_root / idle.session_id).exists()
+
+    # The operator's log names each session and what became of it.
+    lines = {r.args[0]: r for r in caplog.records if r.name == "app.sessions.restore"}  # type: ignore[index]
+    assert lines[idle.session_id].getMessage() == (f"session {idle.session_id} expired (idle) while the server "
+                                                   "was down: deleted")
+    assert lines[damaged.session_id].getMessage().startswith(
+        f"session {damaged.session_id}: cannot restore it (record and files kept): history[0] (mask on object 1)")
+    restored_line = lines[kept.session_id]
+    assert restored_line.getMessage().startswith(f"restored session {kept.session_id}: 0 history entries, "
+                                                 "0 objects, in ")
+    assert 0.0 <= restored_line.args[-1] <= elapsed  # type: ignore[index]
 
 
 @pytest.mark.anyio
@@ -335,7 +490,7 @@ async def test_an_expired_session_first_in_line_does_not_stop_the_restore(manage
     summary = await second.restore_sessions()
     assert summary.expired == [old.session_id] and summary.restored == [young.session_id]
     assert summary.orphans_removed == 2 and not (storage_root / "orphan-a").exists()
-    with pytest.raises(SessionExpired, match="max_age|maximum age"):
+    with pytest.raises(SessionExpired, match=r"expired \(max_age\)$"):
         second.authenticate(old.session_id, old_token)
     assert second.authenticate(young.session_id, young_token).session_id == young.session_id
 
@@ -445,3 +600,110 @@ async def test_short_of_room_the_most_recently_used_session_is_restored(managers
     assert second.authenticate(recent.session_id, recent_token).session_id == recent.session_id
     with pytest.raises(SessionExpired, match="could not be restored"):
         second.authenticate(older.session_id, older_token)
+
+
+@pytest.mark.anyio
+async def test_a_restore_needs_room_for_the_sessions_device_bytes(managers, store: MetadataStore) -> None:  # noqa: ANN001
+    first = managers(store)
+    session, token = await first.create(_volume(), GEOMETRY)
+    await first.add_box(session, 1, BOX)
+    needed = session.state.nbytes  # the replay rebuilds the same state
+    short = managers(store, max_device_bytes=needed - 1)
+    summary = await short.restore_sessions()
+    assert summary.failed == [session.session_id] and not summary.restored
+    with pytest.raises(SessionExpired, match=f"capacity: the session needs {needed} device bytes, {needed - 1} "):
+        short.authenticate(session.session_id, token)
+    exact = managers(store, max_device_bytes=needed)  # the limit itself is allowed
+    assert (await exact.restore_sessions()).restored == [session.session_id]
+
+
+@pytest.mark.anyio
+async def test_a_restored_session_keeps_its_age_and_idle_time(managers, store: MetadataStore) -> None:  # noqa: ANN001
+    """The expiry clocks go on from the record's wall-clock times; a time in the future (another host's clock)
+    counts as now."""
+    first = managers(store)
+    aged, _ = await first.create(_volume(), GEOMETRY)
+    idle, _ = await first.create(_volume(1), GEOMETRY)
+    wall = time.time()
+    await store.create_session(replace(aged.record, created_at=wall - 50, last_used_at=wall + 100))
+    await store.create_session(replace(idle.record, created_at=wall + 100, last_used_at=wall - 20))
+
+    mono = 10_000.0
+    second = managers(store, clock=lambda: mono)
+    assert sorted((await second.restore_sessions()).restored) == sorted([aged.session_id, idle.session_id])
+    restored_aged, restored_idle = second.held(aged.session_id), second.held(idle.session_id)
+    assert restored_aged is not None and restored_idle is not None
+    assert restored_aged.created_mono <= mono - 50 and restored_aged.last_used_mono == mono
+    assert restored_idle.created_mono == mono and restored_idle.last_used_mono <= mono - 20
+
+
+@pytest.mark.anyio
+async def test_a_restore_keeps_the_order_of_the_last_changes(managers, store: MetadataStore) -> None:  # noqa: ANN001
+    """The label map's overlap order is the order of each object's last change: neither the object ids' nor
+    the order the objects were created in."""
+    first = managers(store)
+    session, token = await first.create(_volume(), GEOMETRY)
+    await first.add_box(session, 3, BOX)
+    await first.add_box(session, 1, [8, 25, 25, 14, 38, 38])
+    await first.add_box(session, 2, [7, 22, 22, 15, 40, 40])
+    await first.add_clicks(session, 1, [(11, 30, 30)], [1], mode="gru")
+    labels_before, order_before = await first.segmentation(session, overlap="recent")
+    assert list(order_before) == [3, 2, 1]
+
+    second = managers(store)
+    assert (await second.restore_sessions()).restored == [session.session_id]
+    labels_after, order_after = await second.segmentation(second.authenticate(session.session_id, token),
+                                                          overlap="recent")
+    assert list(order_after) == [3, 2, 1] and np.array_equal(labels_after, labels_before)
+
+
+@pytest.mark.anyio
+async def test_a_restored_session_answers_a_retried_prompt_from_its_history(managers,  # noqa: ANN001
+                                                                           store: MetadataStore) -> None:
+    first = managers(store)
+    session, token = await first.create(_volume(), GEOMETRY)
+    sent = await first.add_box(session, 1, BOX, key="box-1")
+    second = managers(store)
+    assert (await second.restore_sessions()).restored == [session.session_id]
+    retried = await second.add_box(second.authenticate(session.session_id, token), 1, BOX, key="box-1")
+    assert retried.replayed and retried.version == sent.version == 1
+    assert [p.version for p in await store.prompt_history(session.session_id)] == [1]  # nothing ran again
+
+
+@pytest.mark.anyio
+async def test_a_record_without_its_volume_here_is_left_alone(managers, store: MetadataStore,  # noqa: ANN001
+                                                              tmp_path: Path) -> None:
+    """A record whose volume is not in this storage belongs to another process: neither restored nor refused."""
+    first = managers(store)
+    elsewhere, token = await first.create(_volume(), GEOMETRY)
+    (tmp_path / "storage" / elsewhere.session_id / "volume.json").unlink()
+    second = managers(store)
+    summary = await second.restore_sessions()
+    assert summary.not_here == [elsewhere.session_id] and not summary.failed and not summary.restored
+    assert await store.get_session(elsewhere.session_id) is not None
+    from app.errors import Unauthorized
+
+    with pytest.raises(Unauthorized):  # no tombstone: this process knows nothing of it
+        second.authenticate(elsewhere.session_id, token)
+
+
+@pytest.mark.anyio
+async def test_a_session_exactly_at_its_age_or_idle_limit_is_restored(managers, store: MetadataStore,  # noqa: ANN001
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expired means past the limit (as the registry's clocks count it), not at it."""
+    import types
+
+    import app.sessions.restore as restore_module
+
+    wall = float(int(time.time()))  # a whole number: wall - (wall - 60) == 60 exactly
+    monkeypatch.setattr(restore_module, "time", types.SimpleNamespace(time=lambda: wall,
+                                                                      perf_counter=time.perf_counter))
+    first = managers(store)
+    at_age, _ = await first.create(_volume(), GEOMETRY)
+    at_idle, _ = await first.create(_volume(1), GEOMETRY)
+    await store.create_session(replace(at_age.record, created_at=wall - 60, last_used_at=wall))
+    await store.create_session(replace(at_idle.record, created_at=wall - 10, last_used_at=wall - 30))
+    second = managers(store, idle_timeout_s=30, max_session_age_s=60)
+    summary = await second.restore_sessions()
+    assert not summary.expired
+    assert sorted(summary.restored) == sorted([at_age.session_id, at_idle.session_id])

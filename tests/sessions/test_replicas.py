@@ -7,6 +7,8 @@ real processes behind nginx is ``tests/e2e/test_replicas.py``.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ from app.api.errors import error_response
 from app.errors import SessionExpired, SessionMoved, SessionRecordLost
 from app.sessions.executor import DeviceExecutor
 from app.sessions.manager import SessionManager
-from app.sessions.persistence import Persistence, SessionStorage, model_fingerprint
+from app.sessions.persistence import ORPHAN_GRACE_S, Persistence, SessionStorage, model_fingerprint
 from app.sessions.replicas import ReplicaCoordinator
 from app.sessions.session import Geometry, SessionLimits
 from app.sessions.store import RedisStore
@@ -125,15 +127,27 @@ async def test_wrong_token_never_triggers_a_take_over(replicas, redis_store: Red
     assert b.held(session.session_id) is None
 
 
-async def test_a_restarted_replica_restores_only_its_own_sessions(replicas, redis_store: RedisStore) -> None:  # noqa: ANN001
+async def test_a_restarted_replica_restores_only_its_own_sessions(replicas, redis_store: RedisStore,  # noqa: ANN001
+                                                                   tmp_path: Path) -> None:
+    """Another replica's session (here the most recently used, so first in line) is skipped, not restored, and
+    the ones after it are still restored; only orphan folders older than the grace are swept (a younger one
+    may be a creation in flight on another replica)."""
     a, b = replicas("a"), replicas("b")
     mine, _ = await a.create(synthetic_volume(), GEOMETRY)
     theirs, _ = await b.create(synthetic_volume(seed=1), GEOMETRY)
     await a.add_box(mine, 1, BOX)
+    await b.add_box(theirs, 1, BOX)
+    await redis_store.touch_session(theirs.session_id, time.time() + 60)
+    storage = tmp_path / "storage"
+    (storage / "in-flight").mkdir()
+    (storage / "abandoned").mkdir()
+    old = time.time() - ORPHAN_GRACE_S - 60
+    os.utime(storage / "abandoned", (old, old))
     restarted_a = replicas("a")  # same replica id, new process
     summary = await restarted_a.restore_sessions()
     assert summary.restored == [mine.session_id]
-    assert summary.not_here == [theirs.session_id] and summary.orphans_removed == 0
+    assert summary.not_here == [theirs.session_id] and summary.orphans_removed == 1
+    assert (storage / "in-flight").is_dir() and not (storage / "abandoned").exists()
 
 
 async def test_a_chosen_session_id_is_used_once(replicas) -> None:  # noqa: ANN001
