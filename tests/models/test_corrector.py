@@ -101,6 +101,22 @@ def test_round_recurrence_ignores_padding_rows_and_point_order():
     torch.testing.assert_close(b.delta_p[0, :5], ref.delta_p[0, [3, 1, 4, 0, 2]])
 
 
+@RECURRENCES
+def test_a_hidden_state_of_another_dtype_is_taken_in_the_models(recurrence):
+    model, x = _corrector(recurrence=recurrence), _features()
+    hidden = torch.rand(1, 1, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref, other = model(x, hidden), model(x, hidden.double())
+    assert other.hidden.dtype == torch.float32
+    torch.testing.assert_close(other.delta_p, ref.delta_p)
+
+
+def test_the_first_state_is_zeros_of_one_batch_by_default():
+    model = _corrector(num_layers=2)
+    assert torch.equal(model.init_hidden(), torch.zeros(2, 1, 32))
+    assert model.use_offsets is True and _corrector(use_offsets=False).use_offsets is False
+
+
 def test_unknown_recurrence_is_rejected():
     with pytest.raises(ValueError, match="^recurrence"):
         GRUCorrector(recurrence="sideways")
@@ -213,6 +229,77 @@ def test_apply_rejects_mismatched_inputs():
         apply_correction(logits, ROI, VOLUME, coords, valid, dp[:1], None)
     with pytest.raises(ValueError, match="^delta_c"):
         apply_correction(logits, ROI, VOLUME, coords, valid, dp, torch.zeros(2, 2))
+
+
+def test_apply_rejects_bad_logits_eps_and_coords():
+    coords, valid, dp = _rows([[1, 1, 1], [1, 1, 1]], [True, True], [0.1, 0.1])
+    for logits in (torch.zeros(2, 3, 4, dtype=torch.long), torch.zeros(3, 4)):  # each rule on its own
+        with pytest.raises(ValueError, match="^logits"):
+            apply_correction(logits, ROI, VOLUME, coords, valid, dp, None)
+    for eps in (0.0, 0.5):  # the open interval (0, 0.5)
+        with pytest.raises(ValueError, match="^eps"):
+            apply_correction(_logits(), ROI, VOLUME, coords, valid, dp, None, eps=eps)
+    for bad in (torch.ones(3, 3, dtype=torch.long), torch.ones(2, 2, dtype=torch.long)):  # odd rows; 2 columns
+        with pytest.raises(ValueError, match="^coords"):
+            apply_correction(_logits(), ROI, VOLUME, bad, torch.ones(bad.shape[0], dtype=torch.bool),
+                             torch.full((bad.shape[0],), 0.1), None)
+    with pytest.raises(ValueError, match="^delta_p"):  # only a leading batch of one is dropped
+        apply_correction(_logits(), ROI, VOLUME, torch.ones(4, 3, dtype=torch.long), torch.ones(4, dtype=torch.bool),
+                         torch.full((2, 2), 0.1), None)
+
+
+def test_apply_takes_batched_deltas_and_other_dtypes():
+    """A leading batch of one (the corrector's output) and other float/integer dtypes give the same update."""
+    logits = _logits()
+    coords = torch.tensor([[1, 1, 1], [2, 3, 4], [2, 2, 3], [1, 2, 2]])
+    valid = torch.ones(4, dtype=torch.bool)
+    dp = torch.tensor([0.2, -0.3, 0.1, 0.05])
+    dc = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    ref_new, ref_touched = apply_correction(logits, ROI, VOLUME, coords, valid, dp, dc)
+    for args in ((coords, dp[None], dc[None]), (coords.float(), dp.double(), dc), (coords.int(), dp, dc.double())):
+        new, touched = apply_correction(logits, ROI, VOLUME, args[0], valid, args[1], args[2])
+        assert torch.equal(touched, ref_touched) and torch.equal(new, ref_new)
+    half, _ = apply_correction(logits.half(), ROI, VOLUME, coords, valid, dp, dc)  # written in the logits' dtype
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), ref_new, atol=2e-3, rtol=2e-3)
+    strided = logits.permute(2, 1, 0).contiguous().permute(2, 1, 0)  # same values, not contiguous
+    assert not strided.is_contiguous()
+    new, _ = apply_correction(strided, ROI, VOLUME, coords, valid, dp, dc)
+    assert torch.equal(new, ref_new)
+
+
+def test_a_non_finite_offset_drops_only_its_own_row():
+    logits = _logits()
+    coords, valid, dp = _rows([[1, 1, 1], [2, 3, 4]], [True, True], [0.2, 0.3])
+    dc = torch.tensor([[float("nan"), 0.0, 0.0], [0.0, 0.0, 0.0]])
+    new, touched = apply_correction(logits, ROI, VOLUME, coords, valid, dp, dc)
+    assert touched.tolist() == [[1, 2, 3]]
+    torch.testing.assert_close(new[1, 2, 3], _expected(logits[1, 2, 3].item(), 0.3))
+
+
+def test_offsets_clamp_to_the_volume_edges_where_the_roi_reaches_them():
+    """An ROI on the volume's first and last voxels (or padded past the end): moved points stop at the
+    volume's own edges, 0 and D-1."""
+    volume = (4, 4, 4)
+    roi = (0, 0, 0, 6, 6, 6)  # padded past the volume's end
+    logits = torch.zeros(6, 6, 6)
+    coords = torch.tensor([[0, 0, 0], [3, 3, 3]])
+    dc = torch.tensor([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]])
+    _, touched = apply_correction(logits, roi, volume, coords, torch.ones(2, dtype=torch.bool),
+                                  torch.full((2,), 0.1), dc)
+    assert touched.tolist() == [[0, 0, 0], [3, 3, 3]]
+    _, touched = apply_correction(torch.zeros(4, 4, 4), (0, 0, 0, 4, 4, 4), volume, coords,
+                                  torch.ones(2, dtype=torch.bool), torch.full((2,), 0.1), None)
+    assert touched.tolist() == [[0, 0, 0], [3, 3, 3]]
+
+
+def test_the_first_error_row_beats_every_uncertainty_row():
+    logits = _logits()
+    # K = 2: rows 0-1 uncertainty, rows 2-3 error; rows 0 and 2 (the first error row) land on one voxel.
+    coords = torch.tensor([[1, 1, 1], [2, 3, 4], [1, 1, 1], [2, 2, 2]])
+    new, _ = apply_correction(logits, ROI, VOLUME, coords, torch.ones(4, dtype=torch.bool),
+                              torch.tensor([0.11, 0.12, 0.13, 0.14]), None)
+    torch.testing.assert_close(new[0, 0, 0], _expected(logits[0, 0, 0].item(), 0.13))
 
 
 # --- one full round --------------------------------------------------------------------------------
