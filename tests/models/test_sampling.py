@@ -10,6 +10,7 @@ import torch
 from app.models.sampling import (
     SamplingConfig,
     build_corrector_input,
+    mask_from_logits,
     sample_errors,
     sample_uncertain,
 )
@@ -299,6 +300,74 @@ def test_build_without_clicks_and_rejects_bad_roi():
         build_corrector_input(logits, (0, 0, 0, 3, 2, 2), (4, 4, 4), *no_clicks, (1, 1, 1), cfg, _gen())
     with pytest.raises(ValueError, match="^roi"):
         build_corrector_input(logits, (3, 0, 0, 5, 2, 2), (4, 4, 4), *no_clicks, (1, 1, 1), cfg, _gen())
+
+
+def test_the_mask_is_a_positive_logit():
+    assert mask_from_logits(torch.tensor([-0.5, 0.0, 0.5, 1.0, 3.0])).tolist() == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [(dict(tau=0.6), "tau"), (dict(tau=0.0), "tau"), (dict(k=0), "k")])
+def test_uncertain_sampling_checks_its_own_arguments(kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        sample_uncertain(_line([0.0, 1.0]), **{"tau": 0.1, "k": 2, **kwargs})
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [(dict(radius=-1.0), "radius"), (dict(k=0), "k")])
+def test_error_sampling_checks_its_own_arguments(kwargs, field):
+    args = {"radius": 1.0, "k": 2, **kwargs}
+    with pytest.raises(ValueError, match=f"^{field}"):
+        sample_errors(_line([0.0, 1.0]), torch.tensor([[0, 0, 0]]), torch.tensor([1]), args["radius"], args["k"],
+                      _gen())
+
+
+def test_the_band_edge_itself_is_outside_when_it_is_a_float32():
+    """A tau whose logit bound is exactly a float32 (here 1.0): |z| == 1.0 is not strictly inside."""
+    tau = 0.23105857863000487  # 2 atanh(2 tau) == 1.0 in float64
+    assert 2.0 * math.atanh(2.0 * tau) == 1.0
+    below = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
+    coords, _, valid = sample_uncertain(_line([1.0, below, -1.0, 5.0]), tau, 4)
+    assert valid.tolist() == [True, False, False, False] and coords[0].tolist() == [0, 0, 1]
+
+
+def test_exactly_k_errors_are_all_kept_without_drawing():
+    g = _gen(5)
+    before = g.get_state()
+    _, _, valid = sample_errors(_line([-5.0] * 6), torch.tensor([[0, 0, 2]]), torch.tensor([1]), 1.0, 3, g)
+    assert valid.all() and torch.equal(g.get_state(), before)  # |E_t| == K: no subset drawn
+
+
+@pytest.mark.parametrize("shape", [(838862, 4, 5), (1, 838862, 20)])
+def test_coordinates_are_exact_beyond_float32_integers(shape):
+    """Flat index 2**24 + 3 rounds up in float32 (to a multiple of h*w, resp. w): integer division only."""
+    flat_index = 2**24 + 3
+    logits = torch.full(shape, 5.0)
+    logits.view(-1)[flat_index] = 0.0  # the only uncertain voxel
+    coords, _, valid = sample_uncertain(logits, 0.1, 1)
+    _, h, w = shape
+    assert valid.all() and coords[0].tolist() == [flat_index // (h * w), (flat_index // w) % h, flat_index % w]
+
+
+def test_input_rules_at_their_edges():
+    for bad in (torch.zeros(2, 2, 2, dtype=torch.long), torch.zeros(2, 2)):  # each rule on its own
+        with pytest.raises(ValueError, match="^logits"):
+            sample_uncertain(bad, 0.1, 2)
+    with pytest.raises(ValueError, match="^logits"):
+        sample_uncertain(torch.zeros(2, 2, 2).numpy(), 0.1, 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^labels: expected an integer tensor of shape \(2,\)$"):
+        sample_errors(torch.zeros(3, 3, 3), torch.tensor([[1, 1, 1], [0, 0, 0]]), torch.tensor([1, 0, 1]), 1.0, 4,
+                      _gen())
+    cfg = SamplingConfig(k=2)
+    no_clicks = torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    for volume_shape in ((0, 4, 4), (4, 4)):
+        with pytest.raises(ValueError, match="^volume_shape"):
+            build_corrector_input(torch.zeros(0, 4, 4), (0, 0, 0, 0, 4, 4), volume_shape, *no_clicks, (0, 0, 0),
+                                  cfg, _gen())
+    with pytest.raises(ValueError, match="^roi: .* is empty"):
+        build_corrector_input(torch.zeros(0, 2, 2), (1, 0, 0, 1, 2, 2), (4, 4, 4), *no_clicks, (1, 1, 1), cfg,
+                              _gen())
+    thin = build_corrector_input(torch.zeros(1, 2, 2), (0, 0, 0, 1, 2, 2), (1, 2, 2), *no_clicks, (0, 1, 1), cfg,
+                                 _gen())  # a one-slice volume is a volume
+    assert thin.n_uncertain == 2
 
 
 @pytest.mark.gpu
