@@ -234,7 +234,7 @@ def test_apply_rejects_mismatched_inputs():
 def test_apply_rejects_bad_logits_eps_and_coords():
     coords, valid, dp = _rows([[1, 1, 1], [1, 1, 1]], [True, True], [0.1, 0.1])
     for logits in (torch.zeros(2, 3, 4, dtype=torch.long), torch.zeros(3, 4)):  # each rule on its own
-        with pytest.raises(ValueError, match="^logits"):
+        with pytest.raises(ValueError, match=r"^logits: expected a 3-D floating point tensor \(rd, rh, rw\)$"):
             apply_correction(logits, ROI, VOLUME, coords, valid, dp, None)
     for eps in (0.0, 0.5):  # the open interval (0, 0.5)
         with pytest.raises(ValueError, match="^eps"):

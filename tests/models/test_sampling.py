@@ -349,7 +349,7 @@ def test_coordinates_are_exact_beyond_float32_integers(shape):
 
 def test_input_rules_at_their_edges():
     for bad in (torch.zeros(2, 2, 2, dtype=torch.long), torch.zeros(2, 2)):  # each rule on its own
-        with pytest.raises(ValueError, match="^logits"):
+        with pytest.raises(ValueError, match=r"^logits: expected a 3-D floating point tensor \(rd, rh, rw\)$"):
             sample_uncertain(bad, 0.1, 2)
     with pytest.raises(ValueError, match="^logits"):
         sample_uncertain(torch.zeros(2, 2, 2).numpy(), 0.1, 2)  # type: ignore[arg-type]

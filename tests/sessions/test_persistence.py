@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import app.sessions.persistence as persistence_module
-from app.errors import SessionExpired, StoreUnavailable
+from app.errors import CapacityExceeded, SessionExpired, StoreUnavailable
 from app.models import regions
 from app.sessions.executor import DeviceExecutor
 from app.sessions.manager import SessionManager
@@ -203,6 +203,23 @@ def test_files_are_written_through_a_hidden_temporary_beside_them(tmp_path: Path
     assert target.read_bytes() == b"data" and [p.name for p in target.parent.iterdir()] == ["volume.npy"]
 
 
+def test_a_failed_write_leaves_nothing_and_raises_the_writers_error(tmp_path: Path) -> None:
+    target = tmp_path / "volume.npy"
+
+    def fail(f: BinaryIO) -> None:
+        raise RuntimeError("disk full")
+
+    def remove_then_fail(f: BinaryIO) -> None:
+        for p in tmp_path.iterdir():  # its own temporary already gone: the cleanup must not hide the error
+            p.unlink()
+        raise RuntimeError("disk full")
+
+    for write in (fail, remove_then_fail):
+        with pytest.raises(RuntimeError, match="disk full"):
+            persistence_module._atomic_write(target, write)
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_a_directory_that_cannot_be_synced_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(fd: int) -> None:
         raise OSError(22, "Invalid argument")  # some file systems refuse fsync on a directory
@@ -212,8 +229,9 @@ def test_a_directory_that_cannot_be_synced_is_not_an_error(tmp_path: Path, monke
 
 
 def test_fingerprint_covers_the_config_and_bfloat16_weights() -> None:
+    """A model without a backbone still hashes its corrector."""
     part = torch.nn.Linear(2, 2).to(torch.bfloat16)
-    model = types.SimpleNamespace(config_name="tiny", config={"zoom": 1}, backbone=part, corrector=None)
+    model = types.SimpleNamespace(config_name="tiny", config={"zoom": 1}, backbone=None, corrector=part)
     before = model_fingerprint(model)  # type: ignore[arg-type]
     assert model_fingerprint(types.SimpleNamespace(**{**vars(model), "config": {"zoom": 2}})) != before  # type: ignore[arg-type]
     with torch.no_grad():
@@ -253,8 +271,8 @@ def _session_prompts(predictor, state) -> list[PromptRecord]:  # noqa: ANN001
         rec("clicks", 1, args, predictor.add_clicks(state, 1, [point], [label], mode=mode)[-1].version)
     rec("undo", 1, {}, predictor.undo(state, 1).version)
     region = regions.fill_lasso(0, 10, [[20, 20], [20, 40], [40, 40]], SHAPE)  # a lasso on slice 10
-    rec("region", 1, {"runs": regions.to_runs(region), "label": 1, "mode": "both"},
-        predictor.add_region(state, 1, region, 1, mode="both")[-1].version)
+    rec("region", 1, {"runs": regions.to_runs(region), "label": 1, "mode": "decoder"},  # not the default
+        predictor.add_region(state, 1, region, 1, mode="decoder")[-1].version)
     mask = _square_mask()
     rec("mask", 2, {"sha256": _sha(mask), "voxels": int(mask.sum())}, predictor.set_mask(state, 2, mask).version)
     rec("clicks", 2, {"points": [[12, 20, 50]], "labels": [0], "mode": "gru"},
@@ -313,7 +331,8 @@ def test_replay_rebuilds_text_prompts() -> None:
     rebuilt = predictor.init_state(_volume(), SPACING, seed=5)
     assert replay_history(predictor, rebuilt, history, {}.__getitem__) == {1: 1, 2: 1}
     for oid in (1, 2):
-        assert rebuilt.objects[oid].text == original.objects[oid].text
+        a, b = original.objects[oid], rebuilt.objects[oid]
+        assert (a.text, a.box, a.clicks) == (b.text, b.box, b.clicks)
         assert np.array_equal(predictor.get_mask(rebuilt, oid), predictor.get_mask(original, oid))
 
 
@@ -618,6 +637,26 @@ async def test_a_restore_needs_room_for_the_sessions_device_bytes(managers, stor
 
 
 @pytest.mark.anyio
+async def test_a_restore_counts_the_sessions_already_restored(managers, store: MetadataStore) -> None:  # noqa: ANN001
+    first = managers(store)
+    recent, _ = await first.create(_volume(), GEOMETRY)
+    older, older_token = await first.create(_volume(1), GEOMETRY)
+    await store.touch_session(older.session_id, time.time() - 20)
+    needed = recent.state.nbytes
+    assert older.state.nbytes == needed
+    second = managers(store, max_device_bytes=needed, retry_after_s=7)  # room for one of them
+    summary = await second.restore_sessions()
+    assert summary.restored == [recent.session_id] and summary.failed == [older.session_id]
+    with pytest.raises(SessionExpired, match=f"the session needs {needed} device bytes, 0 are free$"):
+        second.authenticate(older.session_id, older_token)
+    record = await store.get_session(older.session_id)
+    assert record is not None
+    with pytest.raises(CapacityExceeded) as refused:  # a take-over (app.sessions.replicas) answers 503 with it
+        await second.restorer.restore(record, await store.prompt_history(older.session_id))
+    assert refused.value.retry_after_s == 7
+
+
+@pytest.mark.anyio
 async def test_a_restored_session_keeps_its_age_and_idle_time(managers, store: MetadataStore) -> None:  # noqa: ANN001
     """The expiry clocks go on from the record's wall-clock times; a time in the future (another host's clock)
     counts as now."""
@@ -675,11 +714,14 @@ async def test_a_record_without_its_volume_here_is_left_alone(managers, store: M
                                                               tmp_path: Path) -> None:
     """A record whose volume is not in this storage belongs to another process: neither restored nor refused."""
     first = managers(store)
+    here, _ = await first.create(_volume(1), GEOMETRY)
     elsewhere, token = await first.create(_volume(), GEOMETRY)
+    await store.touch_session(here.session_id, time.time() - 20)  # after the other one in line
     (tmp_path / "storage" / elsewhere.session_id / "volume.json").unlink()
     second = managers(store)
     summary = await second.restore_sessions()
-    assert summary.not_here == [elsewhere.session_id] and not summary.failed and not summary.restored
+    assert summary.not_here == [elsewhere.session_id] and not summary.failed
+    assert summary.restored == [here.session_id]
     assert await store.get_session(elsewhere.session_id) is not None
     from app.errors import Unauthorized
 
