@@ -21,6 +21,7 @@ from app.models.roi_logits import local_flat, logits_over, mask_diff, sparse_dif
 from app.models.sampling import build_corrector_input
 from app.models.stage_timer import StageTimer
 from app.models.state import Change, Click, ObjectState, SessionState
+from app.models.uncertain_band import band_of, carry_band
 
 
 def exclusion_clicks(state: SessionState, obj: ObjectState) -> list[Click]:
@@ -61,10 +62,12 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     # The object's first click; the box centre before any click (SPEC section 2.3).
     anchor = obj.first_click if obj.first_click is not None else _box_centre(obj.box)  # type: ignore[arg-type]
     gen = torch.Generator(device=state.device).manual_seed(_round_seed(state.seed, obj.object_id, obj.rounds))
+    sampling = config.sampling
+    candidates = band_of(obj.band, logits, sampling.tau)
     inp = build_corrector_input(
         logits, roi, state.shape,
         torch.as_tensor(clicks, device=state.device), torch.as_tensor(labels, device=state.device),
-        anchor, config.sampling, gen,
+        anchor, sampling, gen, candidates,
     )
     timer.lap("sample")
     out = corrector(inp.features[None], obj.hidden)
@@ -72,13 +75,14 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     delta_c = out.delta_c[0] if (config.use_offsets and out.delta_c is not None) else None
     new_logits, touched = apply_correction(logits, roi, state.shape, inp.coords, inp.valid,
                                            out.delta_p[0], delta_c)
+    flat = local_flat(touched, geo.bounds_shape(roi))  # ascending, unique
+    obj.band = carry_band(candidates, new_logits, flat, sampling.tau)
     timer.lap("update")
     obj.hidden, obj.rounds = out.hidden, obj.rounds + 1
     obj.roi, obj.logits = roi, new_logits
     entry = obj.undo_stack[-1]
     if roi == old_roi and old_logits is not None and entry.step == "clicks:gru":
         # Keep only the overwritten values instead of a second full copy of the ROI.
-        flat = local_flat(touched, geo.bounds_shape(roi))
         obj.undo_stack[-1] = replace(entry, logits=None, sparse_index=flat,
                                      sparse_values=old_logits.reshape(-1)[flat].clone())
         indices, values, bbox = sparse_diff(state.shape, roi, old_logits, new_logits, touched)

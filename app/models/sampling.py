@@ -89,13 +89,54 @@ def mask_from_logits(logits: Tensor) -> Tensor:
     return logits > 0
 
 
-def sample_uncertain(logits: Tensor, tau: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def uncertain_candidates(logits: Tensor, tau: float) -> Tensor:
+    """The voxels of the uncertainty band |p - 0.5| < tau: (c,) long flat (C-order) indices of ``logits``, ascending.
+
+    Evaluated as |z| < logit(0.5 + tau) (``_logit_band``): sigmoid is strictly increasing, so this is the band in
+    exact arithmetic, where a float32 sigmoid would add false ties. NaN logits are never in the band.
+    """
+    _check_logits(logits)
+    SamplingConfig(tau=tau)  # same checks, same messages
+    band = _logit_band(float(tau), logits.device)
+    return torch.nonzero(logits.reshape(-1).float().abs() < band).squeeze(1)
+
+
+def update_candidates(candidates: Tensor, logits: Tensor, written: Tensor, tau: float) -> Tensor:
+    """``uncertain_candidates(logits, tau)``, from the candidates of a tensor that equals ``logits`` except at ``written``.
+
+    A GRU step writes at most 2K voxels of a ROI of up to millions; updating the band there costs O(c + m)
+    instead of a pass over the whole ROI, with exactly the same result.
+
+    Args:
+        candidates: (c,) long ascending flat indices: ``uncertain_candidates`` of the earlier tensor.
+        logits: (rd, rh, rw) the later tensor.
+        written: (m,) long ascending, unique flat indices outside which the two tensors are equal.
+        tau: band half-width, as for ``uncertain_candidates``.
+
+    Returns:
+        (c',) long ascending flat indices.
+    """
+    if written.numel() == 0:
+        return candidates
+    # Drop the written voxels (each looked up in the sorted ``written``), then add back those in the band now.
+    slot = torch.searchsorted(written, candidates).clamp_max(written.numel() - 1)
+    kept = candidates[written[slot] != candidates]
+    now = logits.reshape(-1)[written].float().abs()
+    added = written[now < _logit_band(float(tau), logits.device)]
+    return torch.sort(torch.cat([kept, added])).values  # unique values: the order is the flat-index order
+
+
+def sample_uncertain(
+    logits: Tensor, tau: float, k: int, candidates: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The uncertainty set U_t = {|p - 0.5| < tau}, the K most uncertain first, padded to exactly K.
 
     Args:
         logits: (rd, rh, rw) float logits of the ROI.
         tau: band half-width in (0, 0.5]; the band is strict.
         k: number of rows returned.
+        candidates: ``uncertain_candidates(logits, tau)`` when the caller keeps it up to date
+            (``update_candidates``); None computes it here.
 
     Returns:
         coords: (k, 3) long local (z, y, x); padding rows 0.
@@ -106,12 +147,10 @@ def sample_uncertain(logits: Tensor, tau: float, k: int) -> tuple[Tensor, Tensor
     SamplingConfig(tau=tau, k=k)  # same checks, same messages
     device = logits.device
     flat = logits.reshape(-1)
-    # Work on |z|: sigmoid is strictly increasing, so |p - 0.5| < tau  <=>  |z| < logit(0.5 + tau) and the
-    # order by |z| is the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties),
-    # at the cost of one abs and one compare per ROI voxel.
-    abs_z = flat.float().abs()
-    candidates = torch.nonzero(abs_z < _logit_band(tau, device)).squeeze(1)  # ascending flat index
-    key = abs_z[candidates]
+    if candidates is None:
+        candidates = uncertain_candidates(logits, tau)  # ascending flat index
+    # Rank by |z|: the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties).
+    key = flat[candidates].float().abs()
     if candidates.numel() > k:
         # Keep everything not farther than the k-th smallest (O(n)), then sort only those.
         keep = key <= torch.kthvalue(key, k).values
@@ -205,6 +244,7 @@ def build_corrector_input(
     anchor: tuple[int, int, int],
     config: SamplingConfig,
     generator: torch.Generator,
+    candidates: Tensor | None = None,
 ) -> CorrectorInput:
     """Algorithm 1 + the state tensor for one object (paper eqs. 5-8).
 
@@ -217,6 +257,7 @@ def build_corrector_input(
         anchor: volume (z, y, x) of the object's first click, or of the box centre before any click.
         config: tau, K, radius.
         generator: for the error subset (only consumed when |E_t| > K).
+        candidates: ``uncertain_candidates(logits, config.tau)``, when the caller keeps it; None computes it.
 
     Returns:
         The ``CorrectorInput`` with 2K rows on ``logits.device``.
@@ -230,7 +271,7 @@ def build_corrector_input(
     origin = torch.tensor((z0, y0, x0), dtype=torch.long, device=device)
     k = config.k
 
-    u_coords, u_probs, u_valid = sample_uncertain(logits, config.tau, k)
+    u_coords, u_probs, u_valid = sample_uncertain(logits, config.tau, k, candidates)
     e_coords, e_labels, e_valid = sample_errors(logits, clicks - origin, labels, config.radius, k, generator)
     valid = torch.cat([u_valid, e_valid])
     coords = torch.cat([u_coords, e_coords]) + origin
@@ -264,13 +305,15 @@ def _ball_offsets(radius: float, device: torch.device) -> Tensor:
     return grid[inside].to(device)
 
 
+@lru_cache(maxsize=16)
 def _logit_band(tau: float, device: torch.device) -> Tensor:
     """The float32 T with |z| < T  <=>  |sigmoid(z) - 0.5| < tau (exact sigmoid) for every float32 z."""
     exact = 2.0 * math.atanh(2.0 * tau) if tau < 0.5 else math.inf  # = logit(0.5 + tau)
-    t = torch.tensor(exact, dtype=torch.float32)
-    if float(t) < exact:  # round up: the smallest float32 >= exact keeps the band strict
-        t = torch.nextafter(t, torch.tensor(math.inf))
-    return t.to(device)
+    with torch.inference_mode(False):  # cached: a normal tensor, usable in and out of inference mode
+        t = torch.tensor(exact, dtype=torch.float32)
+        if float(t) < exact:  # round up: the smallest float32 >= exact keeps the band strict
+            t = torch.nextafter(t, torch.tensor(math.inf))
+        return t.to(device)
 
 
 def _unravel(flat_idx: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from app.coordinates import Bounds
 from app.models.backbone import Embedding
+from app.models.uncertain_band import UncertainBand
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,12 @@ class ObjectState:
     hidden: torch.Tensor | None = None  # corrector hidden state, (layers, 1, hidden)
     rounds: int = 0  # corrector rounds run so far (seeds the error sampling)
     undo_stack: list[UndoEntry] = field(default_factory=list)
+    # The uncertainty band of ``logits`` as the last GRU step left it: a cache, not part of the undo state.
+    band: UncertainBand | None = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
-        n = sum(e.nbytes for e in self.undo_stack)
+        n = sum(e.nbytes for e in self.undo_stack) + (self.band.nbytes if self.band is not None else 0)
         for t in (self.logits, self.hidden):
             if t is not None:
                 n += t.element_size() * t.nelement()

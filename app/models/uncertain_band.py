@@ -1,0 +1,49 @@
+"""An object's uncertainty band kept across its GRU steps, so a click does not scan the whole ROI again.
+
+The band (``sampling.uncertain_candidates``: the ROI voxels with |p - 0.5| < tau) is a pure function of the
+logits tensor. Logits are never mutated once an object holds them (every step builds a new tensor), so the
+band is keyed by the tensor's identity, held weakly (the cache never keeps an old ROI tensor alive). A GRU step
+writes at most 2K voxels, and ``sampling.update_candidates`` carries the band over to its result; any other step
+(decoder, undo, mask, a grown ROI) makes a new tensor, and the next GRU step recomputes the band once.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from app.models.sampling import uncertain_candidates, update_candidates
+
+
+@dataclass(frozen=True)
+class UncertainBand:
+    """The band of one logits tensor.
+
+    Attributes:
+        source: weak reference to the (rd, rh, rw) logits the band belongs to.
+        tau: the band's half-width.
+        candidates: (c,) long ascending flat indices into ``source``.
+    """
+
+    source: weakref.ref[Tensor]
+    tau: float
+    candidates: Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.candidates.element_size() * self.candidates.nelement()
+
+
+def band_of(cached: UncertainBand | None, logits: Tensor, tau: float) -> Tensor:
+    """(c,) the band's candidates of ``logits``: from ``cached`` when it belongs to this very tensor and tau."""
+    if cached is not None and cached.tau == tau and cached.source() is logits:
+        return cached.candidates
+    return uncertain_candidates(logits, tau)
+
+
+def carry_band(candidates: Tensor, new_logits: Tensor, written: Tensor, tau: float) -> UncertainBand:
+    """The band of ``new_logits``, which equals the tensor of ``candidates`` except at ``written`` ((m,) long
+    ascending unique flat indices)."""
+    return UncertainBand(weakref.ref(new_logits), tau, update_candidates(candidates, new_logits, written, tau))
