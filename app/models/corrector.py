@@ -29,6 +29,7 @@ Choices where the paper is ambiguous (SPEC section 2 wins):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -166,6 +167,34 @@ def apply_correction(
 
     Args:
         logits: (rd, rh, rw) logits over ``roi``; never modified.
+        roi, volume_shape, coords, valid, delta_p, delta_c, eps: as for ``corrected_voxels``.
+
+    Returns:
+        new_logits: a new (rd, rh, rw) tensor, bit-identical to ``logits`` except at ``touched``.
+        touched: (m, 3) long local (z, y, x) of the written voxels, unique, in flat-index order.
+    """
+    voxels, values = corrected_voxels(logits, roi, volume_shape, coords, valid, delta_p, delta_c, eps)
+    new_logits = logits.clone(memory_format=torch.contiguous_format)
+    new_logits.view(-1)[voxels] = values
+    _, h, w = logits.shape
+    touched = torch.stack([voxels // (h * w), (voxels // w) % h, voxels % w], dim=1)
+    return new_logits, touched
+
+
+def corrected_voxels(
+    logits: Tensor,
+    roi: tuple[int, ...],
+    volume_shape: tuple[int, int, int],
+    coords: Tensor,
+    valid: Tensor,
+    delta_p: Tensor,
+    delta_c: Tensor | None,
+    eps: float = 1e-4,
+) -> tuple[Tensor, Tensor]:
+    """Where and what ``apply_correction`` writes, without writing it (the caller picks the tensor written to).
+
+    Args:
+        logits: (rd, rh, rw) logits over ``roi``; only read.
         roi: half-open (z0, y0, x0, z1, y1, x1) in volume voxels.
         volume_shape: (D, H, W).
         coords: (2K, 3) long volume (z, y, x); rows [0, K) uncertainty, [K, 2K) error.
@@ -175,8 +204,8 @@ def apply_correction(
         eps: probabilities are clamped to [eps, 1 - eps] before the logit.
 
     Returns:
-        new_logits: a new (rd, rh, rw) tensor, bit-identical to ``logits`` except at ``touched``.
-        touched: (m, 3) long local (z, y, x) of the written voxels, unique, in flat-index order.
+        voxels: (m,) long flat (C-order) indices into ``logits``, unique, ascending.
+        values: (m,) the new logits there, in ``logits.dtype``.
     """
     if logits.dim() != 3 or not logits.is_floating_point():
         raise ValueError("logits: expected a 3-D floating point tensor (rd, rh, rw)")
@@ -206,28 +235,50 @@ def apply_correction(
         dc = delta_c.to(device)
         keep &= torch.isfinite(dc).all(1)
         target = target + torch.round(torch.nan_to_num(dc, nan=0.0, posinf=0.0, neginf=0.0)).long()
-    upper_volume = torch.tensor(volume_shape, device=device) - 1
-    target = torch.minimum(target.clamp_min(0), upper_volume)
-    lo = torch.tensor((z0, y0, x0), device=device)
-    hi = torch.tensor((z1, y1, x1), device=device) - 1
-    local = torch.minimum(torch.maximum(target, lo), hi) - lo
-
-    k = rows // 2
-    row = torch.arange(rows, device=device)
-    # Priority (lower wins): error rows 0..K-1, then uncertainty rows K..2K-1; first row first in a block.
-    priority = torch.where(row >= k, row - k, row + k)[keep]
-    local, dp = local[keep], dp[keep]
+    # Clamped to the volume, then to the ROI: the ROI lies inside the volume, so that is one clamp to the ROI.
+    lo, top = _roi_bounds((z0, y0, x0), tuple(logits.shape), device)
+    local = torch.clamp(target - lo, min=torch.zeros_like(top), max=top)
     _, h, w = logits.shape
-    flat_idx = (local[:, 0] * h + local[:, 1]) * w + local[:, 2]
-    voxels, inverse = torch.unique(flat_idx, sorted=True, return_inverse=True)
-    best = torch.full_like(voxels, 2 * rows).scatter_reduce(0, inverse, priority, reduce="amin")
-    winner_row = torch.where(best < k, best + k, best - k)  # priority -> original row
-    winner_dp = torch.zeros(rows, device=device).index_put_((row[keep],), dp)[winner_row]
+    flat_idx = (local * _strides(h, w, device)).sum(1)
 
-    new_logits = logits.clone(memory_format=torch.contiguous_format)
-    flat = new_logits.view(-1)
-    p = torch.sigmoid(flat[voxels].float())
+    # One voxel, one write: the row of lowest priority wins (error rows 0..K-1 first, then uncertainty rows
+    # K..2K-1; first row first in a block). Sorting flat * rows + priority puts each voxel's winner first among
+    # its rows; rows that write nothing sort last.
+    priority, row_of = _priorities(rows, device)
+    size = flat_idx.new_tensor(logits.numel() * rows)
+    key = torch.sort(torch.where(keep, flat_idx * rows + priority, size)).values
+    voxel_of_key = key // rows
+    first = torch.ones_like(keep)
+    first[1:] = voxel_of_key[1:] != voxel_of_key[:-1]
+    first &= key < size
+    voxels = voxel_of_key[first]
+    winner_dp = dp[row_of[key[first] % rows]]
+
+    p = torch.sigmoid(logits.reshape(-1)[voxels].float())
     p_new = (p + winner_dp).clamp(eps, 1.0 - eps)
-    flat[voxels] = torch.logit(p_new).to(flat.dtype)
-    touched = torch.stack([voxels // (h * w), (voxels // w) % h, voxels % w], dim=1)
-    return new_logits, touched
+    return voxels, torch.logit(p_new).to(logits.dtype)
+
+
+@lru_cache(maxsize=64)
+def _roi_bounds(origin: tuple[int, int, int], extent: tuple[int, int, int], device: torch.device
+                ) -> tuple[Tensor, Tensor]:
+    """(3,) long ROI origin and (3,) long last local index (extent - 1): constants of a ROI, made once."""
+    with torch.inference_mode(False):  # cached: normal tensors, usable in and out of inference mode
+        return (torch.tensor(origin, dtype=torch.long, device=device),
+                torch.tensor(extent, dtype=torch.long, device=device) - 1)
+
+
+@lru_cache(maxsize=64)
+def _strides(h: int, w: int, device: torch.device) -> Tensor:
+    """(3,) long C-order strides of a (d, h, w) grid."""
+    with torch.inference_mode(False):
+        return torch.tensor((h * w, w, 1), dtype=torch.long, device=device)
+
+
+@lru_cache(maxsize=8)
+def _priorities(rows: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(rows,) each row's write priority (lower wins) and (rows,) the row of each priority."""
+    k = rows // 2
+    with torch.inference_mode(False):
+        row = torch.arange(rows, device=device)
+        return torch.where(row >= k, row - k, row + k), torch.where(row < k, row + k, row - k)

@@ -118,12 +118,28 @@ def update_candidates(candidates: Tensor, logits: Tensor, written: Tensor, tau: 
     """
     if written.numel() == 0:
         return candidates
-    # Drop the written voxels (each looked up in the sorted ``written``), then add back those in the band now.
-    slot = torch.searchsorted(written, candidates).clamp_max(written.numel() - 1)
-    kept = candidates[written[slot] != candidates]
-    now = logits.reshape(-1)[written].float().abs()
-    added = written[now < _logit_band(float(tau), logits.device)]
-    return torch.sort(torch.cat([kept, added])).values  # unique values: the order is the flat-index order
+    # Both lists are sorted, and ``written`` is short: look the written voxels up among the candidates (not the
+    # reverse) and merge by positions, with no sort of the whole band.
+    slot = torch.searchsorted(candidates, written)
+    if candidates.numel():
+        was_in = candidates.index_select(0, slot.clamp_max(candidates.numel() - 1)) == written
+    else:
+        was_in = torch.zeros_like(written, dtype=torch.bool)
+    now_in = logits.reshape(-1).index_select(0, written).float().abs() < _logit_band(float(tau), logits.device)
+    # Each written voxel in the band now goes before the kept candidates not smaller than it: its slot among the
+    # old candidates, less the written ones dropped before it, plus the added ones before it.
+    dropped_before = torch.cumsum(was_in, 0) - was_in.long()
+    added = written[now_in]
+    at = (slot - dropped_before + torch.cumsum(now_in, 0) - 1)[now_in]
+    keep = torch.ones_like(candidates, dtype=torch.bool)
+    keep[slot[was_in]] = False
+    out = torch.empty(candidates.numel() - int(was_in.sum()) + added.numel(), dtype=candidates.dtype,
+                      device=candidates.device)
+    taken = torch.ones_like(out, dtype=torch.bool)
+    taken[at] = False
+    out[at] = added
+    out[taken] = candidates[keep]
+    return out
 
 
 def sample_uncertain(
@@ -150,10 +166,11 @@ def sample_uncertain(
     if candidates is None:
         candidates = uncertain_candidates(logits, tau)  # ascending flat index
     # Rank by |z|: the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties).
-    key = flat[candidates].float().abs()
+    key = flat.index_select(0, candidates).float().abs()
     if candidates.numel() > k:
         # Keep everything not farther than the k-th smallest (O(n)), then sort only those.
-        keep = key <= torch.kthvalue(key, k).values
+        # The k-th smallest value is the largest of the k smallest (topk is the cheaper selection).
+        keep = key <= torch.topk(key, k, largest=False, sorted=False).values.max()
         candidates, key = candidates[keep], key[keep]
     # Stable sort of an ascending-flat-index list: equal |z| stay in flat-index order.
     chosen = candidates[torch.sort(key, stable=True).indices[:k]]
@@ -208,18 +225,23 @@ def sample_errors(
         return coords, target, valid
 
     offsets = _ball_offsets(float(radius), device)  # (m, 3)
-    points = clicks[:, None, :] + offsets[None, :, :]  # (n, m, 3)
-    order = torch.arange(clicks.shape[0], device=device)[:, None].expand(-1, offsets.shape[0])  # click idx
-    extent = torch.tensor(shape, device=device)
+    n = clicks.shape[0]
+    points = clicks[:, None, :] + offsets  # (n, m, 3)
+    extent = _extent(tuple(shape), device)
     inside = ((points >= 0) & (points < extent)).all(-1)
-    points, order = points[inside], order[inside]
-    flat_idx = (points[:, 0] * shape[1] + points[:, 1]) * shape[2] + points[:, 2]
+    flat_idx = (points * _strides(tuple(shape), device)).sum(-1)  # (n, m); meaningless where not inside
 
-    # Latest click wins: the largest click index covering each voxel decides its label.
-    voxels, inverse = torch.unique(flat_idx, sorted=True, return_inverse=True)
-    latest = torch.full_like(voxels, -1).scatter_reduce(0, inverse, order, reduce="amax", include_self=True)
-    voxel_label = labels[latest]
-    mask = mask_from_logits(logits.reshape(-1)[voxels]).long()
+    # Latest click wins: sorting flat * n + click index puts each voxel's latest covering click last among its
+    # points; points outside the ROI sort after every voxel.
+    size = flat_idx.new_tensor(logits.numel() * n)
+    key = torch.sort(torch.where(inside, flat_idx * n + _arange(n, device)[:, None], size).reshape(-1)).values
+    voxel_of_key = key // n
+    last = torch.ones_like(key, dtype=torch.bool)
+    last[:-1] = voxel_of_key[1:] != voxel_of_key[:-1]
+    last &= key < size
+    voxels = voxel_of_key[last]
+    voxel_label = labels[key[last] % n]
+    mask = mask_from_logits(logits.reshape(-1).index_select(0, voxels)).long()
     wrong = mask != voxel_label
     errors, error_label = voxels[wrong], voxel_label[wrong]
 
@@ -303,6 +325,27 @@ def _ball_offsets(radius: float, device: torch.device) -> Tensor:
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     inside = (grid**2).sum(-1).double() <= radius * radius
     return grid[inside].to(device)
+
+
+@lru_cache(maxsize=64)
+def _extent(shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """(3,) long (d, h, w) of a grid, made once per shape."""
+    with torch.inference_mode(False):  # cached: a normal tensor, usable in and out of inference mode
+        return torch.tensor(shape, dtype=torch.long, device=device)
+
+
+@lru_cache(maxsize=64)
+def _strides(shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """(3,) long C-order strides of a (d, h, w) grid."""
+    with torch.inference_mode(False):
+        return torch.tensor((shape[1] * shape[2], shape[2], 1), dtype=torch.long, device=device)
+
+
+@lru_cache(maxsize=64)
+def _arange(n: int, device: torch.device) -> Tensor:
+    """(n,) long 0..n-1."""
+    with torch.inference_mode(False):
+        return torch.arange(n, device=device)
 
 
 @lru_cache(maxsize=16)
