@@ -241,18 +241,18 @@ def corrected_voxels(
     _, h, w = logits.shape
     flat_idx = (local * _strides(h, w, device)).sum(1)
 
-    # One voxel, one write: the row of lowest priority wins (error rows 0..K-1 first, then uncertainty rows
-    # K..2K-1; first row first in a block). Sorting flat * rows + priority puts each voxel's winner first among
-    # its rows; rows that write nothing sort last.
-    priority, row_of = _priorities(rows, device)
-    size = flat_idx.new_tensor(logits.numel() * rows)
-    key = torch.sort(torch.where(keep, flat_idx * rows + priority, size)).values
-    voxel_of_key = key // rows
+    # One voxel, one write: error rows beat uncertainty rows, and within a block the first row wins. In that
+    # priority order a stable sort by voxel puts each voxel's winner first; rows that write nothing get the
+    # index ``size`` and sort last.
+    by_priority = _by_priority(rows, device)
+    size = logits.numel()
+    voxel_of, order = torch.sort(torch.where(keep, flat_idx, size).index_select(0, by_priority), stable=True)
     first = torch.ones_like(keep)
-    first[1:] = voxel_of_key[1:] != voxel_of_key[:-1]
-    first &= key < size
-    voxels = voxel_of_key[first]
-    winner_dp = dp[row_of[key[first] % rows]]
+    first[1:] = voxel_of[1:] != voxel_of[:-1]
+    first &= voxel_of < size
+    at = torch.nonzero(first).squeeze(1)
+    voxels = voxel_of.index_select(0, at)
+    winner_dp = dp.index_select(0, by_priority.index_select(0, order.index_select(0, at)))
 
     p = torch.sigmoid(logits.reshape(-1)[voxels].float())
     p_new = (p + winner_dp).clamp(eps, 1.0 - eps)
@@ -276,9 +276,8 @@ def _strides(h: int, w: int, device: torch.device) -> Tensor:
 
 
 @lru_cache(maxsize=8)
-def _priorities(rows: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(rows,) each row's write priority (lower wins) and (rows,) the row of each priority."""
+def _by_priority(rows: int, device: torch.device) -> Tensor:
+    """(rows,) the rows in write priority order: error rows K..2K-1, then uncertainty rows 0..K-1."""
     k = rows // 2
     with torch.inference_mode(False):
-        row = torch.arange(rows, device=device)
-        return torch.where(row >= k, row - k, row + k), torch.where(row < k, row + k, row - k)
+        return torch.cat([torch.arange(k, rows, device=device), torch.arange(k, device=device)])

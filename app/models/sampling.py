@@ -161,29 +161,9 @@ def sample_uncertain(
     """
     _check_logits(logits)
     SamplingConfig(tau=tau, k=k)  # same checks, same messages
-    device = logits.device
-    flat = logits.reshape(-1)
     if candidates is None:
-        candidates = uncertain_candidates(logits, tau)  # ascending flat index
-    # Rank by |z|: the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties).
-    key = flat.index_select(0, candidates).float().abs()
-    if candidates.numel() > k:
-        # Keep everything not farther than the k-th smallest (O(n)), then sort only those.
-        # The k-th smallest value is the largest of the k smallest (topk is the cheaper selection).
-        keep = key <= torch.topk(key, k, largest=False, sorted=False).values.max()
-        candidates, key = candidates[keep], key[keep]
-    # Stable sort of an ascending-flat-index list: equal |z| stay in flat-index order.
-    chosen = candidates[torch.sort(key, stable=True).indices[:k]]
-    chosen_p = torch.sigmoid(flat[chosen].float())
-
-    n = chosen.numel()
-    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
-    probs = torch.zeros(k, dtype=torch.float32, device=device)
-    valid = torch.zeros(k, dtype=torch.bool, device=device)
-    coords[:n] = _unravel(chosen, logits.shape)
-    probs[:n] = chosen_p
-    valid[:n] = True
-    return coords, probs, valid
+        candidates = uncertain_candidates(logits, tau)
+    return _padded(*_uncertain_voxels(logits, k, candidates), logits.shape, k)
 
 
 def sample_errors(
@@ -216,45 +196,68 @@ def sample_errors(
     _check_logits(logits)
     SamplingConfig(k=k, radius=radius)  # same checks, same messages
     clicks, labels = _check_clicks(clicks, labels, logits.device)
+    return _padded(*_error_voxels(logits, clicks, labels, radius, k, generator), logits.shape, k)
+
+
+def _uncertain_voxels(logits: Tensor, k: int, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """U_t unpadded: (n,) long flat indices, the most uncertain first, and (n,) float32 their probabilities."""
+    flat = logits.reshape(-1)
+    # Rank by |z|: the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties).
+    key = flat.index_select(0, candidates).float().abs()
+    if candidates.numel() > k:
+        # Keep everything not farther than the k-th smallest (O(n)), then sort only those. The k-th smallest
+        # value is the largest of the k smallest (topk is the cheaper selection).
+        keep = torch.nonzero(key <= torch.topk(key, k, largest=False, sorted=False).values.max()).squeeze(1)
+        candidates, key = candidates.index_select(0, keep), key.index_select(0, keep)
+    # Stable sort of an ascending-flat-index list: equal |z| stay in flat-index order.
+    chosen = candidates.index_select(0, torch.sort(key, stable=True).indices[:k])
+    return chosen, torch.sigmoid(flat.index_select(0, chosen).float())
+
+
+def _error_voxels(logits: Tensor, clicks: Tensor, labels: Tensor, radius: float, k: int,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """E_t unpadded: (n,) long flat indices, ascending, and (n,) float32 their labels."""
     device = logits.device
-    shape = logits.shape
-    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
-    target = torch.zeros(k, dtype=torch.float32, device=device)
-    valid = torch.zeros(k, dtype=torch.bool, device=device)
-    if clicks.shape[0] == 0:
-        return coords, target, valid
-
-    offsets = _ball_offsets(float(radius), device)  # (m, 3)
+    shape = tuple(logits.shape)
     n = clicks.shape[0]
-    points = clicks[:, None, :] + offsets  # (n, m, 3)
-    extent = _extent(tuple(shape), device)
-    inside = ((points >= 0) & (points < extent)).all(-1)
-    flat_idx = (points * _strides(tuple(shape), device)).sum(-1)  # (n, m); meaningless where not inside
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
+    points = clicks[:, None, :] + _ball_offsets(float(radius), device)  # (n, m, 3)
+    inside = ((points >= 0) & (points < _extent(shape, device))).all(-1)
+    flat_idx = (points * _strides(shape, device)).sum(-1)  # (n, m); meaningless where not inside
 
-    # Latest click wins: sorting flat * n + click index puts each voxel's latest covering click last among its
-    # points; points outside the ROI sort after every voxel.
-    size = flat_idx.new_tensor(logits.numel() * n)
-    key = torch.sort(torch.where(inside, flat_idx * n + _arange(n, device)[:, None], size).reshape(-1)).values
-    voxel_of_key = key // n
-    last = torch.ones_like(key, dtype=torch.bool)
-    last[:-1] = voxel_of_key[1:] != voxel_of_key[:-1]
-    last &= key < size
-    voxels = voxel_of_key[last]
-    voxel_label = labels[key[last] % n]
-    mask = mask_from_logits(logits.reshape(-1).index_select(0, voxels)).long()
-    wrong = mask != voxel_label
-    errors, error_label = voxels[wrong], voxel_label[wrong]
+    # Latest click wins. The points are in click order, so a stable sort by voxel leaves each voxel's latest
+    # covering click last among its points; points outside the ROI get the index ``size`` and sort last.
+    size = logits.numel()
+    voxel_of, order = torch.sort(torch.where(inside, flat_idx, size).reshape(-1), stable=True)
+    last = torch.ones_like(voxel_of, dtype=torch.bool)
+    last[:-1] = voxel_of[1:] != voxel_of[:-1]
+    last &= voxel_of < size
+    at = torch.nonzero(last).squeeze(1)
+    voxels = voxel_of.index_select(0, at)
+    point_label = labels[:, None].expand(inside.shape).reshape(-1)  # (n * m,) each point's click label
+    voxel_label = point_label.index_select(0, order.index_select(0, at))
+    wrong = torch.nonzero(mask_from_logits(logits.reshape(-1).index_select(0, voxels)).long() != voxel_label)
+    errors, error_label = voxels.index_select(0, wrong[:, 0]), voxel_label.index_select(0, wrong[:, 0])
 
     if errors.numel() > k:
         pick = torch.randperm(errors.numel(), generator=generator, device=generator.device)[:k]
         pick = torch.sort(pick.to(device)).values  # keep flat-index order among the drawn
         errors, error_label = errors[pick], error_label[pick]
+    return errors, error_label.float()
 
-    n = errors.numel()
-    coords[:n] = _unravel(errors, shape)
-    target[:n] = error_label.float()
+
+def _padded(flat_idx: Tensor, values: Tensor, shape: tuple[int, ...] | torch.Size, k: int
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """(n,) flat indices and values -> (k, 3) long local coords, (k,) float32 values, (k,) bool valid."""
+    n, device = flat_idx.numel(), flat_idx.device
+    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
+    padded = torch.zeros(k, dtype=torch.float32, device=device)
+    valid = torch.zeros(k, dtype=torch.bool, device=device)
+    coords[:n] = _unravel(flat_idx, shape)
+    padded[:n] = values
     valid[:n] = True
-    return coords, target, valid
+    return coords, padded, valid
 
 
 def build_corrector_input(
@@ -290,31 +293,35 @@ def build_corrector_input(
     if len(anchor) != 3:
         raise ValueError(f"anchor: expected (z, y, x), got {anchor!r}")
     clicks, labels = _check_clicks(clicks, labels, device)
-    origin = torch.tensor((z0, y0, x0), dtype=torch.long, device=device)
+    origin = _extent((z0, y0, x0), device)
     k = config.k
+    if candidates is None:
+        candidates = uncertain_candidates(logits, config.tau)
 
-    u_coords, u_probs, u_valid = sample_uncertain(logits, config.tau, k, candidates)
-    e_coords, e_labels, e_valid = sample_errors(logits, clicks - origin, labels, config.radius, k, generator)
-    valid = torch.cat([u_valid, e_valid])
-    coords = torch.cat([u_coords, e_coords]) + origin
-    coords = torch.where(valid[:, None], coords, torch.zeros_like(coords))
-
-    scale = torch.tensor(volume_shape, dtype=torch.float32, device=device)
+    chosen, probs = _uncertain_voxels(logits, k, candidates)
+    errors, targets = _error_voxels(logits, clicks - origin, labels, config.radius, k, generator)
+    n_u, n_e = chosen.numel(), errors.numel()
+    # Only the real rows are computed; padding rows stay all zeros (validity included).
+    coords_real = _unravel(torch.cat([chosen, errors]), logits.shape) + origin  # (n_u + n_e, 3) volume
+    scale = _scale(tuple(volume_shape), device)
     anchor_t = torch.tensor(anchor, dtype=torch.float32, device=device) / scale
-    features = torch.cat(
+    real = torch.cat(
         [
-            coords.float() / scale,
-            torch.cat([u_probs, e_labels])[:, None],
-            valid.float()[:, None],
-            anchor_t.expand(2 * k, 3),
+            coords_real.float() / scale,
+            torch.cat([probs, targets])[:, None],
+            torch.ones(n_u + n_e, 1, device=device),
+            anchor_t.expand(n_u + n_e, 3),
         ],
         dim=1,
     )
-    features = features * valid.float()[:, None]  # padding rows: all zeros
-    counts = torch.stack([u_valid.sum(), e_valid.sum()]).tolist()
-    return CorrectorInput(
-        features=features, coords=coords, valid=valid, n_uncertain=int(counts[0]), n_error=int(counts[1])
-    )
+    features = torch.zeros(2 * k, N_FEATURES, device=device)
+    coords = torch.zeros(2 * k, 3, dtype=torch.long, device=device)
+    valid = torch.zeros(2 * k, dtype=torch.bool, device=device)
+    for rows, part in ((slice(0, n_u), slice(0, n_u)), (slice(k, k + n_e), slice(n_u, n_u + n_e))):
+        features[rows] = real[part]
+        coords[rows] = coords_real[part]
+        valid[rows] = True
+    return CorrectorInput(features=features, coords=coords, valid=valid, n_uncertain=n_u, n_error=n_e)
 
 
 @lru_cache(maxsize=16)
@@ -341,6 +348,13 @@ def _strides(shape: tuple[int, ...], device: torch.device) -> Tensor:
         return torch.tensor((shape[1] * shape[2], shape[2], 1), dtype=torch.long, device=device)
 
 
+@lru_cache(maxsize=16)
+def _scale(shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """(3,) float32 (D, H, W): divides volume coordinates into the state tensor's relative positions."""
+    with torch.inference_mode(False):
+        return torch.tensor(shape, dtype=torch.float32, device=device)
+
+
 @lru_cache(maxsize=64)
 def _arange(n: int, device: torch.device) -> Tensor:
     """(n,) long 0..n-1."""
@@ -362,7 +376,7 @@ def _logit_band(tau: float, device: torch.device) -> Tensor:
 def _unravel(flat_idx: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
     """(n,) C-order flat indices of a (d, h, w) grid -> (n, 3) long (z, y, x)."""
     _, h, w = shape
-    return torch.stack([flat_idx // (h * w), (flat_idx // w) % h, flat_idx % w], dim=1)
+    return torch.stack([torch.floor_divide(flat_idx, h * w), torch.floor_divide(flat_idx, w) % h, flat_idx % w], dim=1)
 
 
 def _check_logits(logits: Tensor) -> None:
