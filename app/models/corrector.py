@@ -35,6 +35,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from app.models.constant_tensors import long_vector, strides
+
 Recurrence = Literal["points", "rounds"]
 VALID_COLUMN = 4  # the validity flag's column in the state tensor (see app.models.sampling)
 
@@ -236,10 +238,10 @@ def corrected_voxels(
         keep &= torch.isfinite(dc).all(1)
         target = target + torch.round(torch.nan_to_num(dc, nan=0.0, posinf=0.0, neginf=0.0)).long()
     # Clamped to the volume, then to the ROI: the ROI lies inside the volume, so that is one clamp to the ROI.
-    lo, top = _roi_bounds((z0, y0, x0), tuple(logits.shape), device)
-    local = torch.clamp(target - lo, min=torch.zeros_like(top), max=top)
-    _, h, w = logits.shape
-    flat_idx = (local * _strides(h, w, device)).sum(1)
+    extent = tuple(logits.shape)
+    local = torch.clamp(target - long_vector((z0, y0, x0), device), min=long_vector((0, 0, 0), device),
+                        max=long_vector(tuple(e - 1 for e in extent), device))
+    flat_idx = (local * strides(extent, device)).sum(1)
 
     # One voxel, one write: error rows beat uncertainty rows, and within a block the first row wins. In that
     # priority order a stable sort by voxel puts each voxel's winner first; rows that write nothing get the
@@ -257,22 +259,6 @@ def corrected_voxels(
     p = torch.sigmoid(logits.reshape(-1)[voxels].float())
     p_new = (p + winner_dp).clamp(eps, 1.0 - eps)
     return voxels, torch.logit(p_new).to(logits.dtype)
-
-
-@lru_cache(maxsize=64)
-def _roi_bounds(origin: tuple[int, int, int], extent: tuple[int, int, int], device: torch.device
-                ) -> tuple[Tensor, Tensor]:
-    """(3,) long ROI origin and (3,) long last local index (extent - 1): constants of a ROI, made once."""
-    with torch.inference_mode(False):  # cached: normal tensors, usable in and out of inference mode
-        return (torch.tensor(origin, dtype=torch.long, device=device),
-                torch.tensor(extent, dtype=torch.long, device=device) - 1)
-
-
-@lru_cache(maxsize=64)
-def _strides(h: int, w: int, device: torch.device) -> Tensor:
-    """(3,) long C-order strides of a (d, h, w) grid."""
-    with torch.inference_mode(False):
-        return torch.tensor((h * w, w, 1), dtype=torch.long, device=device)
 
 
 @lru_cache(maxsize=8)

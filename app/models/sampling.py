@@ -31,6 +31,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from app.models.constant_tensors import float_vector, long_vector, strides
+
 N_FEATURES = 8
 """Columns of the state tensor: z/D, y/H, x/W, p_or_label, valid, anchor z/D, anchor y/H, anchor x/W."""
 
@@ -223,8 +225,8 @@ def _error_voxels(logits: Tensor, clicks: Tensor, labels: Tensor, radius: float,
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
     points = clicks[:, None, :] + _ball_offsets(float(radius), device)  # (n, m, 3)
-    inside = ((points >= 0) & (points < _extent(shape, device))).all(-1)
-    flat_idx = (points * _strides(shape, device)).sum(-1)  # (n, m); meaningless where not inside
+    inside = ((points >= 0) & (points < long_vector(shape, device))).all(-1)
+    flat_idx = (points * strides(shape, device)).sum(-1)  # (n, m); meaningless where not inside
 
     # Latest click wins. The points are in click order, so a stable sort by voxel leaves each voxel's latest
     # covering click last among its points; points outside the ROI get the index ``size`` and sort last.
@@ -293,7 +295,7 @@ def build_corrector_input(
     if len(anchor) != 3:
         raise ValueError(f"anchor: expected (z, y, x), got {anchor!r}")
     clicks, labels = _check_clicks(clicks, labels, device)
-    origin = _extent((z0, y0, x0), device)
+    origin = long_vector((z0, y0, x0), device)
     k = config.k
     if candidates is None:
         candidates = uncertain_candidates(logits, config.tau)
@@ -303,7 +305,7 @@ def build_corrector_input(
     n_u, n_e = chosen.numel(), errors.numel()
     # Only the real rows are computed; padding rows stay all zeros (validity included).
     coords_real = _unravel(torch.cat([chosen, errors]), logits.shape) + origin  # (n_u + n_e, 3) volume
-    scale = _scale(tuple(volume_shape), device)
+    scale = float_vector(tuple(float(v) for v in volume_shape), device)
     anchor_t = torch.tensor(anchor, dtype=torch.float32, device=device) / scale
     real = torch.cat(
         [
@@ -332,34 +334,6 @@ def _ball_offsets(radius: float, device: torch.device) -> Tensor:
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     inside = (grid**2).sum(-1).double() <= radius * radius
     return grid[inside].to(device)
-
-
-@lru_cache(maxsize=64)
-def _extent(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """(3,) long (d, h, w) of a grid, made once per shape."""
-    with torch.inference_mode(False):  # cached: a normal tensor, usable in and out of inference mode
-        return torch.tensor(shape, dtype=torch.long, device=device)
-
-
-@lru_cache(maxsize=64)
-def _strides(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """(3,) long C-order strides of a (d, h, w) grid."""
-    with torch.inference_mode(False):
-        return torch.tensor((shape[1] * shape[2], shape[2], 1), dtype=torch.long, device=device)
-
-
-@lru_cache(maxsize=16)
-def _scale(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """(3,) float32 (D, H, W): divides volume coordinates into the state tensor's relative positions."""
-    with torch.inference_mode(False):
-        return torch.tensor(shape, dtype=torch.float32, device=device)
-
-
-@lru_cache(maxsize=64)
-def _arange(n: int, device: torch.device) -> Tensor:
-    """(n,) long 0..n-1."""
-    with torch.inference_mode(False):
-        return torch.arange(n, device=device)
 
 
 @lru_cache(maxsize=16)
