@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import app as app_package
+from app.api.admission_gate import AdmissionGate
 from app.api.api_keys import ApiKeyAuth, ApiKeyCheck, document_api_key
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimit, RequestMetrics
@@ -79,10 +80,13 @@ def create_app(settings: Settings | None = None, *, predictor: Predictor | None 
     if settings.nninteractive_enabled:
         app.include_router(nninteractive.router)  # /nninteractive/*: nnInteractive's remote protocol
     install_error_handlers(app)
-    # Middleware, innermost first: the body limit, the rate limit (needs the caller the key check names),
+    # Middleware, innermost first: the body limit, the admission gate (a new session refused before its upload is
+    # parsed), the rate limit (needs the caller the key check names),
     # the API key check, CORS (so that preflights pass and browsers can read 401/429 replies), metrics.
     app.add_middleware(BodySizeLimit, upload_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES,
                        other_bytes=settings.max_request_body_bytes)
+    # Outside the body limit, so that a refused upload is drained unparsed (app.api.admission_gate).
+    app.add_middleware(AdmissionGate, drain_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES)
     if settings.rate_limit_per_s is not None:
         app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_capacity)
         app.add_middleware(RateLimit, buckets=app.state.rate_limiter)

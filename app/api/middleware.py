@@ -14,6 +14,9 @@ from app.schemas import paths
 from app.schemas.errors import ErrorCode, error_body
 from app.sessions.metrics import ServiceMetrics
 
+ROUTE_TEMPLATE_KEY = "segsvc.route_template"
+"""Scope key of the route template of a request answered by a middleware before routing (the metric's label)."""
+
 
 class RequestMetrics:
     """Observe every HTTP request's latency, labelled by method, route template and status."""
@@ -39,7 +42,7 @@ class RequestMetrics:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or scope.get(ROUTE_TEMPLATE_KEY) or "unmatched"
             self.metrics.request_seconds.labels(method=scope["method"], route=template, status=str(status)).observe(
                 time.perf_counter() - started)
 

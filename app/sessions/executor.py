@@ -16,7 +16,8 @@ session's heavy work (issue 24: click p95 410 ms with 50 annotators).
 A task holds at most one device lock (both sit at ``DEVICE_LEVEL``, and ``OrderedLock`` refuses a second
 lock of the same level), so the global order stays *session lock, then one device lock*.
 
-Each lane keeps the queue wait of its recent calls (``recent_waits_ms``): admission control reads it.
+Each lane keeps the queue wait and the run time of its recent calls (``recent_waits_ms``, ``recent_runs_ms``):
+admission control reads them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from app.sessions.locks import DEVICE_LEVEL, OrderedLock
 P = ParamSpec("P")
 T = TypeVar("T")
 
-RECENT_WAITS = 256  # per lane: enough for a p95 over the last seconds of a busy server
+RECENT_WAITS = 1024  # per lane: enough for the last 10 s of a busy server (bulk calls take >= ~5 ms)
 
 
 class GaveUp(Exception):
@@ -48,6 +49,7 @@ class Lane:
         lock: the lane's device lock; hold a session's lock first if the work touches that session.
         waiting: calls currently queued for the lock (exported as a metric, read by admission control).
         recent_waits_ms: (monotonic end of wait, wait in ms) of the most recent calls.
+        recent_runs_ms: (monotonic end of run, run in ms) of the most recent calls (the lock held).
     """
 
     def __init__(self, name: str) -> None:
@@ -55,6 +57,8 @@ class Lane:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.waiting = 0
         self.recent_waits_ms: deque[tuple[float, float]] = deque(maxlen=RECENT_WAITS)
+        self.recent_runs_ms: deque[tuple[float, float]] = deque(maxlen=RECENT_WAITS)
+        self._running_since: float | None = None
 
     async def run(self, fn: Callable[[], T], give_up: asyncio.Event | None = None) -> T:
         loop = asyncio.get_running_loop()
@@ -66,12 +70,26 @@ class Lane:
             self.waiting -= 1
         if not acquired:
             raise GaveUp
+        started = time.monotonic()
+        self._running_since = started
         try:
-            now = time.monotonic()
-            self.recent_waits_ms.append((now, (now - queued) * 1e3))
+            self.recent_waits_ms.append((started, (started - queued) * 1e3))
             return await loop.run_in_executor(self._pool, fn)
         finally:
+            ended = time.monotonic()
+            self._running_since = None
+            self.recent_runs_ms.append((ended, (ended - started) * 1e3))
             self.lock.release()
+
+    def busy_fraction(self, window_s: float, now: float | None = None) -> float:
+        """The share of the last ``window_s`` seconds this lane spent running calls (0..1), the call in
+        progress included. Calls are serial, so the run times of those that ended in the window add up."""
+        now = time.monotonic() if now is None else now
+        since = now - window_s
+        busy_ms = sum(min(ms, (end - since) * 1e3) for end, ms in self.recent_runs_ms if end > since)
+        if self._running_since is not None:
+            busy_ms += (now - max(self._running_since, since)) * 1e3
+        return min(1.0, busy_ms / (window_s * 1e3))
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -44,7 +44,8 @@ async def create_session(
         description="Axis order of an .npz upload's spacing.")] = "auto",
     session_id: RouterSessionIdDep = None,
 ) -> SessionCreated:
-    manager.check_room_for_session()  # refuse early, before decoding the upload
+    # Capacity was checked before the upload was parsed (app.api.admission_gate); the registry checks again
+    # when the session is created.
     limits = settings.volume_limits
     loaded = await read_volume(file, limits, spacing_order)
     geometry = Geometry(spacing=loaded.spacing, origin=loaded.origin, direction=loaded.direction)
