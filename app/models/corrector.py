@@ -177,7 +177,7 @@ def apply_correction(
     """
     voxels, values = corrected_voxels(logits, roi, volume_shape, coords, valid, delta_p, delta_c, eps)
     new_logits = logits.clone(memory_format=torch.contiguous_format)
-    new_logits.view(-1)[voxels] = values
+    new_logits.view(-1).index_copy_(0, voxels, values)
     _, h, w = logits.shape
     touched = torch.stack([voxels // (h * w), (voxels // w) % h, voxels % w], dim=1)
     return new_logits, touched
@@ -256,7 +256,7 @@ def corrected_voxels(
     voxels = voxel_of.index_select(0, at)
     winner_dp = dp.index_select(0, by_priority.index_select(0, order.index_select(0, at)))
 
-    p = torch.sigmoid(logits.reshape(-1)[voxels].float())
+    p = torch.sigmoid(logits.reshape(-1).index_select(0, voxels).float())
     p_new = (p + winner_dp).clamp(eps, 1.0 - eps)
     return voxels, torch.logit(p_new).to(logits.dtype)
 

@@ -80,11 +80,11 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     if sparse:
         # Keep only the overwritten values instead of a second full copy of the ROI; with the entry holding no
         # tensor, the object may own ``logits`` alone, and then the step writes its few voxels in place.
-        before = logits.reshape(-1)[voxels]  # a gather: a new tensor
+        before = logits.reshape(-1).index_select(0, voxels)  # a gather: a new tensor
         obj.undo_stack[-1] = replace(entry, logits=None, sparse_index=voxels, sparse_values=before)
     own = sparse and _owns(obj, logits)
     new_logits = logits if own else logits.clone(memory_format=torch.contiguous_format)
-    new_logits.view(-1)[voxels] = written
+    new_logits.view(-1).index_copy_(0, voxels, written)
     obj.band = carry_band(candidates, new_logits, voxels, sampling.tau)
     obj.own_logits = weakref.ref(new_logits)
     obj.hidden, obj.rounds = out.hidden, obj.rounds + 1

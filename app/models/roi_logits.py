@@ -75,12 +75,12 @@ def sparse_diff(shape: tuple[int, int, int], roi: Bounds, written: torch.Tensor,
         written: (m,) long flat (C-order) indices into the ROI, ascending.
         before, after: (m,) the logits there before and after the step.
     """
-    changed = (before > 0) != (after > 0)
+    changed = torch.nonzero((before > 0) != (after > 0)).squeeze(1)
     # The few changed voxels go to the host once; the index arithmetic on them is cheaper in numpy.
-    local = written[changed].cpu().numpy().astype(np.int64)
+    local = written.index_select(0, changed).cpu().numpy().astype(np.int64)
     if local.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.uint8), None
-    values = (after[changed] > 0).to(torch.uint8).cpu().numpy()
+    values = (after.index_select(0, changed) > 0).to(torch.uint8).cpu().numpy()
     _, rh, rw = geo.bounds_shape(roi)
     z, y, x = local // (rh * rw) + roi[0], (local // rw) % rh + roi[1], local % rw + roi[2]
     # A box's C-order is the volume's C-order restricted to it: ascending ROI indices stay ascending.

@@ -131,8 +131,9 @@ def update_candidates(candidates: Tensor, logits: Tensor, written: Tensor, tau: 
     # Each written voxel in the band now goes before the kept candidates not smaller than it: its slot among the
     # old candidates, less the written ones dropped before it, plus the added ones before it.
     dropped_before = torch.cumsum(was_in, 0) - was_in.long()
-    added = written[now_in]
-    at = (slot - dropped_before + torch.cumsum(now_in, 0) - 1)[now_in]
+    now_at = torch.nonzero(now_in).squeeze(1)
+    added = written.index_select(0, now_at)
+    at = (slot - dropped_before + torch.cumsum(now_in, 0) - 1).index_select(0, now_at)
     keep = torch.ones_like(candidates, dtype=torch.bool)
     keep[slot[was_in]] = False
     out = torch.empty(candidates.numel() - int(was_in.sum()) + added.numel(), dtype=candidates.dtype,
