@@ -50,6 +50,7 @@ from app.models.roi_logits import mask_diff
 from app.models.stage_timer import StageTimer
 from app.models.state import Change, Click, ObjectState, SessionState, UndoEntry
 from app.models.text_prompts import TextEmbeddings
+from app.models.uncertain_band import band_for
 from client.wire.vocab import REFINE_MODES, REGION_MODES
 
 OnChange = Callable[[Change], None]
@@ -421,6 +422,11 @@ class Predictor:
 
     def _finish(self, state: SessionState, obj: ObjectState, step: str, old_roi: Bounds | None,
                 old_logits: torch.Tensor | None, timer: StageTimer) -> Change:
+        if step in _NEW_LOGITS_STEPS and self.corrector is not None and obj.logits is not None:
+            # The next GRU click of the object needs the band of these logits: find it here, off the click's path
+            # (a decoder step runs on the bulk lane and costs a hundred times more), not on the instant lane.
+            obj.band = band_for(obj.band, obj.logits, self.config.tau)
+            timer.lap("band")
         indices, values, bbox = mask_diff(state.shape, old_roi, old_logits, obj.roi, obj.logits)
         timer.lap("diff")
         obj.version += 1
@@ -428,6 +434,10 @@ class Predictor:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+
+
+_NEW_LOGITS_STEPS = frozenset({"box", "decoder", "mask"})
+"""The steps that give an object logits no GRU step has seen (an undo's are an earlier state's, found on use)."""
 
 
 def _check_object_id(object_id: int) -> None:

@@ -3,8 +3,9 @@
 The band (``sampling.uncertain_candidates``: the ROI voxels with |p - 0.5| < tau) is a pure function of the
 logits tensor. Logits are never mutated once an object holds them (every step builds a new tensor), so the
 band is keyed by the tensor's identity, held weakly (the cache never keeps an old ROI tensor alive). A GRU step
-writes at most 2K voxels, and ``sampling.update_candidates`` carries the band over to its result; any other step
-(decoder, undo, mask, a grown ROI) makes a new tensor, and the next GRU step recomputes the band once.
+writes at most 2K voxels, and ``sampling.update_candidates`` carries the band over to its result. A box, decoder
+or mask step makes a new tensor and finds its band there (``band_for``, called by the predictor), off the GRU
+click's path; after an undo or a grown ROI the next GRU step finds it once.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def band_of(cached: UncertainBand | None, logits: Tensor, tau: float) -> Tensor:
     if cached is not None and cached.tau == tau and cached.source() is logits:
         return cached.candidates
     return uncertain_candidates(logits, tau)
+
+
+def band_for(cached: UncertainBand | None, logits: Tensor, tau: float) -> UncertainBand:
+    """The band of ``logits``, kept: ``cached`` when it is this tensor's, else found by a pass over the ROI."""
+    return UncertainBand(weakref.ref(logits), tau, band_of(cached, logits, tau))
 
 
 def carry_band(candidates: Tensor, new_logits: Tensor, written: Tensor, tau: float) -> UncertainBand:

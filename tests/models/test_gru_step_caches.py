@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from app.models import Predictor, SessionState, build_predictor
+from app.models.sampling import uncertain_candidates
 
 SHAPE = (23, 61, 47)
 SPACING = (3.0, 0.8, 0.8)
@@ -147,3 +148,16 @@ def test_gru_clicks_write_in_place_only_into_logits_no_undo_entry_holds(predicto
     assert obj.logits is first and torch.equal(first, kept)
     predictor.add_clicks(state, 1, [[12, 31, 21]], [1], mode="gru")  # undone back to it: copied, as it is not
     assert obj.logits is not first and torch.equal(first, kept)  # the tensor the last GRU step made
+
+
+def test_decoder_steps_leave_the_band_of_their_logits_for_the_next_gru_click(predictor: Predictor):
+    state = predictor.init_state(_volume(), SPACING, seed=1)
+    predictor.add_box(state, 1, BOX)
+    obj = state.objects[1]
+    for step in ("box", "decoder", "both"):
+        if step == "decoder":
+            predictor.add_clicks(state, 1, [[10, 30, 20]], [0], mode="decoder")
+        elif step == "both":
+            predictor.add_clicks(state, 1, [[11, 28, 21]], [1], mode="both")
+        assert obj.band is not None and obj.band.source() is obj.logits
+        assert torch.equal(obj.band.candidates, uncertain_candidates(obj.logits, predictor.config.tau))
