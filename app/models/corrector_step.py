@@ -76,11 +76,13 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     delta_c = out.delta_c[0] if (config.use_offsets and out.delta_c is not None) else None
     voxels, written = corrected_voxels(logits, roi, state.shape, inp.coords, inp.valid, out.delta_p[0], delta_c)
     entry = obj.undo_stack[-1]
-    sparse = roi == old_roi and old_logits is not None and entry.step == "clicks:gru"
+    # On an unchanged ROI the step changes the written voxels only: the diff compares them, not the whole ROI.
+    same_roi = roi == old_roi and old_logits is not None
+    before = logits.reshape(-1).index_select(0, voxels) if same_roi else None  # a gather: a new tensor
+    sparse = same_roi and entry.step == "clicks:gru"
     if sparse:
         # Keep only the overwritten values instead of a second full copy of the ROI; with the entry holding no
         # tensor, the object may own ``logits`` alone, and then the step writes its few voxels in place.
-        before = logits.reshape(-1).index_select(0, voxels)  # a gather: a new tensor
         obj.undo_stack[-1] = replace(entry, logits=None, sparse_index=voxels, sparse_values=before)
     own = sparse and _owns(obj, logits)
     new_logits = logits if own else logits.clone(memory_format=torch.contiguous_format)
@@ -90,7 +92,7 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     obj.hidden, obj.rounds = out.hidden, obj.rounds + 1
     obj.roi, obj.logits = roi, new_logits
     timer.lap("update")
-    if sparse:
+    if before is not None:
         indices, values, bbox = sparse_diff(state.shape, roi, voxels, before, written)
     else:
         indices, values, bbox = mask_diff(state.shape, old_roi, old_logits, roi, new_logits)
