@@ -84,7 +84,8 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
         # Keep only the overwritten values instead of a second full copy of the ROI; with the entry holding no
         # tensor, the object may own ``logits`` alone, and then the step writes its few voxels in place.
         obj.undo_stack[-1] = replace(entry, logits=None, sparse_index=voxels, sparse_values=before)
-    own = sparse and _owns(obj, logits)
+    # ``logits`` is the step's own when ``logits_over`` made it for a grown ROI (or a first click).
+    own = logits is not old_logits or (sparse and _owns(obj, logits))
     new_logits = logits if own else logits.clone(memory_format=torch.contiguous_format)
     new_logits.view(-1).index_copy_(0, voxels, written)
     obj.band = carry_band(candidates, new_logits, voxels, sampling.tau)
