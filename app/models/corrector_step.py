@@ -79,7 +79,7 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     # On an unchanged ROI the step changes the written voxels only: the diff compares them, not the whole ROI.
     same_roi = roi == old_roi and old_logits is not None
     before = logits.reshape(-1).index_select(0, voxels) if same_roi else None  # a gather: a new tensor
-    sparse = same_roi and entry.step == "clicks:gru"
+    sparse = same_roi and entry.step in _SPARSE_UNDO_STEPS
     if sparse:
         # Keep only the overwritten values instead of a second full copy of the ROI; with the entry holding no
         # tensor, the object may own ``logits`` alone, and then the step writes its few voxels in place.
@@ -102,8 +102,12 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     return Change(obj.object_id, obj.version, "gru", indices, values, bbox, timer.ms)
 
 
+_SPARSE_UNDO_STEPS = frozenset({"clicks:gru", "clicks:both"})
+"""Click steps whose GRU step keeps a sparse undo record (a both click's decoder step makes it whole again)."""
+
+
 def _owns(obj: ObjectState, logits: torch.Tensor) -> bool:
-    """Whether a GRU step may write into ``logits`` in place: a tensor an earlier GRU step of this object made
+    """Whether a GRU step may write into ``logits`` in place: a tensor an earlier step of this object made
     (``ObjectState.own_logits``) that no undo entry holds (undo entries keep their tensors unchanged)."""
     return (obj.own_logits is not None and obj.own_logits() is logits
             and all(e.logits is not logits for e in obj.undo_stack))

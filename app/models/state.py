@@ -112,8 +112,8 @@ class ObjectState:
     undo_stack: list[UndoEntry] = field(default_factory=list)
     # The uncertainty band of ``logits`` as the last GRU step left it: a cache, not part of the undo state.
     band: UncertainBand | None = field(default=None, repr=False, compare=False)
-    # The logits tensor the last GRU step made: while no undo entry holds it, the next GRU step on the same ROI
-    # writes its few voxels into it in place instead of copying the whole ROI (``corrector_step.gru_step``).
+    # The logits tensor the last GRU, box, decoder or mask step made: while no undo entry holds it, the next GRU
+    # step on the same ROI writes its few voxels into it in place instead of copying the ROI (``gru_step``).
     own_logits: weakref.ref[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -9,6 +9,8 @@ state and undo record must be bit-identical; the undo entries' tensors must neve
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -132,22 +134,28 @@ def test_gru_clicks_write_in_place_only_into_logits_no_undo_entry_holds(predicto
     predictor.add_box(state, 1, BOX)
     obj = state.objects[1]
     after_box = obj.logits
+    box_values = after_box.clone()
     predictor.add_clicks(state, 1, [[10, 30, 20]], [1], mode="gru")
-    assert obj.logits is not after_box  # the box's logits are the first click's undo state: copied
-    first = obj.logits
-    predictor.add_clicks(state, 1, [[11, 30, 22]], [0], mode="gru")
-    assert obj.logits is first  # the object's own tensor, kept only as a sparse undo record: written in place
-    predictor.add_clicks(state, 1, [[9, 25, 20]], [1], mode="both")  # its undo entry keeps the tensor whole
-    held = obj.undo_stack[-1].logits
-    assert held is first and obj.logits is not first
+    # The box's tensor, held by the object alone: written in place, the undo entry keeps the old values only.
+    assert obj.logits is after_box and not torch.equal(after_box, box_values)
+    assert obj.undo_stack[-1].logits is None
+    predictor.undo(state, 1)
+    assert torch.equal(obj.logits, box_values)
+    predictor.add_clicks(state, 1, [[9, 25, 20]], [1], mode="decoder")
+    held = obj.undo_stack[-1].logits  # the decoder click's undo entry keeps the tensor before it whole
     kept = held.clone()
+    obj.own_logits = weakref.ref(held)  # as if the object made it: the undo entry holding it still forbids writes
+    obj.logits = held
     predictor.add_clicks(state, 1, [[12, 31, 21]], [1], mode="gru")
-    assert torch.equal(held, kept)  # never written while an undo entry holds it
+    assert obj.logits is not held and torch.equal(held, kept)
+    made = obj.logits  # the last GRU step's own tensor
+    made_values = made.clone()
+    predictor.add_clicks(state, 1, [[11, 28, 21]], [0], mode="both")  # GRU step in place, then the decoder step
+    assert not torch.equal(made, made_values)  # the GRU step wrote into it
+    entry = obj.undo_stack[-1]
+    assert entry.sparse_index is None and torch.equal(entry.logits, made_values)  # whole again after the decoder
     predictor.undo(state, 1)
-    predictor.undo(state, 1)
-    assert obj.logits is first and torch.equal(first, kept)
-    predictor.add_clicks(state, 1, [[12, 31, 21]], [1], mode="gru")  # undone back to it: copied, as it is not
-    assert obj.logits is not first and torch.equal(first, kept)  # the tensor the last GRU step made
+    assert torch.equal(obj.logits, made_values)
 
 
 def test_decoder_steps_leave_the_band_of_their_logits_for_the_next_gru_click(predictor: Predictor):
