@@ -1,9 +1,10 @@
 """An object's uncertainty band kept across its GRU steps, so a click does not scan the whole ROI again.
 
 The band (``sampling.uncertain_candidates``: the ROI voxels with |p - 0.5| < tau) is a pure function of the
-logits tensor. Logits are never mutated once an object holds them (every step builds a new tensor), so the
-band is keyed by the tensor's identity, held weakly (the cache never keeps an old ROI tensor alive). A GRU step
-writes at most 2K voxels, and ``sampling.update_candidates`` carries the band over to its result. A box, decoder
+logits' values. It is keyed by the tensor's identity, held weakly (the cache never keeps an old ROI tensor
+alive): every step either builds a new tensor, or is a GRU step that writes its at most 2K voxels in place
+(``corrector_step.gru_step``) and carries the band over to the written values itself
+(``sampling.update_candidates``), so a band found under a tensor's identity always matches its values. A box, decoder
 or mask step makes a new tensor and finds its band there (``band_for``, called by the predictor), off the GRU
 click's path; after an undo or a grown ROI the next GRU step finds it once.
 """
