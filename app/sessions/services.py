@@ -172,6 +172,7 @@ async def start_services(
         session_device_bytes=lambda: float(manager.device_bytes()),
         device_allocated_bytes=lambda: _device_allocated_bytes(model),
         device_queue_waiting=lambda: float(executor.waiting),
+        device_queued_share=lambda: executor.bulk.queued_share(settings.admission_window_s),
     )
     replicas = None
     if settings.replica_id is not None:  # Settings requires Redis + storage_dir with it
