@@ -95,7 +95,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="refuse new sessions (503) while the recent device queue wait p95 is above this (default 150)")
     p.add_argument("--admission-max-queued-share", type=float,
                    help="refuse new sessions (503) while device calls were queued more than this share of the "
-                   "recent window (default 0.3)")
+                   "recent window (default 0.4)")
     p.add_argument("--no-admission", action="store_true", help="admit new sessions by count and bytes only")
     p.add_argument("--keep-alive-timeout", dest="keep_alive_timeout_s", type=float,
                    help="seconds an idle keep-alive connection stays open (default 75)")

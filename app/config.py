@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         "queue waits of the last admission_window_s seconds is above this (ms); None = off.",
     )
     admission_max_queued_share: float | None = Field(
-        0.3, gt=0, le=1, allow_inf_nan=False,
+        0.4, gt=0, le=1, allow_inf_nan=False,
         description="Load shedding: new sessions get 503 + Retry-After while some device call waited for the bulk "
         "lane during more than this share of the last admission_window_s seconds (app.sessions.admission); "
         "None = off.",
