@@ -93,9 +93,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="refuse new sessions (503) while more heavy device calls are queued (default 8)")
     p.add_argument("--admission-max-wait-ms", type=float,
                    help="refuse new sessions (503) while the recent device queue wait p95 is above this (default 150)")
-    p.add_argument("--admission-max-busy", type=float,
-                   help="refuse new sessions (503) while the bulk device lane was busy more than this share of the "
-                   "recent window (default 0.6)")
+    p.add_argument("--admission-max-queued-share", type=float,
+                   help="refuse new sessions (503) while device calls were queued more than this share of the "
+                   "recent window (default 0.4)")
     p.add_argument("--no-admission", action="store_true", help="admit new sessions by count and bytes only")
     p.add_argument("--keep-alive-timeout", dest="keep_alive_timeout_s", type=float,
                    help="seconds an idle keep-alive connection stays open (default 75)")
@@ -110,7 +110,7 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "dicomweb_url", "monailabel_enabled", "monailabel_open", "monailabel_datastore", "click_propagation_reach",
             "click_region_reach", "max_volume_bytes", "max_request_body_bytes", "forwarded_allow_ips",
             "nninteractive_enabled", "nninteractive_liveness_timeout_s", "text_prompts", "text_tokenizer",
-            "zoom_in", "admission_max_queue", "admission_max_wait_ms", "admission_max_busy",
+            "zoom_in", "admission_max_queue", "admission_max_wait_ms", "admission_max_queued_share",
             "keep_alive_timeout_s")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key in ("replica_id", "directory_ttl_s"):  # several replicas (docs/reliability.md)
@@ -121,7 +121,7 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("--random-weights and --weights are exclusive")
         overrides.update(weights=None, allow_random_weights=True)
     if args.no_admission:
-        overrides.update(admission_max_queue=None, admission_max_wait_ms=None, admission_max_busy=None)
+        overrides.update(admission_max_queue=None, admission_max_wait_ms=None, admission_max_queued_share=None)
     if args.no_warmup:
         overrides["warmup"] = False
     if args.independent_objects:

@@ -114,11 +114,11 @@ class Settings(BaseSettings):
         description="Load shedding: new sessions get 503 + Retry-After while the 95th percentile of the device "
         "queue waits of the last admission_window_s seconds is above this (ms); None = off.",
     )
-    admission_max_busy: float | None = Field(
-        0.6, gt=0, le=1, allow_inf_nan=False,
-        description="Load shedding: new sessions get 503 + Retry-After while the bulk device lane was busy more than "
-        "this share of the last admission_window_s seconds (one lane runs one call at a time, so its queue grows "
-        "without bound as this nears 1); None = off.",
+    admission_max_queued_share: float | None = Field(
+        0.4, gt=0, le=1, allow_inf_nan=False,
+        description="Load shedding: new sessions get 503 + Retry-After while some device call waited for the bulk "
+        "lane during more than this share of the last admission_window_s seconds (app.sessions.admission); "
+        "None = off.",
     )
     admission_window_s: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="The window of recent device queue waits admission reads.")

@@ -5,6 +5,9 @@ Measures on a synthetic 128x256x256 (D, H, W) CT-like volume with the compact co
     * the first box (windows path: zoom-out decode + zoom-in windows encoded and cached; resample path: the
       grown box resampled, encoded once and cached),
     * a ``gru`` click, a ``decoder`` click (cached embeddings),
+    * the GRU step of a ``both`` click as the service runs it (``refine=False``: what the click's reply waits
+      for; its decoder step, the deferred refinement, runs after it untimed), last in each repeat and with
+      its own random clicks, so the other measurements are those of a run without it,
     * the label map of two overlapping objects (a second box nested in the first), under each overlap rule,
     * a stateless click: what a server without session state pays per click (init + box + decoder with all
       clicks, everything re-encoded),
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     samples["decoder_click"] = []
     samples["label_map_confidence"] = []
     samples["label_map_recent"] = []
+    samples["both_click_gru_step"] = []
+    both_rng = np.random.default_rng(2)
     for _ in range(args.repeats):
         t = time.perf_counter()
         state = predictor.init_state(vol, spacing)
@@ -108,6 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
         predictor.add_box(state, 2, INNER_BOX)
         for rule in ("confidence", "recent"):
             samples[f"label_map_{rule}"] += _time(lambda s=state, r=rule: predictor.get_label_map(s, overlap=r), 1)
+        for p in both_rng.integers(np.array(BOX[:3]), np.array(BOX[3:]) + 1, size=(3, 3)).tolist():
+            samples["both_click_gru_step"] += _time(
+                lambda s=state, p=p: predictor.add_clicks(s, 1, [p], [1], mode="both", refine=False), 1)
+            predictor.refine(state, 1)
 
     def stateless_click() -> None:
         st = predictor.init_state(vol, spacing)

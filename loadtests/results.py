@@ -24,10 +24,11 @@ class ServerCounters:
     ended: dict[str, float]  # segsvc_sessions_ended_total by reason
     http_5xx: dict[str, float]  # "METHOD route status" -> count of 5xx replies
     requests: float
+    queued_share: float = 0.0  # segsvc_device_queued_share: what admission control reads
 
 
 def parse_metrics(text: str) -> ServerCounters:
-    live = device = created = deleted = requests = 0.0
+    live = device = created = deleted = requests = queued = 0.0
     ended: dict[str, float] = {}
     errors: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -37,6 +38,8 @@ def parse_metrics(text: str) -> ServerCounters:
                 live = sample.value
             elif sample.name == "segsvc_session_device_bytes":
                 device = sample.value
+            elif sample.name == "segsvc_device_queued_share":
+                queued = sample.value
             elif sample.name == "segsvc_sessions_ended_total":
                 ended[labels.get("reason", "?")] = sample.value
             elif sample.name == "segsvc_http_request_duration_seconds_count":
@@ -48,7 +51,7 @@ def parse_metrics(text: str) -> ServerCounters:
                     created += sample.value
                 elif status.startswith("2") and route == "/v1/sessions/{session_id}" and method == "DELETE":
                     deleted += sample.value
-    return ServerCounters(live, device, created, deleted, ended, errors, requests)
+    return ServerCounters(live, device, created, deleted, ended, errors, requests, queued)
 
 
 def _number(text: str) -> float | None:

@@ -113,7 +113,7 @@ def drive(args: argparse.Namespace, server: subprocess.Popen[bytes], url: str, w
     cmd = locust_command(args, url, work / "locust", object_log)
     samples: dict[str, list[float]] = {k: [] for k in (
         "t_s", "rss_mb", "live_sessions", "device_mb", "created", "deleted", "http_5xx", "load1",
-        "server_cpu_s", "locust_cpu_s")}
+        "server_cpu_s", "locust_cpu_s", "queued_share")}
     proc = psutil.Process(server.pid)
     t0 = time.time()
     locust = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=(work / "locust.log").open("wb"), stderr=subprocess.STDOUT)
@@ -147,12 +147,12 @@ def _sample_until_done(args: argparse.Namespace, url: str, proc: psutil.Process,
                    "device_mb": round(counters.session_device_bytes / 2**20, 1), "created": counters.created,
                    "deleted": counters.deleted, "http_5xx": sum(counters.http_5xx.values()),
                    "load1": round(os.getloadavg()[0], 2), "server_cpu_s": round(cpu.user + cpu.system, 1),
-                   "locust_cpu_s": round(locust_cpu, 1)}
+                   "locust_cpu_s": round(locust_cpu, 1), "queued_share": round(counters.queued_share, 3)}
             for key, value in row.items():
                 samples[key].append(value)
             print(f"[{row['t_s']:6.0f}/{total_s} s] rss {row['rss_mb']:7.1f} MB  live {row['live_sessions']:3.0f}  "
                   f"created {row['created']:4.0f}  deleted {row['deleted']:4.0f}  5xx {row['http_5xx']:.0f}  "
-                  f"load {row['load1']:.2f}", flush=True)
+                  f"queued {row['queued_share']:.2f}  load {row['load1']:.2f}", flush=True)
         if done:
             if drain_until is None:  # locust is done: wait until every session has ended (abandoned ones
                 drain_until = time.monotonic() + args.idle_timeout + 30  # expire on the idle clock)

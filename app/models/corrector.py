@@ -29,10 +29,13 @@ Choices where the paper is ambiguous (SPEC section 2 wins):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from app.models.constant_tensors import long_vector, strides
 
 Recurrence = Literal["points", "rounds"]
 VALID_COLUMN = 4  # the validity flag's column in the state tensor (see app.models.sampling)
@@ -166,6 +169,34 @@ def apply_correction(
 
     Args:
         logits: (rd, rh, rw) logits over ``roi``; never modified.
+        roi, volume_shape, coords, valid, delta_p, delta_c, eps: as for ``corrected_voxels``.
+
+    Returns:
+        new_logits: a new (rd, rh, rw) tensor, bit-identical to ``logits`` except at ``touched``.
+        touched: (m, 3) long local (z, y, x) of the written voxels, unique, in flat-index order.
+    """
+    voxels, values = corrected_voxels(logits, roi, volume_shape, coords, valid, delta_p, delta_c, eps)
+    new_logits = logits.clone(memory_format=torch.contiguous_format)
+    new_logits.view(-1).index_copy_(0, voxels, values)
+    _, h, w = logits.shape
+    touched = torch.stack([voxels // (h * w), (voxels // w) % h, voxels % w], dim=1)
+    return new_logits, touched
+
+
+def corrected_voxels(
+    logits: Tensor,
+    roi: tuple[int, ...],
+    volume_shape: tuple[int, int, int],
+    coords: Tensor,
+    valid: Tensor,
+    delta_p: Tensor,
+    delta_c: Tensor | None,
+    eps: float = 1e-4,
+) -> tuple[Tensor, Tensor]:
+    """Where and what ``apply_correction`` writes, without writing it (the caller picks the tensor written to).
+
+    Args:
+        logits: (rd, rh, rw) logits over ``roi``; only read.
         roi: half-open (z0, y0, x0, z1, y1, x1) in volume voxels.
         volume_shape: (D, H, W).
         coords: (2K, 3) long volume (z, y, x); rows [0, K) uncertainty, [K, 2K) error.
@@ -175,8 +206,8 @@ def apply_correction(
         eps: probabilities are clamped to [eps, 1 - eps] before the logit.
 
     Returns:
-        new_logits: a new (rd, rh, rw) tensor, bit-identical to ``logits`` except at ``touched``.
-        touched: (m, 3) long local (z, y, x) of the written voxels, unique, in flat-index order.
+        voxels: (m,) long flat (C-order) indices into ``logits``, unique, ascending.
+        values: (m,) the new logits there, in ``logits.dtype``.
     """
     if logits.dim() != 3 or not logits.is_floating_point():
         raise ValueError("logits: expected a 3-D floating point tensor (rd, rh, rw)")
@@ -206,28 +237,33 @@ def apply_correction(
         dc = delta_c.to(device)
         keep &= torch.isfinite(dc).all(1)
         target = target + torch.round(torch.nan_to_num(dc, nan=0.0, posinf=0.0, neginf=0.0)).long()
-    upper_volume = torch.tensor(volume_shape, device=device) - 1
-    target = torch.minimum(target.clamp_min(0), upper_volume)
-    lo = torch.tensor((z0, y0, x0), device=device)
-    hi = torch.tensor((z1, y1, x1), device=device) - 1
-    local = torch.minimum(torch.maximum(target, lo), hi) - lo
+    # Clamped to the volume, then to the ROI: the ROI lies inside the volume, so that is one clamp to the ROI.
+    extent = tuple(logits.shape)
+    local = torch.clamp(target - long_vector((z0, y0, x0), device), min=long_vector((0, 0, 0), device),
+                        max=long_vector(tuple(e - 1 for e in extent), device))
+    flat_idx = (local * strides(extent, device)).sum(1)
 
-    k = rows // 2
-    row = torch.arange(rows, device=device)
-    # Priority (lower wins): error rows 0..K-1, then uncertainty rows K..2K-1; first row first in a block.
-    priority = torch.where(row >= k, row - k, row + k)[keep]
-    local, dp = local[keep], dp[keep]
-    _, h, w = logits.shape
-    flat_idx = (local[:, 0] * h + local[:, 1]) * w + local[:, 2]
-    voxels, inverse = torch.unique(flat_idx, sorted=True, return_inverse=True)
-    best = torch.full_like(voxels, 2 * rows).scatter_reduce(0, inverse, priority, reduce="amin")
-    winner_row = torch.where(best < k, best + k, best - k)  # priority -> original row
-    winner_dp = torch.zeros(rows, device=device).index_put_((row[keep],), dp)[winner_row]
+    # One voxel, one write: error rows beat uncertainty rows, and within a block the first row wins. In that
+    # priority order a stable sort by voxel puts each voxel's winner first; rows that write nothing get the
+    # index ``size`` and sort last.
+    by_priority = _by_priority(rows, device)
+    size = logits.numel()
+    voxel_of, order = torch.sort(torch.where(keep, flat_idx, size).index_select(0, by_priority), stable=True)
+    first = torch.ones_like(keep)
+    first[1:] = voxel_of[1:] != voxel_of[:-1]
+    first &= voxel_of < size
+    at = torch.nonzero(first).squeeze(1)
+    voxels = voxel_of.index_select(0, at)
+    winner_dp = dp.index_select(0, by_priority.index_select(0, order.index_select(0, at)))
 
-    new_logits = logits.clone(memory_format=torch.contiguous_format)
-    flat = new_logits.view(-1)
-    p = torch.sigmoid(flat[voxels].float())
+    p = torch.sigmoid(logits.reshape(-1).index_select(0, voxels).float())
     p_new = (p + winner_dp).clamp(eps, 1.0 - eps)
-    flat[voxels] = torch.logit(p_new).to(flat.dtype)
-    touched = torch.stack([voxels // (h * w), (voxels // w) % h, voxels % w], dim=1)
-    return new_logits, touched
+    return voxels, torch.logit(p_new).to(logits.dtype)
+
+
+@lru_cache(maxsize=8)
+def _by_priority(rows: int, device: torch.device) -> Tensor:
+    """(rows,) the rows in write priority order: error rows K..2K-1, then uncertainty rows 0..K-1."""
+    k = rows // 2
+    with torch.inference_mode(False):
+        return torch.cat([torch.arange(k, rows, device=device), torch.arange(k, device=device)])

@@ -8,6 +8,7 @@ objects' foreground clicks inside the object's ROI as background clicks (``exclu
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -15,12 +16,13 @@ import numpy as np
 import torch
 
 from app.models import geometry as geo
-from app.models.corrector import GRUCorrector, apply_correction
+from app.models.corrector import GRUCorrector, corrected_voxels
 from app.models.predictor_config import PredictorConfig
-from app.models.roi_logits import local_flat, logits_over, mask_diff, sparse_diff
+from app.models.roi_logits import logits_over, mask_diff, sparse_diff
 from app.models.sampling import build_corrector_input
 from app.models.stage_timer import StageTimer
 from app.models.state import Change, Click, ObjectState, SessionState
+from app.models.uncertain_band import band_of, carry_band
 
 
 def exclusion_clicks(state: SessionState, obj: ObjectState) -> list[Click]:
@@ -61,32 +63,54 @@ def gru_step(corrector: GRUCorrector, config: PredictorConfig, state: SessionSta
     # The object's first click; the box centre before any click (SPEC section 2.3).
     anchor = obj.first_click if obj.first_click is not None else _box_centre(obj.box)  # type: ignore[arg-type]
     gen = torch.Generator(device=state.device).manual_seed(_round_seed(state.seed, obj.object_id, obj.rounds))
+    sampling = config.sampling
+    candidates = band_of(obj.band, logits, sampling.tau)
     inp = build_corrector_input(
         logits, roi, state.shape,
         torch.as_tensor(clicks, device=state.device), torch.as_tensor(labels, device=state.device),
-        anchor, config.sampling, gen,
+        anchor, sampling, gen, candidates,
     )
     timer.lap("sample")
     out = corrector(inp.features[None], obj.hidden)
     timer.lap("corrector")
     delta_c = out.delta_c[0] if (config.use_offsets and out.delta_c is not None) else None
-    new_logits, touched = apply_correction(logits, roi, state.shape, inp.coords, inp.valid,
-                                           out.delta_p[0], delta_c)
-    timer.lap("update")
+    voxels, written = corrected_voxels(logits, roi, state.shape, inp.coords, inp.valid, out.delta_p[0], delta_c)
+    entry = obj.undo_stack[-1]
+    # On an unchanged ROI the step changes the written voxels only: the diff compares them, not the whole ROI.
+    same_roi = roi == old_roi and old_logits is not None
+    before = logits.reshape(-1).index_select(0, voxels) if same_roi else None  # a gather: a new tensor
+    sparse = same_roi and entry.step in _SPARSE_UNDO_STEPS
+    if sparse:
+        # Keep only the overwritten values instead of a second full copy of the ROI; with the entry holding no
+        # tensor, the object may own ``logits`` alone, and then the step writes its few voxels in place.
+        obj.undo_stack[-1] = replace(entry, logits=None, sparse_index=voxels, sparse_values=before)
+    # ``logits`` is the step's own when ``logits_over`` made it for a grown ROI (or a first click).
+    own = logits is not old_logits or (sparse and _owns(obj, logits))
+    new_logits = logits if own else logits.clone(memory_format=torch.contiguous_format)
+    new_logits.view(-1).index_copy_(0, voxels, written)
+    obj.band = carry_band(candidates, new_logits, voxels, sampling.tau)
+    obj.own_logits = weakref.ref(new_logits)
     obj.hidden, obj.rounds = out.hidden, obj.rounds + 1
     obj.roi, obj.logits = roi, new_logits
-    entry = obj.undo_stack[-1]
-    if roi == old_roi and old_logits is not None and entry.step == "clicks:gru":
-        # Keep only the overwritten values instead of a second full copy of the ROI.
-        flat = local_flat(touched, geo.bounds_shape(roi))
-        obj.undo_stack[-1] = replace(entry, logits=None, sparse_index=flat,
-                                     sparse_values=old_logits.reshape(-1)[flat].clone())
-        indices, values, bbox = sparse_diff(state.shape, roi, old_logits, new_logits, touched)
+    timer.lap("update")
+    if before is not None:
+        indices, values, bbox = sparse_diff(state.shape, roi, voxels, before, written)
     else:
         indices, values, bbox = mask_diff(state.shape, old_roi, old_logits, roi, new_logits)
     timer.lap("diff")
     obj.version += 1
     return Change(obj.object_id, obj.version, "gru", indices, values, bbox, timer.ms)
+
+
+_SPARSE_UNDO_STEPS = frozenset({"clicks:gru", "clicks:both"})
+"""Click steps whose GRU step keeps a sparse undo record (a both click's decoder step makes it whole again)."""
+
+
+def _owns(obj: ObjectState, logits: torch.Tensor) -> bool:
+    """Whether a GRU step may write into ``logits`` in place: a tensor an earlier step of this object made
+    (``ObjectState.own_logits``) that no undo entry holds (undo entries keep their tensors unchanged)."""
+    return (obj.own_logits is not None and obj.own_logits() is logits
+            and all(e.logits is not logits for e in obj.undo_stack))
 
 
 def click_arrays(clicks: Sequence[Click]) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ stages, each in its own module (SPEC section 1-2):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -50,6 +51,7 @@ from app.models.roi_logits import mask_diff
 from app.models.stage_timer import StageTimer
 from app.models.state import Change, Click, ObjectState, SessionState, UndoEntry
 from app.models.text_prompts import TextEmbeddings
+from app.models.uncertain_band import band_for
 from client.wire.vocab import REFINE_MODES, REGION_MODES
 
 OnChange = Callable[[Change], None]
@@ -228,18 +230,19 @@ class Predictor:
         obj = self._object(state, object_id)
         if not obj.clicks:
             raise ValueError(f"object_id: object {object_id} has no clicks to refine")
-        if obj.undo_stack and obj.undo_stack[-1].logits is None and obj.undo_stack[-1].sparse_index is not None:
-            # A sparse undo entry is relative to the GRU step's logits, which the decoder replaces: make it whole.
-            entry = obj.undo_stack[-1]
-            assert obj.logits is not None and entry.sparse_values is not None
-            restored = obj.logits.clone()
-            restored.view(-1)[entry.sparse_index] = entry.sparse_values
-            obj.undo_stack[-1] = replace(entry, logits=restored, sparse_index=None, sparse_values=None)
         return self._decoder_step(state, obj)
 
     def _decoder_step(self, state: SessionState, obj: ObjectState) -> Change:
         """Prompt encoder + mask decoder with the box, every click and the current logits as the mask prompt."""
         timer = StageTimer(self.device)
+        if obj.undo_stack and obj.undo_stack[-1].logits is None and obj.undo_stack[-1].sparse_index is not None:
+            # A sparse undo entry (a gru or both click's GRU step) is relative to the GRU step's logits, which the
+            # decoder replaces: make it whole (here, on the decoder's lane, not on the click's).
+            entry = obj.undo_stack[-1]
+            assert obj.logits is not None and entry.sparse_values is not None
+            restored = obj.logits.clone()
+            restored.view(-1)[entry.sparse_index] = entry.sparse_values
+            obj.undo_stack[-1] = replace(entry, logits=restored, sparse_index=None, sparse_values=None)
         all_pts, all_labs = click_arrays(exclusion_clicks(state, obj) + obj.clicks)
         roi, logits = self.decoder.decode(state, obj, obj.box, all_pts, all_labs, timer, use_old=True)
         old_roi, old_logits = obj.roi, obj.logits
@@ -421,6 +424,12 @@ class Predictor:
 
     def _finish(self, state: SessionState, obj: ObjectState, step: str, old_roi: Bounds | None,
                 old_logits: torch.Tensor | None, timer: StageTimer) -> Change:
+        if step in _NEW_LOGITS_STEPS and self.corrector is not None and obj.logits is not None:
+            # The next GRU click of the object needs the band of these logits: find it here, off the click's path
+            # (a decoder step runs on the bulk lane and costs a hundred times more), not on the instant lane.
+            obj.band = band_for(obj.band, obj.logits, self.config.tau)
+            obj.own_logits = weakref.ref(obj.logits)  # made here, held by the object alone (see gru_step)
+            timer.lap("band")
         indices, values, bbox = mask_diff(state.shape, old_roi, old_logits, obj.roi, obj.logits)
         timer.lap("diff")
         obj.version += 1
@@ -428,6 +437,10 @@ class Predictor:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+
+
+_NEW_LOGITS_STEPS = frozenset({"box", "decoder", "mask"})
+"""The steps that give an object logits no GRU step has seen (an undo's are an earlier state's, found on use)."""
 
 
 def _check_object_id(object_id: int) -> None:

@@ -31,6 +31,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from app.models.constant_tensors import float_vector, long_vector, strides
+
 N_FEATURES = 8
 """Columns of the state tensor: z/D, y/H, x/W, p_or_label, valid, anchor z/D, anchor y/H, anchor x/W."""
 
@@ -89,13 +91,71 @@ def mask_from_logits(logits: Tensor) -> Tensor:
     return logits > 0
 
 
-def sample_uncertain(logits: Tensor, tau: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def uncertain_candidates(logits: Tensor, tau: float) -> Tensor:
+    """The voxels of the uncertainty band |p - 0.5| < tau: (c,) long flat (C-order) indices of ``logits``, ascending.
+
+    Evaluated as |z| < logit(0.5 + tau) (``_logit_band``): sigmoid is strictly increasing, so this is the band in
+    exact arithmetic, where a float32 sigmoid would add false ties. NaN logits are never in the band.
+    """
+    _check_logits(logits)
+    SamplingConfig(tau=tau)  # same checks, same messages
+    band = _logit_band(float(tau), logits.device)
+    return torch.nonzero(logits.reshape(-1).float().abs() < band).squeeze(1)
+
+
+def update_candidates(candidates: Tensor, logits: Tensor, written: Tensor, tau: float) -> Tensor:
+    """``uncertain_candidates(logits, tau)``, from the candidates of a tensor that equals ``logits`` except at ``written``.
+
+    A GRU step writes at most 2K voxels of a ROI of up to millions; updating the band there costs O(c + m)
+    instead of a pass over the whole ROI, with exactly the same result.
+
+    Args:
+        candidates: (c,) long ascending flat indices: ``uncertain_candidates`` of the earlier tensor.
+        logits: (rd, rh, rw) the later tensor.
+        written: (m,) long ascending, unique flat indices outside which the two tensors are equal.
+        tau: band half-width, as for ``uncertain_candidates``.
+
+    Returns:
+        (c',) long ascending flat indices.
+    """
+    if written.numel() == 0:
+        return candidates
+    # Both lists are sorted, and ``written`` is short: look the written voxels up among the candidates (not the
+    # reverse) and merge by positions, with no sort of the whole band.
+    slot = torch.searchsorted(candidates, written)
+    if candidates.numel():
+        was_in = candidates.index_select(0, slot.clamp_max(candidates.numel() - 1)) == written
+    else:
+        was_in = torch.zeros_like(written, dtype=torch.bool)
+    now_in = logits.reshape(-1).index_select(0, written).float().abs() < _logit_band(float(tau), logits.device)
+    # Each written voxel in the band now goes before the kept candidates not smaller than it: its slot among the
+    # old candidates, less the written ones dropped before it, plus the added ones before it.
+    dropped_before = torch.cumsum(was_in, 0) - was_in.long()
+    now_at = torch.nonzero(now_in).squeeze(1)
+    added = written.index_select(0, now_at)
+    at = (slot - dropped_before + torch.cumsum(now_in, 0) - 1).index_select(0, now_at)
+    keep = torch.ones_like(candidates, dtype=torch.bool)
+    keep[slot[was_in]] = False
+    out = torch.empty(candidates.numel() - int(was_in.sum()) + added.numel(), dtype=candidates.dtype,
+                      device=candidates.device)
+    taken = torch.ones_like(out, dtype=torch.bool)
+    taken[at] = False
+    out[at] = added
+    out[taken] = candidates[keep]
+    return out
+
+
+def sample_uncertain(
+    logits: Tensor, tau: float, k: int, candidates: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The uncertainty set U_t = {|p - 0.5| < tau}, the K most uncertain first, padded to exactly K.
 
     Args:
         logits: (rd, rh, rw) float logits of the ROI.
         tau: band half-width in (0, 0.5]; the band is strict.
         k: number of rows returned.
+        candidates: ``uncertain_candidates(logits, tau)`` when the caller keeps it up to date
+            (``update_candidates``); None computes it here.
 
     Returns:
         coords: (k, 3) long local (z, y, x); padding rows 0.
@@ -104,30 +164,9 @@ def sample_uncertain(logits: Tensor, tau: float, k: int) -> tuple[Tensor, Tensor
     """
     _check_logits(logits)
     SamplingConfig(tau=tau, k=k)  # same checks, same messages
-    device = logits.device
-    flat = logits.reshape(-1)
-    # Work on |z|: sigmoid is strictly increasing, so |p - 0.5| < tau  <=>  |z| < logit(0.5 + tau) and the
-    # order by |z| is the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties),
-    # at the cost of one abs and one compare per ROI voxel.
-    abs_z = flat.float().abs()
-    candidates = torch.nonzero(abs_z < _logit_band(tau, device)).squeeze(1)  # ascending flat index
-    key = abs_z[candidates]
-    if candidates.numel() > k:
-        # Keep everything not farther than the k-th smallest (O(n)), then sort only those.
-        keep = key <= torch.kthvalue(key, k).values
-        candidates, key = candidates[keep], key[keep]
-    # Stable sort of an ascending-flat-index list: equal |z| stay in flat-index order.
-    chosen = candidates[torch.sort(key, stable=True).indices[:k]]
-    chosen_p = torch.sigmoid(flat[chosen].float())
-
-    n = chosen.numel()
-    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
-    probs = torch.zeros(k, dtype=torch.float32, device=device)
-    valid = torch.zeros(k, dtype=torch.bool, device=device)
-    coords[:n] = _unravel(chosen, logits.shape)
-    probs[:n] = chosen_p
-    valid[:n] = True
-    return coords, probs, valid
+    if candidates is None:
+        candidates = uncertain_candidates(logits, tau)
+    return _padded(*_uncertain_voxels(logits, k, candidates), logits.shape, k)
 
 
 def sample_errors(
@@ -160,40 +199,68 @@ def sample_errors(
     _check_logits(logits)
     SamplingConfig(k=k, radius=radius)  # same checks, same messages
     clicks, labels = _check_clicks(clicks, labels, logits.device)
+    return _padded(*_error_voxels(logits, clicks, labels, radius, k, generator), logits.shape, k)
+
+
+def _uncertain_voxels(logits: Tensor, k: int, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """U_t unpadded: (n,) long flat indices, the most uncertain first, and (n,) float32 their probabilities."""
+    flat = logits.reshape(-1)
+    # Rank by |z|: the order by |p - 0.5| in exact arithmetic (float32 sigmoid would add false ties).
+    key = flat.index_select(0, candidates).float().abs()
+    if candidates.numel() > k:
+        # Keep everything not farther than the k-th smallest (O(n)), then sort only those. The k-th smallest
+        # value is the largest of the k smallest (topk is the cheaper selection).
+        keep = torch.nonzero(key <= torch.topk(key, k, largest=False, sorted=False).values.max()).squeeze(1)
+        candidates, key = candidates.index_select(0, keep), key.index_select(0, keep)
+    # Stable sort of an ascending-flat-index list: equal |z| stay in flat-index order.
+    chosen = candidates.index_select(0, torch.sort(key, stable=True).indices[:k])
+    return chosen, torch.sigmoid(flat.index_select(0, chosen).float())
+
+
+def _error_voxels(logits: Tensor, clicks: Tensor, labels: Tensor, radius: float, k: int,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """E_t unpadded: (n,) long flat indices, ascending, and (n,) float32 their labels."""
     device = logits.device
-    shape = logits.shape
-    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
-    target = torch.zeros(k, dtype=torch.float32, device=device)
-    valid = torch.zeros(k, dtype=torch.bool, device=device)
-    if clicks.shape[0] == 0:
-        return coords, target, valid
+    shape = tuple(logits.shape)
+    n = clicks.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
+    points = clicks[:, None, :] + _ball_offsets(float(radius), device)  # (n, m, 3)
+    inside = ((points >= 0) & (points < long_vector(shape, device))).all(-1)
+    flat_idx = (points * strides(shape, device)).sum(-1)  # (n, m); meaningless where not inside
 
-    offsets = _ball_offsets(float(radius), device)  # (m, 3)
-    points = clicks[:, None, :] + offsets[None, :, :]  # (n, m, 3)
-    order = torch.arange(clicks.shape[0], device=device)[:, None].expand(-1, offsets.shape[0])  # click idx
-    extent = torch.tensor(shape, device=device)
-    inside = ((points >= 0) & (points < extent)).all(-1)
-    points, order = points[inside], order[inside]
-    flat_idx = (points[:, 0] * shape[1] + points[:, 1]) * shape[2] + points[:, 2]
-
-    # Latest click wins: the largest click index covering each voxel decides its label.
-    voxels, inverse = torch.unique(flat_idx, sorted=True, return_inverse=True)
-    latest = torch.full_like(voxels, -1).scatter_reduce(0, inverse, order, reduce="amax", include_self=True)
-    voxel_label = labels[latest]
-    mask = mask_from_logits(logits.reshape(-1)[voxels]).long()
-    wrong = mask != voxel_label
-    errors, error_label = voxels[wrong], voxel_label[wrong]
+    # Latest click wins. The points are in click order, so a stable sort by voxel leaves each voxel's latest
+    # covering click last among its points; points outside the ROI get the index ``size`` and sort last.
+    size = logits.numel()
+    voxel_of, order = torch.sort(torch.where(inside, flat_idx, size).reshape(-1), stable=True)
+    last = torch.ones_like(voxel_of, dtype=torch.bool)
+    last[:-1] = voxel_of[1:] != voxel_of[:-1]
+    last &= voxel_of < size
+    at = torch.nonzero(last).squeeze(1)
+    voxels = voxel_of.index_select(0, at)
+    point_label = labels[:, None].expand(inside.shape).reshape(-1)  # (n * m,) each point's click label
+    voxel_label = point_label.index_select(0, order.index_select(0, at))
+    wrong = torch.nonzero(mask_from_logits(logits.reshape(-1).index_select(0, voxels)).long() != voxel_label)
+    errors, error_label = voxels.index_select(0, wrong[:, 0]), voxel_label.index_select(0, wrong[:, 0])
 
     if errors.numel() > k:
         pick = torch.randperm(errors.numel(), generator=generator, device=generator.device)[:k]
         pick = torch.sort(pick.to(device)).values  # keep flat-index order among the drawn
         errors, error_label = errors[pick], error_label[pick]
+    return errors, error_label.float()
 
-    n = errors.numel()
-    coords[:n] = _unravel(errors, shape)
-    target[:n] = error_label.float()
+
+def _padded(flat_idx: Tensor, values: Tensor, shape: tuple[int, ...] | torch.Size, k: int
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """(n,) flat indices and values -> (k, 3) long local coords, (k,) float32 values, (k,) bool valid."""
+    n, device = flat_idx.numel(), flat_idx.device
+    coords = torch.zeros(k, 3, dtype=torch.long, device=device)
+    padded = torch.zeros(k, dtype=torch.float32, device=device)
+    valid = torch.zeros(k, dtype=torch.bool, device=device)
+    coords[:n] = _unravel(flat_idx, shape)
+    padded[:n] = values
     valid[:n] = True
-    return coords, target, valid
+    return coords, padded, valid
 
 
 def build_corrector_input(
@@ -205,6 +272,7 @@ def build_corrector_input(
     anchor: tuple[int, int, int],
     config: SamplingConfig,
     generator: torch.Generator,
+    candidates: Tensor | None = None,
 ) -> CorrectorInput:
     """Algorithm 1 + the state tensor for one object (paper eqs. 5-8).
 
@@ -217,6 +285,7 @@ def build_corrector_input(
         anchor: volume (z, y, x) of the object's first click, or of the box centre before any click.
         config: tau, K, radius.
         generator: for the error subset (only consumed when |E_t| > K).
+        candidates: ``uncertain_candidates(logits, config.tau)``, when the caller keeps it; None computes it.
 
     Returns:
         The ``CorrectorInput`` with 2K rows on ``logits.device``.
@@ -227,31 +296,35 @@ def build_corrector_input(
     if len(anchor) != 3:
         raise ValueError(f"anchor: expected (z, y, x), got {anchor!r}")
     clicks, labels = _check_clicks(clicks, labels, device)
-    origin = torch.tensor((z0, y0, x0), dtype=torch.long, device=device)
+    origin = long_vector((z0, y0, x0), device)
     k = config.k
+    if candidates is None:
+        candidates = uncertain_candidates(logits, config.tau)
 
-    u_coords, u_probs, u_valid = sample_uncertain(logits, config.tau, k)
-    e_coords, e_labels, e_valid = sample_errors(logits, clicks - origin, labels, config.radius, k, generator)
-    valid = torch.cat([u_valid, e_valid])
-    coords = torch.cat([u_coords, e_coords]) + origin
-    coords = torch.where(valid[:, None], coords, torch.zeros_like(coords))
-
-    scale = torch.tensor(volume_shape, dtype=torch.float32, device=device)
+    chosen, probs = _uncertain_voxels(logits, k, candidates)
+    errors, targets = _error_voxels(logits, clicks - origin, labels, config.radius, k, generator)
+    n_u, n_e = chosen.numel(), errors.numel()
+    # Only the real rows are computed; padding rows stay all zeros (validity included).
+    coords_real = _unravel(torch.cat([chosen, errors]), logits.shape) + origin  # (n_u + n_e, 3) volume
+    scale = float_vector(tuple(float(v) for v in volume_shape), device)
     anchor_t = torch.tensor(anchor, dtype=torch.float32, device=device) / scale
-    features = torch.cat(
+    real = torch.cat(
         [
-            coords.float() / scale,
-            torch.cat([u_probs, e_labels])[:, None],
-            valid.float()[:, None],
-            anchor_t.expand(2 * k, 3),
+            coords_real.float() / scale,
+            torch.cat([probs, targets])[:, None],
+            torch.ones(n_u + n_e, 1, device=device),
+            anchor_t.expand(n_u + n_e, 3),
         ],
         dim=1,
     )
-    features = features * valid.float()[:, None]  # padding rows: all zeros
-    counts = torch.stack([u_valid.sum(), e_valid.sum()]).tolist()
-    return CorrectorInput(
-        features=features, coords=coords, valid=valid, n_uncertain=int(counts[0]), n_error=int(counts[1])
-    )
+    features = torch.zeros(2 * k, N_FEATURES, device=device)
+    coords = torch.zeros(2 * k, 3, dtype=torch.long, device=device)
+    valid = torch.zeros(2 * k, dtype=torch.bool, device=device)
+    for rows, part in ((slice(0, n_u), slice(0, n_u)), (slice(k, k + n_e), slice(n_u, n_u + n_e))):
+        features[rows] = real[part]
+        coords[rows] = coords_real[part]
+        valid[rows] = True
+    return CorrectorInput(features=features, coords=coords, valid=valid, n_uncertain=n_u, n_error=n_e)
 
 
 @lru_cache(maxsize=16)
@@ -264,19 +337,21 @@ def _ball_offsets(radius: float, device: torch.device) -> Tensor:
     return grid[inside].to(device)
 
 
+@lru_cache(maxsize=16)
 def _logit_band(tau: float, device: torch.device) -> Tensor:
     """The float32 T with |z| < T  <=>  |sigmoid(z) - 0.5| < tau (exact sigmoid) for every float32 z."""
     exact = 2.0 * math.atanh(2.0 * tau) if tau < 0.5 else math.inf  # = logit(0.5 + tau)
-    t = torch.tensor(exact, dtype=torch.float32)
-    if float(t) < exact:  # round up: the smallest float32 >= exact keeps the band strict
-        t = torch.nextafter(t, torch.tensor(math.inf))
-    return t.to(device)
+    with torch.inference_mode(False):  # cached: a normal tensor, usable in and out of inference mode
+        t = torch.tensor(exact, dtype=torch.float32)
+        if float(t) < exact:  # round up: the smallest float32 >= exact keeps the band strict
+            t = torch.nextafter(t, torch.tensor(math.inf))
+        return t.to(device)
 
 
 def _unravel(flat_idx: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
     """(n,) C-order flat indices of a (d, h, w) grid -> (n, 3) long (z, y, x)."""
     _, h, w = shape
-    return torch.stack([flat_idx // (h * w), (flat_idx // w) % h, flat_idx % w], dim=1)
+    return torch.stack([torch.floor_divide(flat_idx, h * w), torch.floor_divide(flat_idx, w) % h, flat_idx % w], dim=1)
 
 
 def _check_logits(logits: Tensor) -> None:

@@ -11,6 +11,7 @@ a user box is *inclusive* [z0, y0, x0, z1, y1, x1].
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from app.coordinates import Bounds
 from app.models.backbone import Embedding
+from app.models.uncertain_band import UncertainBand
 
 
 @dataclass(frozen=True)
@@ -102,14 +104,21 @@ class ObjectState:
     clicks: list[Click] = field(default_factory=list)
     first_click: tuple[int, int, int] | None = None
     roi: Bounds | None = None
-    logits: torch.Tensor | None = None  # (rd, rh, rw) float32 on the session device
+    # (rd, rh, rw) float32 on the session device. A GRU step may update it in place (see ``own_logits``): a
+    # caller that keeps a state of it copies it.
+    logits: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # corrector hidden state, (layers, 1, hidden)
     rounds: int = 0  # corrector rounds run so far (seeds the error sampling)
     undo_stack: list[UndoEntry] = field(default_factory=list)
+    # The uncertainty band of ``logits`` as the last GRU step left it: a cache, not part of the undo state.
+    band: UncertainBand | None = field(default=None, repr=False, compare=False)
+    # The logits tensor the last GRU, box, decoder or mask step made: while no undo entry holds it, the next GRU
+    # step on the same ROI writes its few voxels into it in place instead of copying the ROI (``gru_step``).
+    own_logits: weakref.ref[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
-        n = sum(e.nbytes for e in self.undo_stack)
+        n = sum(e.nbytes for e in self.undo_stack) + (self.band.nbytes if self.band is not None else 0)
         for t in (self.logits, self.hidden):
             if t is not None:
                 n += t.element_size() * t.nelement()

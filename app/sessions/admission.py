@@ -11,10 +11,13 @@ cores, do not. So a new session is refused (``CapacityExceeded``: 503 + Retry-Af
   least ``min_samples`` waits in the window), is above ``max_wait_ms``. Per lane, because the instant lane's
   many near-zero waits would otherwise hide a slow bulk lane in a pooled percentile.
 
-- the bulk lane was busy (running calls) more than ``max_busy`` of the last ``window_s`` seconds. The lane runs
-  one call at a time, so as its load nears 1 its queue, and every admitted annotator's box and refinement
-  latency, grows without bound; this rule sees that before the waits do (measured with 100 simulated
-  annotators on 2 cores: the wait rule alone admitted 62 sessions and the boxes reached 660 ms at p95).
+- some call waited for the bulk lane during more than ``max_queued_share`` of the last ``window_s`` seconds.
+  The lane runs one call at a time; with many annotators, the share of time its queue is not empty grows
+  steadily with its use (about the square of it for random arrivals), long before the p95 wait of a short
+  window reacts, and it does not lag behind a burst of admissions the way a percentile of finished waits
+  does (measured with 100 simulated annotators on 2 cores: the wait rule alone admitted 62 sessions and the
+  boxes reached 660 ms at p95). A lone annotator, whose calls come one after another, never makes a call
+  wait, however heavy the model: the share stays 0.
 
 All three read what the admitted sessions experience right now; the waits leave the window by themselves, so
 admission reopens a few seconds after the load drops. Existing sessions are never refused (their requests
@@ -38,7 +41,7 @@ class AdmissionLimits:
 
     max_queue: int | None = None
     max_wait_ms: float | None = None
-    max_busy: float | None = None
+    max_queued_share: float | None = None
     window_s: float = 10.0
     min_samples: int = 20
 
@@ -79,9 +82,10 @@ class Admission:
         if lim.max_wait_ms is not None and (wait := self.recent_wait_p95_ms()) is not None and wait > lim.max_wait_ms:
             return "latency", (f"capacity: device queue wait p95 {wait:.0f} ms over the last {lim.window_s:g} s "
                                f"(at most {lim.max_wait_ms:g} ms admit new sessions)")
-        if lim.max_busy is not None and (busy := self.executor.bulk.busy_fraction(lim.window_s, self._clock())) > lim.max_busy:
-            return "busy", (f"capacity: the device was busy {busy:.0%} of the last {lim.window_s:g} s "
-                            f"(at most {lim.max_busy:.0%} admit new sessions)")
+        if (lim.max_queued_share is not None
+                and (share := self.executor.bulk.queued_share(lim.window_s, self._clock())) > lim.max_queued_share):
+            return "queued", (f"capacity: device calls were queued {share:.0%} of the last {lim.window_s:g} s "
+                              f"(at most {lim.max_queued_share:.0%} admit new sessions)")
         return None
 
     def check(self, retry_after_s: int, on_refusal: Callable[[str], None] | None = None) -> None:

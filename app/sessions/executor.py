@@ -16,8 +16,8 @@ session's heavy work (issue 24: click p95 410 ms with 50 annotators).
 A task holds at most one device lock (both sit at ``DEVICE_LEVEL``, and ``OrderedLock`` refuses a second
 lock of the same level), so the global order stays *session lock, then one device lock*.
 
-Each lane keeps the queue wait and the run time of its recent calls (``recent_waits_ms``, ``recent_runs_ms``):
-admission control reads them.
+Each lane keeps the queue wait of its recent calls (``recent_waits_ms``) and the spans of time during which calls
+waited (``recent_queued``): admission control reads them.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Lane:
         lock: the lane's device lock; hold a session's lock first if the work touches that session.
         waiting: calls currently queued for the lock (exported as a metric, read by admission control).
         recent_waits_ms: (monotonic end of wait, wait in ms) of the most recent calls.
-        recent_runs_ms: (monotonic end of run, run in ms) of the most recent calls (the lock held).
+        recent_queued: (monotonic start, end) of the recent spans during which at least one call waited.
     """
 
     def __init__(self, name: str) -> None:
@@ -57,39 +57,46 @@ class Lane:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.waiting = 0
         self.recent_waits_ms: deque[tuple[float, float]] = deque(maxlen=RECENT_WAITS)
-        self.recent_runs_ms: deque[tuple[float, float]] = deque(maxlen=RECENT_WAITS)
-        self._running_since: float | None = None
+        self.recent_queued: deque[tuple[float, float]] = deque(maxlen=RECENT_WAITS)
+        self._queued_since: float | None = None
 
     async def run(self, fn: Callable[[], T], give_up: asyncio.Event | None = None) -> T:
         loop = asyncio.get_running_loop()
-        self.waiting += 1
         queued = time.monotonic()
+        self._count_waiting(+1, queued)
         try:
             acquired = await self.lock.acquire(give_up)
         finally:
-            self.waiting -= 1
+            self._count_waiting(-1, time.monotonic())
         if not acquired:
             raise GaveUp
-        started = time.monotonic()
-        self._running_since = started
         try:
-            self.recent_waits_ms.append((started, (started - queued) * 1e3))
+            now = time.monotonic()
+            self.recent_waits_ms.append((now, (now - queued) * 1e3))
             return await loop.run_in_executor(self._pool, fn)
         finally:
-            ended = time.monotonic()
-            self._running_since = None
-            self.recent_runs_ms.append((ended, (ended - started) * 1e3))
             self.lock.release()
 
-    def busy_fraction(self, window_s: float, now: float | None = None) -> float:
-        """The share of the last ``window_s`` seconds this lane spent running calls (0..1), the call in
-        progress included. Calls are serial, so the run times of those that ended in the window add up."""
+    def _count_waiting(self, delta: int, now: float) -> None:
+        """Track ``waiting`` and the spans during which some call waited (``recent_queued``)."""
+        self.waiting += delta
+        if delta > 0 and self._queued_since is None and self.lock.locked():  # a call found the lane taken
+            self._queued_since = now
+        elif self.waiting == 0 and self._queued_since is not None:
+            self.recent_queued.append((self._queued_since, now))
+            self._queued_since = None
+
+    def queued_share(self, window_s: float, now: float | None = None) -> float:
+        """The share of the last ``window_s`` seconds during which at least one call waited for this lane (0..1),
+        the span in progress included. One client whose calls come one after another never makes a call wait,
+        however long they run; many clients do, and the more often as the lane nears full use."""
         now = time.monotonic() if now is None else now
         since = now - window_s
-        busy_ms = sum(min(ms, (end - since) * 1e3) for end, ms in self.recent_runs_ms if end > since)
-        if self._running_since is not None:
-            busy_ms += (now - max(self._running_since, since)) * 1e3
-        return min(1.0, busy_ms / (window_s * 1e3))
+        spans = list(self.recent_queued)
+        if self._queued_since is not None:
+            spans.append((self._queued_since, now))
+        queued_s = sum(end - max(start, since) for start, end in spans if end > since)
+        return min(1.0, queued_s / window_s)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -9,6 +9,8 @@ Exported series (all prefixed ``segsvc_``):
     session_device_bytes                                    gauge: device bytes held by all sessions (state.nbytes)
     device_allocated_bytes                                  gauge: allocator view (CUDA only; 0 on CPU)
     device_queue_waiting                                    gauge: tasks waiting for the device lock
+    device_queued_share                                     gauge: share of the admission window some call waited
+                                                            for the bulk lane (what admission control reads)
     sessions_ended_total{reason}                            counter: idle / max_age / deleted / ...
     capacity_rejections_total{limit}                        counter: sessions / device_bytes
     stream_frames_total{kind}, stream_frame_bytes_total     counters of WebSocket frames sent
@@ -55,6 +57,10 @@ class ServiceMetrics:
         self.device_queue_waiting = Gauge(
             "segsvc_device_queue_waiting", "Tasks waiting for the device lock.", registry=r
         )
+        self.device_queued_share = Gauge(
+            "segsvc_device_queued_share",
+            "Share of the last admission window during which some call waited for the bulk device lane.", registry=r
+        )
         self.sessions_ended = Counter(
             "segsvc_sessions_ended_total", "Sessions ended, by reason.", ["reason"], registry=r
         )
@@ -80,12 +86,14 @@ class ServiceMetrics:
         session_device_bytes: Callable[[], float],
         device_allocated_bytes: Callable[[], float],
         device_queue_waiting: Callable[[], float],
+        device_queued_share: Callable[[], float],
     ) -> None:
         """Make the gauges read live values at scrape time (callables must be cheap and thread-safe)."""
         self.sessions.set_function(sessions)
         self.session_device_bytes.set_function(session_device_bytes)
         self.device_allocated_bytes.set_function(device_allocated_bytes)
         self.device_queue_waiting.set_function(device_queue_waiting)
+        self.device_queued_share.set_function(device_queued_share)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

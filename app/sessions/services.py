@@ -70,7 +70,7 @@ def limits_from(settings: Settings) -> SessionLimits:
         exclusive_objects=settings.exclusive_objects,
         idle_trim_s=settings.idle_trim_s,
         admission=AdmissionLimits(max_queue=settings.admission_max_queue, max_wait_ms=settings.admission_max_wait_ms,
-                                  max_busy=settings.admission_max_busy,
+                                  max_queued_share=settings.admission_max_queued_share,
                                   window_s=settings.admission_window_s, min_samples=settings.admission_min_samples),
     )
 
@@ -172,6 +172,7 @@ async def start_services(
         session_device_bytes=lambda: float(manager.device_bytes()),
         device_allocated_bytes=lambda: _device_allocated_bytes(model),
         device_queue_waiting=lambda: float(executor.waiting),
+        device_queued_share=lambda: executor.bulk.queued_share(settings.admission_window_s),
     )
     replicas = None
     if settings.replica_id is not None:  # Settings requires Redis + storage_dir with it

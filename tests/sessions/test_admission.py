@@ -64,35 +64,63 @@ async def test_slow_waits_in_one_lane_refuse_even_when_the_other_lane_is_fast() 
         executor.shutdown()
 
 
-def test_busy_fraction_counts_run_time_inside_the_window_and_the_call_in_progress() -> None:
+def test_queued_share_counts_the_spans_with_a_waiting_call_inside_the_window() -> None:
     executor = DeviceExecutor()
     lane = executor.bulk
     try:
-        lane.recent_runs_ms.extend([(95.0, 2000.0), (99.0, 1000.0), (80.0, 500.0)])  # the last ended before the window
-        assert lane.busy_fraction(10.0, now=100.0) == pytest.approx(0.3)
-        lane.recent_runs_ms.append((91.0, 4000.0))  # started 87 s: only the 1 s inside the window counts
-        assert lane.busy_fraction(10.0, now=100.0) == pytest.approx(0.4)
-        lane._running_since = 98.5  # a call running for 1.5 s now
-        assert lane.busy_fraction(10.0, now=100.0) == pytest.approx(0.55)
-        lane._running_since = 50.0  # running since before the window: the whole window at most
-        assert lane.busy_fraction(10.0, now=100.0) == 1.0
+        lane.recent_queued.extend([(80.0, 85.0), (92.0, 94.0), (97.0, 98.0)])  # the first ended before the window
+        assert lane.queued_share(10.0, now=100.0) == pytest.approx(0.3)
+        lane.recent_queued.append((88.0, 91.0))  # began before the window: only its 1 s inside counts
+        assert lane.queued_share(10.0, now=100.0) == pytest.approx(0.4)
+        lane._queued_since = 98.5  # a call waiting for 1.5 s now
+        assert lane.queued_share(10.0, now=100.0) == pytest.approx(0.55)
+        lane._queued_since = 50.0  # waiting since before the window: the whole window at most
+        assert lane.queued_share(10.0, now=100.0) == 1.0
     finally:
         executor.shutdown()
 
 
-async def test_a_lane_busy_past_its_share_refuses_new_sessions_until_it_calms_down() -> None:
-    executor, clock = DeviceExecutor(), Clock()
-    admission = Admission(executor, AdmissionLimits(max_busy=0.6, window_s=10.0), clock=clock)
+async def test_calls_one_after_another_never_count_as_queued_however_long_they_run() -> None:
+    executor = DeviceExecutor()
     try:
-        executor.bulk.recent_runs_ms.extend([(clock.now - 1.0, 3000.0), (clock.now - 0.5, 2000.0)])
-        assert admission.refusal() is None  # 50 % busy: admitted
-        executor.bulk.recent_runs_ms.append((clock.now, 1500.0))
+        for _ in range(3):
+            await executor.run(threading.Event().wait, 0.05)  # a lone client: each call finds the lane free
+        assert executor.bulk.queued_share(10.0) == 0.0
+        assert not executor.bulk.recent_queued
+    finally:
+        executor.shutdown()
+
+
+async def test_a_call_waiting_behind_another_is_a_queued_span() -> None:
+    executor = DeviceExecutor()
+    release = threading.Event()
+    try:
+        running = asyncio.ensure_future(executor.run(release.wait, 10))
+        await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(executor.run(lambda: None))
+        await asyncio.sleep(0.05)
+        assert executor.bulk.queued_share(10.0) > 0.0  # the span in progress
+        release.set()
+        await asyncio.gather(running, queued)
+        (start, end), = executor.bulk.recent_queued
+        assert end - start >= 0.04 and executor.bulk.waiting == 0
+    finally:
+        release.set()
+        executor.shutdown()
+
+
+async def test_a_lane_queued_past_its_share_refuses_new_sessions_until_it_calms_down() -> None:
+    executor, clock = DeviceExecutor(), Clock()
+    admission = Admission(executor, AdmissionLimits(max_queued_share=0.3, window_s=10.0), clock=clock)
+    try:
+        executor.bulk.recent_queued.extend([(-3.0, -1.0), (-0.5, 0.0)])
+        assert admission.refusal() is None  # 25 % of the window: admitted
+        executor.bulk._queued_since = -1.0  # and a call waiting for a second now: 35 %
         refused = admission.refusal()
-        assert refused is not None and refused[0] == "busy" and "busy 65%" in refused[1]
-        clock.now += 9.5  # the first two runs left the window, the last is 0.5 s inside it: 5 %
+        assert refused is not None and refused[0] == "queued" and "queued 35% of the last 10 s" in refused[1]
+        executor.bulk._queued_since = None
+        clock.now += 9.5  # the first span left the window, the second is 0.5 s inside it: 5 %
+        assert executor.bulk.queued_share(10.0, clock.now) == pytest.approx(0.05)
         assert admission.refusal() is None
-        assert executor.bulk.busy_fraction(10.0, clock.now) == pytest.approx(0.05)
-        await executor.run(lambda: None)  # a real call is recorded with its run time
-        assert executor.bulk.recent_runs_ms[-1][1] >= 0.0
     finally:
         executor.shutdown()
