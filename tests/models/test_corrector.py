@@ -278,19 +278,14 @@ def test_a_non_finite_offset_drops_only_its_own_row():
 
 
 def test_offsets_clamp_to_the_volume_edges_where_the_roi_reaches_them():
-    """An ROI on the volume's first and last voxels (or padded past the end): moved points stop at the
-    volume's own edges, 0 and D-1."""
+    """An ROI on the volume's first and last voxels: moved points stop at the edges, 0 and D-1."""
     volume = (4, 4, 4)
-    roi = (0, 0, 0, 6, 6, 6)  # padded past the volume's end
-    logits = torch.zeros(6, 6, 6)
+    roi = (0, 0, 0, 4, 4, 4)
     coords = torch.tensor([[0, 0, 0], [3, 3, 3]])
-    dc = torch.tensor([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]])
-    _, touched = apply_correction(logits, roi, volume, coords, torch.ones(2, dtype=torch.bool),
-                                  torch.full((2,), 0.1), dc)
-    assert touched.tolist() == [[0, 0, 0], [3, 3, 3]]
-    _, touched = apply_correction(torch.zeros(4, 4, 4), (0, 0, 0, 4, 4, 4), volume, coords,
-                                  torch.ones(2, dtype=torch.bool), torch.full((2,), 0.1), None)
-    assert touched.tolist() == [[0, 0, 0], [3, 3, 3]]
+    for dc in (torch.tensor([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]]), None):
+        _, touched = apply_correction(torch.zeros(4, 4, 4), roi, volume, coords, torch.ones(2, dtype=torch.bool),
+                                      torch.full((2,), 0.1), dc)
+        assert touched.tolist() == [[0, 0, 0], [3, 3, 3]]
 
 
 def test_the_first_error_row_beats_every_uncertainty_row():

@@ -169,3 +169,17 @@ def test_decoder_steps_leave_the_band_of_their_logits_for_the_next_gru_click(pre
             predictor.add_clicks(state, 1, [[11, 28, 21]], [1], mode="both")
         assert obj.band is not None and obj.band.source() is obj.logits
         assert torch.equal(obj.band.candidates, uncertain_candidates(obj.logits, predictor.config.tau))
+
+
+def test_a_kept_band_is_used_only_for_its_own_tensor_and_tau():
+    from app.models.uncertain_band import band_for, band_of, carry_band
+
+    logits = torch.tensor([0.1, 0.5, 1.0, 3.0]).reshape(1, 1, 4)
+    kept = band_for(None, logits, 0.1)
+    assert kept.tau == 0.1 and kept.candidates.tolist() == [0]
+    assert band_for(kept, logits, 0.1).candidates is kept.candidates  # found again without a pass
+    assert band_of(kept, logits, 0.4).tolist() == uncertain_candidates(logits, 0.4).tolist() == [0, 1, 2]
+    new = logits.clone()
+    new.view(-1)[3] = 0.0
+    carried = carry_band(kept.candidates, new, torch.tensor([3]), 0.1)
+    assert carried.tau == 0.1 and carried.candidates.tolist() == [0, 3]

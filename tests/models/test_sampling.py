@@ -13,6 +13,8 @@ from app.models.sampling import (
     mask_from_logits,
     sample_errors,
     sample_uncertain,
+    uncertain_candidates,
+    update_candidates,
 )
 
 
@@ -327,6 +329,19 @@ def test_the_band_edge_itself_is_outside_when_it_is_a_float32():
     below = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
     coords, _, valid = sample_uncertain(_line([1.0, below, -1.0, 5.0]), tau, 4)
     assert valid.tolist() == [True, False, False, False] and coords[0].tolist() == [0, 0, 1]
+
+
+def test_the_band_edge_stays_outside_when_the_band_is_updated():
+    tau = 0.23105857863000487  # the logit bound is exactly 1.0 (see above)
+    before = _line([5.0, 0.5, 5.0, 5.0])
+    after = _line([1.0, 0.5, 0.25, 5.0])  # written: 0 (to the edge) and 2 (into the band)
+    updated = update_candidates(uncertain_candidates(before, tau), after, torch.tensor([0, 2]), tau)
+    assert updated.tolist() == uncertain_candidates(after, tau).tolist() == [1, 2]
+
+
+def test_given_candidates_do_not_skip_the_tau_check():
+    with pytest.raises(ValueError, match="^tau"):
+        sample_uncertain(_line([0.0, 1.0]), 0.6, 2, candidates=torch.tensor([0]))
 
 
 def test_exactly_k_errors_are_all_kept_without_drawing():
