@@ -44,6 +44,10 @@ class SessionLifecycle:
         self.registry = registry
         self.files = files
         self.metrics = metrics
+        # One encode at a time: a burst of admitted uploads would otherwise queue several encodes (each a few
+        # hundred ms on a CPU) back to back on the bulk lane, ahead of the admitted annotators' boxes and
+        # refinements; one at a time, their calls interleave with the encodes.
+        self._encoding = asyncio.Semaphore(1)
 
     async def create(
         self,
@@ -65,15 +69,16 @@ class SessionLifecycle:
         Raises ``CapacityExceeded`` when full, ``InvalidVolume`` when the model refuses the volume.
         """
         registry, limits = self.registry, self.registry.limits
-        registry.check_room_for_session()
+        registry.check_room_for_session(by_load=False)  # admitted by load before its upload was read
         with registry.creating():
             if exclusive_objects is None:
                 exclusive_objects = limits.exclusive_objects
             try:
-                state = await self.executor.run(
-                    self.predictor.init_state, volume, geometry.spacing, seed=limits.seed,
-                    exclusive_objects=exclusive_objects,
-                )
+                async with self._encoding:
+                    state = await self.executor.run(
+                        self.predictor.init_state, volume, geometry.spacing, seed=limits.seed,
+                        exclusive_objects=exclusive_objects,
+                    )
             except ValueError as e:
                 raise InvalidVolume(f"file: {e}", field="file") from e
             nbytes = state.nbytes

@@ -126,8 +126,8 @@ class SessionManager:
     def expires_in_s(self, session: Session) -> float:
         return self.registry.expires_in_s(session)
 
-    def check_room_for_session(self) -> None:
-        self.registry.check_room_for_session()
+    def check_room_for_session(self, *, by_load: bool = True) -> None:
+        self.registry.check_room_for_session(by_load=by_load)
 
     def refuse_restored(self, record: SessionRecord, reason: str, *, detail: str = "") -> None:
         self.registry.refuse_restored(record, reason, detail=detail)

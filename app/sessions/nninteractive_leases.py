@@ -208,6 +208,7 @@ class LeaseRegistry:
         lease.session, lease.queued, lease.undo_counts = None, [], []
         if old is not None:
             await self._close_session(old)
+        self.manager.check_room_for_session()  # count, bytes and load (an image is the protocol's new session)
         session, _token = await self.manager.create(volume, geometry, source_format="nninteractive")
         lease.session = session
         self.acted(lease)

@@ -246,16 +246,17 @@ class SessionRegistry:
 
     # --- capacity -------------------------------------------------------------------------------------------
 
-    def check_room_for_session(self) -> None:
+    def check_room_for_session(self, *, by_load: bool = True) -> None:
         """Raise ``CapacityExceeded`` now if a new session could not be admitted (cheap; call before
-        reading an upload)."""
+        reading an upload). ``by_load=False``: the count and byte limits only, for an upload already admitted
+        and read (refusing it for load now would throw that work away)."""
         if len(self._sessions) + self._creating >= self.limits.max_sessions:
             self.metrics.capacity_rejections.labels(limit="sessions").inc()
             raise CapacityExceeded(
                 f"capacity: {self.limits.max_sessions} sessions are open; retry later",
                 retry_after_s=self.limits.retry_after_s,
             )
-        if self.admission is not None:
+        if by_load and self.admission is not None:
             self.admission.check(self.limits.retry_after_s,
                                  lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc())
         self.check_room_for_object()
