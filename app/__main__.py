@@ -121,7 +121,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("--random-weights and --weights are exclusive")
         overrides.update(weights=None, allow_random_weights=True)
     if args.no_admission:
-        overrides.update(admission_max_queue=None, admission_max_wait_ms=None, admission_max_queued_share=None)
+        overrides.update(admission_max_queue=None, admission_max_wait_ms=None, admission_max_queued_share=None,
+                         admission_max_creating=None)
     if args.no_warmup:
         overrides["warmup"] = False
     if args.independent_objects:

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
         "lane during more than this share of the last admission_window_s seconds (app.sessions.admission); "
         "None = off.",
     )
+    admission_max_creating: int | None = Field(
+        2, ge=1, description="Load shedding: new sessions get 503 + Retry-After while this many are being opened "
+        "(upload read, volume not yet encoded; encodes run one at a time); None = off.",
+    )
     admission_window_s: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="The window of recent device queue waits admission reads.")
     admission_min_samples: int = Field(

@@ -42,6 +42,7 @@ class AdmissionLimits:
     max_queue: int | None = None
     max_wait_ms: float | None = None
     max_queued_share: float | None = None
+    max_creating: int | None = None
     window_s: float = 10.0
     min_samples: int = 20
 
@@ -87,6 +88,19 @@ class Admission:
             return "queued", (f"capacity: device calls were queued {share:.0%} of the last {lim.window_s:g} s "
                               f"(at most {lim.max_queued_share:.0%} admit new sessions)")
         return None
+
+    def check_creating(self, creating: int, retry_after_s: int,
+                       on_refusal: Callable[[str], None] | None = None) -> None:
+        """Raise ``CapacityExceeded`` while ``creating`` sessions (uploads read, not yet encoded) are in flight, at
+        least ``max_creating``: encodes run one at a time, so more would only wait, each admitted already and
+        about to add its annotator's load, which none of the lane measures can see yet."""
+        limit = self.limits.max_creating
+        if limit is None or creating < limit:
+            return
+        if on_refusal is not None:
+            on_refusal("creating")
+        raise CapacityExceeded(f"capacity: {creating} new sessions are being opened (at most {limit} at once); "
+                               "retry later", retry_after_s=retry_after_s)
 
     def check(self, retry_after_s: int, on_refusal: Callable[[str], None] | None = None) -> None:
         """Raise ``CapacityExceeded`` (with ``retry_after_s``) when a new session must wait."""

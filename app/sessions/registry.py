@@ -257,6 +257,8 @@ class SessionRegistry:
                 retry_after_s=self.limits.retry_after_s,
             )
         if by_load and self.admission is not None:
+            self.admission.check_creating(self._creating, self.limits.retry_after_s,
+                                          lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc())
             self.admission.check(self.limits.retry_after_s,
                                  lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc())
         self.check_room_for_object()

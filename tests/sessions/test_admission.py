@@ -124,3 +124,17 @@ async def test_a_lane_queued_past_its_share_refuses_new_sessions_until_it_calms_
         assert admission.refusal() is None
     finally:
         executor.shutdown()
+
+
+def test_sessions_being_opened_refuse_more_at_the_limit_only() -> None:
+    executor = DeviceExecutor()
+    admission = Admission(executor, AdmissionLimits(max_creating=2))
+    refused: list[str] = []
+    try:
+        admission.check_creating(1, retry_after_s=4, on_refusal=refused.append)  # one encoding: admitted
+        with pytest.raises(CapacityExceeded, match="2 new sessions are being opened") as error:
+            admission.check_creating(2, retry_after_s=4, on_refusal=refused.append)
+        assert error.value.retry_after_s == 4 and refused == ["creating"]
+        Admission(executor, AdmissionLimits()).check_creating(50, retry_after_s=4)  # the rule off
+    finally:
+        executor.shutdown()
