@@ -95,7 +95,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="refuse new sessions (503) while the recent device queue wait p95 is above this (default 150)")
     p.add_argument("--admission-max-queued-share", type=float,
                    help="refuse new sessions (503) while device calls were queued more than this share of the "
-                   "recent window (default 0.4)")
+                   "recent window (default 0.3)")
     p.add_argument("--no-admission", action="store_true", help="admit new sessions by count and bytes only")
     p.add_argument("--keep-alive-timeout", dest="keep_alive_timeout_s", type=float,
                    help="seconds an idle keep-alive connection stays open (default 75)")
@@ -122,7 +122,7 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides.update(weights=None, allow_random_weights=True)
     if args.no_admission:
         overrides.update(admission_max_queue=None, admission_max_wait_ms=None, admission_max_queued_share=None,
-                         admission_max_creating=None)
+                         admission_max_creating=None, admission_paced_admissions=None)
     if args.no_warmup:
         overrides["warmup"] = False
     if args.independent_objects:

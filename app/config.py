@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         "queue waits of the last admission_window_s seconds is above this (ms); None = off.",
     )
     admission_max_queued_share: float | None = Field(
-        0.4, gt=0, le=1, allow_inf_nan=False,
+        0.3, gt=0, le=1, allow_inf_nan=False,
         description="Load shedding: new sessions get 503 + Retry-After while some device call waited for the bulk "
         "lane during more than this share of the last admission_window_s seconds (app.sessions.admission); "
         "None = off.",
@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     admission_max_creating: int | None = Field(
         2, ge=1, description="Load shedding: new sessions get 503 + Retry-After while this many are being opened "
         "(upload read, volume not yet encoded; encodes run one at a time); None = off.",
+    )
+    admission_paced_admissions: int | None = Field(
+        2, ge=1, description="Load shedding: while device calls were queued more than half of "
+        "admission_max_queued_share of the window, at most this many new sessions per admission_window_s; "
+        "None = off.",
     )
     admission_window_s: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="The window of recent device queue waits admission reads.")

@@ -72,6 +72,7 @@ def limits_from(settings: Settings) -> SessionLimits:
         admission=AdmissionLimits(max_queue=settings.admission_max_queue, max_wait_ms=settings.admission_max_wait_ms,
                                   max_queued_share=settings.admission_max_queued_share,
                                   max_creating=settings.admission_max_creating,
+                                  paced_admissions=settings.admission_paced_admissions,
                                   window_s=settings.admission_window_s, min_samples=settings.admission_min_samples),
     )
 

@@ -138,3 +138,21 @@ def test_sessions_being_opened_refuse_more_at_the_limit_only() -> None:
         Admission(executor, AdmissionLimits()).check_creating(50, retry_after_s=4)  # the rule off
     finally:
         executor.shutdown()
+
+
+def test_admissions_are_paced_past_half_the_queued_share() -> None:
+    executor, clock = DeviceExecutor(), Clock()
+    admission = Admission(executor, AdmissionLimits(max_queued_share=0.4, paced_admissions=2, window_s=10.0),
+                          clock=clock)
+    try:
+        for _ in range(5):
+            admission.check(retry_after_s=3)  # a quiet lane: no pacing, however many arrive
+        executor.bulk.recent_queued.append((clock.now - 3.0, clock.now))  # queued 30 %: past half the limit
+        clock.now += 11.0  # the five admissions left the window
+        executor.bulk.recent_queued.append((clock.now - 3.0, clock.now))
+        admission.check(retry_after_s=3)
+        admission.check(retry_after_s=3)
+        refused = admission.refusal()
+        assert refused is not None and refused[0] == "paced" and "2 sessions were opened" in refused[1]
+    finally:
+        executor.shutdown()
