@@ -3,23 +3,26 @@ annotators can bear.
 
 A session count alone does not say whether the box keeps up: 12 annotators that think for seconds between clicks
 leave the device idle most of the time, 12 that send clicks as fast as they can, or one other process on the
-cores, do not. So a new session is refused (``CapacityExceeded``: 503 + Retry-After) while either
+cores, do not. So a new session is refused (``CapacityExceeded``: 503 + Retry-After) while any of these holds:
 
 - the bulk lane's queue (``DeviceExecutor.bulk.waiting``: calls waiting behind the one that runs) is longer than
-  ``max_queue``, or
+  ``max_queue``;
 - the 95th percentile of the device queue waits of the last ``window_s`` seconds, in either lane (a lane with at
   least ``min_samples`` waits in the window), is above ``max_wait_ms``. Per lane, because the instant lane's
-  many near-zero waits would otherwise hide a slow bulk lane in a pooled percentile.
-
+  many near-zero waits would otherwise hide a slow bulk lane in a pooled percentile;
 - some call waited for the bulk lane during more than ``max_queued_share`` of the last ``window_s`` seconds.
   The lane runs one call at a time; with many annotators, the share of time its queue is not empty grows
-  steadily with its use (about the square of it for random arrivals), long before the p95 wait of a short
-  window reacts, and it does not lag behind a burst of admissions the way a percentile of finished waits
-  does (measured with 100 simulated annotators on 2 cores: the wait rule alone admitted 62 sessions and the
+  steadily with its use (about the square of it for random arrivals), before a percentile of finished waits
+  reacts (measured with 100 simulated annotators on 2 cores: the wait rule alone admitted 62 sessions and the
   boxes reached 660 ms at p95). A lone annotator, whose calls come one after another, never makes a call
-  wait, however heavy the model: the share stays 0.
+  wait, however heavy the model: the share stays 0;
+- past half that share, ``paced_admissions`` sessions were already admitted in the window: a new session's load
+  (its box, then a click every few seconds) shows in the lane only seconds after it is admitted, so admitting
+  as fast as sessions are asked for overshoots;
+- ``max_creating`` sessions are being opened (``check_creating``): encodes run one at a time, so more would
+  only wait, each about to add load no lane measure sees yet.
 
-All three read what the admitted sessions experience right now; the waits leave the window by themselves, so
+All of them read what the admitted sessions experience right now; the waits leave the window by themselves, so
 admission reopens a few seconds after the load drops. Existing sessions are never refused (their requests
 keep their normal path): shedding applies to new work only.
 """
