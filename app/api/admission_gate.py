@@ -2,10 +2,9 @@
 
 Why here and not in the route: the framework parses a multipart body (the whole volume, in Python, on the
 event loop, spooled to a temporary file) before a route's first line runs. Under overload the annotators who
-wait for a session retry every Retry-After seconds; measured with 100 simulated annotators on 2 cores, about
-10 refused uploads a second, each parsed in full only to be answered 503, took enough of the event loop (and
-of the interpreter lock the device threads need) to push the admitted annotators' box replies from 250 ms to
-900 ms at p95. This gate asks the session registry first (``SessionManager.check_room_for_session``: the
+wait for a session retry every Retry-After seconds: with 100 simulated annotators on 2 cores, about 10 uploads
+a second were parsed in full only to be answered 503, on the event loop (and under the interpreter lock) the
+admitted annotators' requests and the device threads need. This gate asks the session registry first (``SessionManager.check_room_for_session``: the
 session limit, the device bytes and admission control) and, when it refuses, reads the body without parsing
 it (so that the client sees the reply and its keep-alive connection stays usable) and answers 503 +
 Retry-After with the usual error body. An admitted upload goes on unchanged; the registry checks again when the

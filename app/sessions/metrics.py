@@ -12,7 +12,8 @@ Exported series (all prefixed ``segsvc_``):
     device_queued_share                                     gauge: share of the admission window some call waited
                                                             for the bulk lane (what admission control reads)
     sessions_ended_total{reason}                            counter: idle / max_age / deleted / ...
-    capacity_rejections_total{limit}                        counter: sessions / device_bytes
+    capacity_rejections_total{limit}                        counter: sessions / device_bytes / queue / latency /
+                                                            queued / paced / creating
     stream_frames_total{kind}, stream_frame_bytes_total     counters of WebSocket frames sent
 """
 
