@@ -19,7 +19,7 @@ cores, do not. So a new session is refused (``CapacityExceeded``: 503 + Retry-Af
 - past half that share, ``paced_admissions`` sessions were already admitted in the window: a new session's load
   (its box, then a click every few seconds) shows in the lane only seconds after it is admitted, so admitting
   as fast as sessions are asked for overshoots;
-- ``max_creating`` sessions are being opened (``check_creating``): encodes run one at a time, so more would
+- ``max_creating`` sessions are being opened (``refusal``'s ``creating``): encodes run one at a time, so more would
   only wait, each about to add load no lane measure sees yet.
 
 All of them read what the admitted sessions experience right now; the waits leave the window by themselves, so
@@ -81,9 +81,16 @@ class Admission:
                 worst = value if worst is None else max(worst, value)
         return worst
 
-    def refusal(self) -> tuple[str, str] | None:
-        """(limit, message) of the rule that refuses a new session now, or None to admit it."""
+    def refusal(self, creating: int = 0) -> tuple[str, str] | None:
+        """(limit, message) of the rule that refuses a new session now, or None to admit it.
+
+        ``creating``: sessions being opened now (uploads read, not yet encoded). At ``max_creating`` a new one is
+        refused: encodes run one at a time, so more would only wait, each admitted already and about to add its
+        annotator's load, which none of the lane measures can see yet."""
         lim = self.limits
+        if lim.max_creating is not None and creating >= lim.max_creating:
+            return "creating", (f"capacity: {creating} new sessions are being opened "
+                                f"(at most {lim.max_creating} at once)")
         if lim.max_queue is not None and (queued := self.executor.bulk.waiting) > lim.max_queue:
             return "queue", f"capacity: {queued} device calls are queued (at most {lim.max_queue} admit new sessions)"
         if lim.max_wait_ms is not None and (wait := self.recent_wait_p95_ms()) is not None and wait > lim.max_wait_ms:
@@ -105,22 +112,10 @@ class Admission:
                              f"calls were queued {share:.0%} of it")
         return None
 
-    def check_creating(self, creating: int, retry_after_s: int,
-                       on_refusal: Callable[[str], None] | None = None) -> None:
-        """Raise ``CapacityExceeded`` while ``creating`` sessions (uploads read, not yet encoded) are in flight, at
-        least ``max_creating``: encodes run one at a time, so more would only wait, each admitted already and
-        about to add its annotator's load, which none of the lane measures can see yet."""
-        limit = self.limits.max_creating
-        if limit is None or creating < limit:
-            return
-        if on_refusal is not None:
-            on_refusal("creating")
-        raise CapacityExceeded(f"capacity: {creating} new sessions are being opened (at most {limit} at once); "
-                               "retry later", retry_after_s=retry_after_s)
-
-    def check(self, retry_after_s: int, on_refusal: Callable[[str], None] | None = None) -> None:
-        """Raise ``CapacityExceeded`` (with ``retry_after_s``) when a new session must wait."""
-        refused = self.refusal()
+    def check(self, retry_after_s: int, on_refusal: Callable[[str], None] | None = None, *,
+              creating: int = 0) -> None:
+        """Raise ``CapacityExceeded`` (with ``retry_after_s``) when a new session must wait (``refusal``)."""
+        refused = self.refusal(creating)
         if refused is None:
             self._admitted.append(self._clock())
             return

@@ -257,10 +257,9 @@ class SessionRegistry:
                 retry_after_s=self.limits.retry_after_s,
             )
         if by_load and self.admission is not None:
-            self.admission.check_creating(self._creating, self.limits.retry_after_s,
-                                          lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc())
             self.admission.check(self.limits.retry_after_s,
-                                 lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc())
+                                 lambda limit: self.metrics.capacity_rejections.labels(limit=limit).inc(),
+                                 creating=self._creating)
         self.check_room_for_object()
 
     def check_room_for_object(self) -> None:

@@ -131,11 +131,11 @@ def test_sessions_being_opened_refuse_more_at_the_limit_only() -> None:
     admission = Admission(executor, AdmissionLimits(max_creating=2))
     refused: list[str] = []
     try:
-        admission.check_creating(1, retry_after_s=4, on_refusal=refused.append)  # one encoding: admitted
+        admission.check(retry_after_s=4, on_refusal=refused.append, creating=1)  # one encoding: admitted
         with pytest.raises(CapacityExceeded, match="2 new sessions are being opened") as error:
-            admission.check_creating(2, retry_after_s=4, on_refusal=refused.append)
+            admission.check(retry_after_s=4, on_refusal=refused.append, creating=2)
         assert error.value.retry_after_s == 4 and refused == ["creating"]
-        Admission(executor, AdmissionLimits()).check_creating(50, retry_after_s=4)  # the rule off
+        Admission(executor, AdmissionLimits()).check(retry_after_s=4, creating=50)  # the rule off
     finally:
         executor.shutdown()
 
