@@ -122,3 +122,22 @@ def test_init_state_validates_the_flag(predictor: Predictor) -> None:
     with pytest.raises(ValueError, match="^exclusive_objects: expected a bool"):
         predictor.init_state(_volume(), SPACING, exclusive_objects="yes")  # type: ignore[arg-type]
     assert predictor.init_state(_volume(), SPACING).exclusive_objects is True  # the default
+
+
+def test_only_clicks_inside_the_half_open_roi_count_each_voxel_once(predictor: Predictor) -> None:
+    state = predictor.init_state(_volume(), SPACING, seed=5, exclusive_objects=True)
+    predictor.add_clicks(state, 1, [INSIDE_BOTH], [1], mode="gru")  # no box: the ROI is the click's ball
+    z0, y0, x0, z1, y1, x1 = state.objects[1].roi
+    assert 0 < z0 and z1 < SHAPE[0] and 0 < y0 and y1 < SHAPE[1] and 0 < x0 and x1 < SHAPE[2]  # edges inside
+    cz, cy, cx = INSIDE_BOTH
+    first = [[z0, cy, cx], [z1 - 1, cy, cx], [cz, y0, cx], [cz, y1 - 1, cx], [cz, cy, x0], [cz, cy, x1 - 1]]
+    outside = [[z0 - 1, cy, cx], [z1, cy, cx], [cz, y0 - 1, cx], [cz, y1, cx], [cz, cy, x0 - 1], [cz, cy, x1]]
+    predictor.add_box(state, 2, OUTER)
+    predictor.add_clicks(state, 2, first + outside, [1] * 12, mode="decoder")
+    predictor.add_box(state, 3, OUTER)
+    shared = [cz + 1, cy, cx]
+    predictor.add_clicks(state, 3, [shared, first[0], INSIDE_BOTH], [1, 1, 1], mode="decoder")
+    # The ROI's first voxel on each axis is in, the voxel at its (exclusive) end is out; a voxel two other
+    # objects claim is one background click; the object's own click stays its own; the objects' order, then
+    # their clicks'.
+    assert exclusion_clicks(state, state.objects[1]) == [Click(*p, 0) for p in [*first, shared]]

@@ -79,6 +79,24 @@ def test_every_change_rebuilds_the_mask_exactly(predictor: Predictor, state: Ses
     assert np.array_equal(mask, predictor.get_mask(state, 1))
 
 
+def test_gru_steps_that_grow_the_roi_send_exactly_the_changed_voxels(predictor: Predictor,
+                                                                    state: SessionState) -> None:
+    """A GRU step that grows the ROI diffs the old and the new ROI whole, not only the voxels it wrote."""
+    start = np.zeros(SHAPE, np.uint8)
+    start[9:12, 28:33, 18:23] = 1
+    predictor.set_mask(state, 1, start)  # the ROI: the mask's box grown by one voxel
+    mask = start
+    for point, label in [((10, 30, 20), 1), ((16, 30, 20), 0), ((10, 45, 35), 1), ((10, 30, 20), 0)]:
+        old_roi = state.objects[1].roi
+        (change,) = predictor.add_clicks(state, 1, [point], [label], mode="gru")
+        new = predictor.get_mask(state, 1)
+        assert state.objects[1].roi != old_roi or point == (10, 30, 20)  # the far clicks grow the ROI
+        assert np.array_equal(change.indices, np.flatnonzero(new != mask))
+        assert np.array_equal(_rebuild(mask, [change]), new)
+        mask = new
+    assert mask.any()
+
+
 def test_replay_is_bit_identical(predictor: Predictor) -> None:
     def run() -> SessionState:
         st = predictor.init_state(_volume(), SPACING, seed=3)
