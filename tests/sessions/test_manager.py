@@ -113,6 +113,9 @@ async def test_capacity_by_device_bytes_blocks_new_objects_only(make_manager) ->
     with pytest.raises(CapacityExceeded):
         await manager.add_box(session, 2, [0, 0, 0, 3, 3, 3])
     await manager.add_clicks(session, 1, [(10, 30, 30)], [1], mode="gru")  # existing object: still served
+    for call in (manager.undo, manager.reset):  # a missing object is not found, full or not (nothing to make)
+        with pytest.raises(ObjectNotFound):
+            await call(session, 9)
 
 
 async def test_idle_expiry_then_410_and_store_cleaned(make_manager) -> None:  # noqa: ANN001

@@ -108,7 +108,7 @@ class _CommitFails(InProcessStore):
     ids=["store_failure", "ownership_lost"],
 )
 async def test_no_frame_of_an_unrecorded_prompt_is_streamed(make_manager, error, raised, close_code,  # noqa: ANN001
-                                                           replica_id) -> None:
+                                                           replica_id, caplog: pytest.LogCaptureFixture) -> None:
     store = _CommitFails()
     manager = make_manager(store=store)
     manager.replica_id = replica_id
@@ -119,8 +119,17 @@ async def test_no_frame_of_an_unrecorded_prompt_is_streamed(make_manager, error,
     sub, versions = await manager.subscribe(session)
     assert versions == {1: 1}
     store.error = error
-    with pytest.raises(raised):
+    with caplog.at_level("WARNING", logger="app.sessions.pipeline"), pytest.raises(raised) as info:
         await manager.add_clicks(session, 1, [(12, 30, 30)], [0], mode="both")
+    sid = session.session_id
+    if raised is SessionMoved:
+        assert str(info.value) == (f"session_id: session {sid} moved to another replica; nothing was recorded, "
+                                   "retry the request")
+        assert info.value.retry_after_s == 1
+        logged = [("WARNING", f"session {sid}: another replica owns it now; prompt not recorded, dropping this copy")]
+    else:
+        logged = [("ERROR", f"session {sid}: prompt not recorded; closing the session")]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "app.sessions.pipeline"] == logged
     items = _drain(sub)
     assert [type(i) for i in items] == [Close] and items[0].code == close_code, items  # type: ignore[union-attr]
     if replica_id is not None:  # handed over: the record and its history stay, for the new owner
