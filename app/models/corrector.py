@@ -143,7 +143,6 @@ class GRUCorrector(nn.Module):
             delta_c = self.max_offset * torch.tanh(self.coord_head(feat))
         return CorrectorOutput(delta_p=delta_p, delta_c=delta_c, hidden=h_t)
 
-
     def _round_step(self, pooled: Tensor, hidden: Tensor) -> Tensor:
         """One GRU time step through every layer, (B, I) and (L, B, H) -> h_t (L, B, H).
 
@@ -169,7 +168,8 @@ class GRUCorrector(nn.Module):
         linear, activation = self.trunk[0], self.trunk[1]
         e = emb.shape[-1]
         shared = nn.functional.linear(context, linear.weight[:, e:], linear.bias)  # (B, H)
-        return activation(torch.baddbmm(shared[:, None, :], emb, linear.weight[:, :e].t().expand(emb.shape[0], -1, -1)))
+        per_point = linear.weight[:, :e].t().expand(emb.shape[0], -1, -1)  # (B, E, H)
+        return activation(torch.baddbmm(shared[:, None, :], emb, per_point))
 
 
 def _pool_valid(emb: Tensor, valid: Tensor) -> Tensor:
