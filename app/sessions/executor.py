@@ -15,9 +15,10 @@ every other session's heavy work (issue 24: click p95 410 ms with 50 annotators)
   click of that session arrives: ``refinement.py``).
 - ``run_instant`` (the instant lane): GRU corrector steps only. Its own thread, so it never waits for a bulk
   call in progress; what one instant call may touch is one session's state, which its session lock guards.
-- ``run_intake`` (the intake lane): encoding the volume of a session being created. Its own thread, so a live
-  session's box never waits for a new session's encode (0.2-0.5 s on a CPU); the new session's state is not
-  shared with anything until it is registered, and the model itself is only read.
+- ``run_intake`` (the intake lane): building the state of a session that is not registered yet: the encode of
+  one being created, the rebuild (encode + replay) of one being restored or taken over from another replica.
+  Its own thread, so a live session's box never waits for a new session's encode (0.2-0.5 s on a CPU) or a
+  replay (seconds); that state is shared with nothing until it is registered, and the model is only read.
 
 A task holds at most one device lock (all sit at ``DEVICE_LEVEL``, and ``OrderedLock`` refuses a second
 lock of the same level), so the global order stays *session lock, then one device lock*.
@@ -125,7 +126,7 @@ class DeviceExecutor:
     Attributes:
         bulk: the lane of live sessions' heavy work (``run``, ``run_unless``, ``run_background``).
         instant: the lane of corrector steps (``run_instant``).
-        intake: the lane of new sessions' encodes (``run_intake``).
+        intake: the lane of sessions being created or restored (``run_intake``).
         lock: the bulk lane's lock (kept for callers that serialise with the device's heavy work).
     """
 
@@ -154,7 +155,7 @@ class DeviceExecutor:
         return await self.bulk.run(fn, give_up, Priority.BACKGROUND)
 
     async def run_intake(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` on the intake lane (a new session's encode) and return its result."""
+        """Run ``fn(*args, **kwargs)`` on the intake lane (a session being created or restored)."""
         return await self.intake.run(functools.partial(fn, *args, **kwargs))
 
     async def run_instant(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
