@@ -135,18 +135,50 @@ class GRUCorrector(nn.Module):
             context = h_t[-1][:, None, :].expand(b, n, self.hidden_size)
             feat = self.trunk(torch.cat([emb, seq, context], dim=-1))
         else:
-            _, h_t = self.gru(_pool_valid(emb, x[..., VALID_COLUMN] > 0)[:, None, :], hidden)
-            context = h_t[-1][:, None, :].expand(b, n, self.hidden_size)
-            feat = self.trunk(torch.cat([emb, context], dim=-1))
+            h_t = self._round_step(_pool_valid(emb, x[..., VALID_COLUMN] > 0), hidden)
+            feat = self._rounds_trunk(emb, h_t[-1])
         delta_p = torch.tanh(self.prob_head(feat)).squeeze(-1)
         delta_c = None
         if self.coord_head is not None:
             delta_c = self.max_offset * torch.tanh(self.coord_head(feat))
         return CorrectorOutput(delta_p=delta_p, delta_c=delta_c, hidden=h_t)
 
+    def _round_step(self, pooled: Tensor, hidden: Tensor) -> Tensor:
+        """One GRU time step through every layer, (B, I) and (L, B, H) -> h_t (L, B, H).
+
+        ``nn.GRU`` on a one-step sequence, with the layer's own weights, but without the module's per-call
+        sequence handling, which costs more than the step itself at B = 1.
+        """
+        out, layer_input = [], pooled
+        for layer in range(self.num_layers):
+            layer_input = torch.gru_cell(
+                layer_input, hidden[layer],
+                getattr(self.gru, f"weight_ih_l{layer}"), getattr(self.gru, f"weight_hh_l{layer}"),
+                getattr(self.gru, f"bias_ih_l{layer}"), getattr(self.gru, f"bias_hh_l{layer}"),
+            )
+            out.append(layer_input)
+        return torch.stack(out)
+
+    def _rounds_trunk(self, emb: Tensor, context: Tensor) -> Tensor:
+        """trunk([emb, context]) of every point, (B, N, E) and (B, H) -> (B, N, H).
+
+        The context is one row per batch, shared by its N points: its share of the trunk's linear layer
+        (with the bias) is computed once, not N times, which is two thirds of the layer's work per click.
+        """
+        linear, activation = self.trunk[0], self.trunk[1]
+        e = emb.shape[-1]
+        shared = nn.functional.linear(context, linear.weight[:, e:], linear.bias)  # (B, H)
+        per_point = linear.weight[:, :e].t().expand(emb.shape[0], -1, -1)  # (B, E, H)
+        return activation(torch.baddbmm(shared[:, None, :], emb, per_point))
+
 
 def _pool_valid(emb: Tensor, valid: Tensor) -> Tensor:
     """(B, N, E) embeddings, (B, N) bool -> (B, 2E) [mean, max] over the valid rows (zeros if none)."""
+    if emb.shape[0] == 1:  # one round at inference: only the valid rows, no weights or masked copies
+        rows = emb[0] if bool(valid.all()) else emb[0].index_select(0, torch.nonzero(valid[0]).squeeze(1))
+        if rows.shape[0] == 0:
+            return emb.new_zeros(1, 2 * emb.shape[-1])
+        return torch.cat([rows.mean(0), rows.amax(0)])[None]
     weight = valid.to(emb.dtype)[..., None]
     count = weight.sum(1).clamp_min(1.0)
     mean = (emb * weight).sum(1) / count

@@ -317,6 +317,9 @@ def build_corrector_input(
         ],
         dim=1,
     )
+    if n_u == k and n_e == k:  # both sets full (the usual click): the real rows are the whole tensor
+        return CorrectorInput(features=real, coords=coords_real, valid=torch.ones(2 * k, dtype=torch.bool,
+                              device=device), n_uncertain=k, n_error=k)
     features = torch.zeros(2 * k, N_FEATURES, device=device)
     coords = torch.zeros(2 * k, 3, dtype=torch.long, device=device)
     valid = torch.zeros(2 * k, dtype=torch.bool, device=device)

@@ -1,19 +1,26 @@
-"""Serialised, awaitable access to the compute device, in two lanes.
+"""Serialised, awaitable access to the compute device, in three lanes.
 
 All blocking model work runs through a ``DeviceExecutor``: a lane takes its device lock (an ``OrderedLock`` at
 ``DEVICE_LEVEL``, so always *after* the session lock) and runs the call on its own worker thread, so the event
 loop keeps serving other requests and WebSocket frames while the model computes.
 
-Two lanes, because a click's corrector step costs about a millisecond and a decoder step, an upload's encode or
-a mask download tens to hundreds: with one queue, an annotator's instant feedback waits behind every other
-session's heavy work (issue 24: click p95 410 ms with 50 annotators).
+Three lanes, because a click's corrector step costs about a millisecond, a decoder step or a mask download tens
+of milliseconds and a new session's encode hundreds: in one queue, an annotator's instant feedback waits behind
+every other session's heavy work (issue 24: click p95 410 ms with 50 annotators), and a box behind an upload.
 
-- ``run`` (the bulk lane): everything heavy, in arrival order. ``give_up`` lets a queued call withdraw before
-  it starts (a session's decoder refinement, when a newer click of that session arrives: ``refinement.py``).
+- ``run`` (the bulk lane): the heavy work of live sessions. Served by priority, then in arrival order:
+  ``Priority.PROMPT`` (a prompt or a read the user waits for) before ``Priority.BACKGROUND`` (a deferred
+  decoder refinement, whose GRU feedback is already on screen, or an idle session's trim). ``run_unless``
+  lets a queued background call withdraw before it starts (a session's decoder refinement, when a newer
+  click of that session arrives: ``refinement.py``).
 - ``run_instant`` (the instant lane): GRU corrector steps only. Its own thread, so it never waits for a bulk
   call in progress; what one instant call may touch is one session's state, which its session lock guards.
+- ``run_intake`` (the intake lane): building the state of a session that is not registered yet: the encode of
+  one being created, the rebuild (encode + replay) of one being restored or taken over from another replica.
+  Its own thread, so a live session's box never waits for a new session's encode (0.2-0.5 s on a CPU) or a
+  replay (seconds); that state is shared with nothing until it is registered, and the model is only read.
 
-A task holds at most one device lock (both sit at ``DEVICE_LEVEL``, and ``OrderedLock`` refuses a second
+A task holds at most one device lock (all sit at ``DEVICE_LEVEL``, and ``OrderedLock`` refuses a second
 lock of the same level), so the global order stays *session lock, then one device lock*.
 
 Each lane keeps the queue wait of its recent calls (``recent_waits_ms``) and the spans of time during which calls
@@ -28,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from enum import IntEnum
 from typing import ParamSpec, TypeVar
 
 from app.sessions.locks import DEVICE_LEVEL, OrderedLock
@@ -36,6 +44,15 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 RECENT_WAITS = 1024  # per lane: enough for the last 10 s of a busy server (bulk calls take >= ~5 ms)
+
+
+class Priority(IntEnum):
+    """Order of service among the calls waiting for a lane (lower first)."""
+
+    PROMPT = 0
+    """A prompt or a read a user is waiting for."""
+    BACKGROUND = 1
+    """Work no reply waits for: a deferred decoder refinement (its GRU feedback is shown), an idle trim."""
 
 
 class GaveUp(Exception):
@@ -60,12 +77,13 @@ class Lane:
         self.recent_queued: deque[tuple[float, float]] = deque(maxlen=RECENT_WAITS)
         self._queued_since: float | None = None
 
-    async def run(self, fn: Callable[[], T], give_up: asyncio.Event | None = None) -> T:
+    async def run(self, fn: Callable[[], T], give_up: asyncio.Event | None = None,
+                  priority: Priority = Priority.PROMPT) -> T:
         loop = asyncio.get_running_loop()
         queued = time.monotonic()
         self._count_waiting(+1, queued)
         try:
-            acquired = await self.lock.acquire(give_up)
+            acquired = await self.lock.acquire(give_up, priority)
         finally:
             self._count_waiting(-1, time.monotonic())
         if not acquired:
@@ -103,37 +121,49 @@ class Lane:
 
 
 class DeviceExecutor:
-    """The two lanes in front of one device (one executor per device, one device per process).
+    """The three lanes in front of one device (one executor per device, one device per process).
 
     Attributes:
-        bulk: the lane of heavy work (``run``).
+        bulk: the lane of live sessions' heavy work (``run``, ``run_unless``, ``run_background``).
         instant: the lane of corrector steps (``run_instant``).
+        intake: the lane of sessions being created or restored (``run_intake``).
         lock: the bulk lane's lock (kept for callers that serialise with the device's heavy work).
     """
 
     def __init__(self, name: str = "device") -> None:
         self.bulk = Lane(name)
         self.instant = Lane(f"{name}-instant")
+        self.intake = Lane(f"{name}-intake")
         self.lock = self.bulk.lock
 
     @property
     def waiting(self) -> int:
-        """Calls queued in both lanes."""
-        return self.bulk.waiting + self.instant.waiting
+        """Calls queued in every lane."""
+        return self.bulk.waiting + self.instant.waiting + self.intake.waiting
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` on the bulk lane and return its result."""
+        """Run ``fn(*args, **kwargs)`` on the bulk lane (``Priority.PROMPT``) and return its result."""
         return await self.bulk.run(functools.partial(fn, *args, **kwargs))
 
+    async def run_background(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on the bulk lane after every waiting prompt (``Priority.BACKGROUND``)."""
+        return await self.bulk.run(functools.partial(fn, *args, **kwargs), priority=Priority.BACKGROUND)
+
     async def run_unless(self, give_up: asyncio.Event, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` on the bulk lane unless ``give_up`` is set before it is its turn (then ``GaveUp``)."""
-        return await self.bulk.run(fn, give_up)
+        """Run ``fn()`` on the bulk lane as background work, unless ``give_up`` is set before it is its turn
+        (then ``GaveUp``)."""
+        return await self.bulk.run(fn, give_up, Priority.BACKGROUND)
+
+    async def run_intake(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on the intake lane (a session being created or restored)."""
+        return await self.intake.run(functools.partial(fn, *args, **kwargs))
 
     async def run_instant(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` on the instant lane (a corrector step: about a millisecond)."""
         return await self.instant.run(functools.partial(fn, *args, **kwargs))
 
     def shutdown(self) -> None:
-        """Stop both worker threads after the work already submitted."""
+        """Stop every worker thread after the work already submitted."""
         self.bulk.shutdown()
         self.instant.shutdown()
+        self.intake.shutdown()

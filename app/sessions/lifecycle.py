@@ -44,10 +44,6 @@ class SessionLifecycle:
         self.registry = registry
         self.files = files
         self.metrics = metrics
-        # One encode at a time: a burst of admitted uploads would otherwise queue several encodes (each a few
-        # hundred ms on a CPU) back to back on the bulk lane, ahead of the admitted annotators' boxes and
-        # refinements; one at a time, their calls interleave with the encodes.
-        self._encoding = asyncio.Semaphore(1)
 
     async def create(
         self,
@@ -74,11 +70,11 @@ class SessionLifecycle:
             if exclusive_objects is None:
                 exclusive_objects = limits.exclusive_objects
             try:
-                async with self._encoding:
-                    state = await self.executor.run(
-                        self.predictor.init_state, volume, geometry.spacing, seed=limits.seed,
-                        exclusive_objects=exclusive_objects,
-                    )
+                # On the intake lane: one encode at a time, beside the live sessions' work (executor.py).
+                state = await self.executor.run_intake(
+                    self.predictor.init_state, volume, geometry.spacing, seed=limits.seed,
+                    exclusive_objects=exclusive_objects,
+                )
             except ValueError as e:
                 raise InvalidVolume(f"file: {e}", field="file") from e
             nbytes = state.nbytes
@@ -154,7 +150,7 @@ class SessionLifecycle:
                 continue
 
             async def trim(session: Session = session) -> int:
-                n = await self.executor.run(self.predictor.trim_idle, session.state)
+                n = await self.executor.run_background(self.predictor.trim_idle, session.state)
                 session.nbytes = session.state.nbytes
                 return n
 

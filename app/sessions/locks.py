@@ -7,11 +7,17 @@ in a cycle. Breaking the order raises ``LockOrderError`` immediately instead of 
 
 Held levels are tracked per asyncio task (not in a ``ContextVar``: a task created while a lock is held
 would inherit a copy of the context without holding the lock).
+
+Waiters may carry a priority: a released lock goes to the waiter of the lowest priority number, and among
+equal priorities to the first to arrive (a device lane serves a prompt the user waits for before a deferred
+refinement, ``executor.py``). Without priorities it is a first-come, first-served lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import weakref
 from types import TracebackType
 
@@ -41,8 +47,54 @@ def _set_held(levels: tuple[int, ...]) -> None:
         _held.pop(task, None)
 
 
+class _PriorityLock:
+    """An asyncio lock handed on at release to its best waiter: lowest priority number, then first come.
+
+    The lock passes straight to that waiter (it stays locked in between), so a newcomer never overtakes a
+    waiter of the same priority.
+    """
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._arrivals = itertools.count()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    def request(self, priority: int = 0) -> asyncio.Future[None]:
+        """Join the queue now; the future completes when the lock is the caller's. Cancel the future to leave
+        the queue; once it has completed, the caller holds the lock and must ``release`` it."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._locked:  # free: release() leaves it locked while any waiter is left
+            self._locked = True
+            turn.set_result(None)
+        else:
+            heapq.heappush(self._waiters, (priority, next(self._arrivals), turn))
+        return turn
+
+    async def acquire(self, priority: int = 0) -> None:
+        turn = self.request(priority)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed over just as it was cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        if not self._locked:
+            raise RuntimeError("release of an unlocked lock")
+        while self._waiters:
+            waiter = heapq.heappop(self._waiters)[2]
+            if not waiter.done():  # skip waiters cancelled while they waited
+                waiter.set_result(None)
+                return
+        self._locked = False
+
+
 class OrderedLock:
-    """An ``asyncio.Lock`` with a level; ``async with`` it only in increasing level order.
+    """An asyncio lock with a level; ``async with`` it only in increasing level order.
 
     Not re-entrant: acquiring a lock of the same level twice (two session locks, or the device lock
     inside itself) is refused as well.
@@ -51,15 +103,16 @@ class OrderedLock:
     def __init__(self, name: str, level: int) -> None:
         self.name = name
         self.level = level
-        self._lock = asyncio.Lock()
+        self._lock = _PriorityLock()
 
     def locked(self) -> bool:
         return self._lock.locked()
 
-    async def acquire(self, give_up: asyncio.Event | None = None) -> bool:
+    async def acquire(self, give_up: asyncio.Event | None = None, priority: int = 0) -> bool:
         """Take the lock (order checked first); with ``give_up``, stop waiting once it is set and return False.
 
-        The lock is taken in this task's name either way: ``release`` it from the same task.
+        ``priority``: waiters with a lower number are served first (equal ones in arrival order). The lock is
+        taken in this task's name either way: ``release`` it from the same task.
         """
         held = held_levels()
         if held and max(held) >= self.level:
@@ -67,30 +120,27 @@ class OrderedLock:
                 f"lock order: cannot take {self.name!r} (level {self.level}) while holding levels {held}"
             )
         if give_up is None or not self._lock.locked():
-            await self._lock.acquire()
-        elif not await self._acquire_unless(give_up):
+            await self._lock.acquire(priority)
+        elif not await self._acquire_unless(give_up, priority):
             return False
         _set_held(held + (self.level,))
         return True
 
-    async def _acquire_unless(self, give_up: asyncio.Event) -> bool:
-        # asyncio.Lock has no owner, so a helper task may take it in this task's name.
-        take = asyncio.ensure_future(self._lock.acquire())
+    async def _acquire_unless(self, give_up: asyncio.Event, priority: int) -> bool:
+        turn = self._lock.request(priority)  # in the queue from now: arrival order is the call's order
         stop = asyncio.ensure_future(give_up.wait())
         try:
-            await asyncio.wait((take, stop), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((turn, stop), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # this task was cancelled while waiting: never keep a lock it will not release
             stop.cancel()
-            take.cancel()
-            await asyncio.gather(take, return_exceptions=True)
-            if take.done() and not take.cancelled() and take.exception() is None:
+            if turn.done() and not turn.cancelled():
                 self._lock.release()
+            else:
+                turn.cancel()
             raise
         stop.cancel()
-        if not take.done():
-            take.cancel()
-            await asyncio.gather(take, return_exceptions=True)  # it may have been granted in the same turn
-        if take.cancelled():
+        if not turn.done():
+            turn.cancel()
             return False
         if give_up.is_set():  # granted and given up in the same turn: the give-up wins, the lock moves on
             self._lock.release()

@@ -86,7 +86,7 @@ class SessionRestorer:
                                       lambda digest: storage.load_mask(sid, digest, record.shape))
             return state, versions
 
-        state, versions = await self.executor.run(rebuild)
+        state, versions = await self.executor.run_intake(rebuild)  # beside live sessions, like a creation
         if stored_versions is not None:  # removed objects keep their last version in the store: skip them
             differ = {o: (v, stored_versions.get(o)) for o, v in versions.items() if stored_versions.get(o) != v}
             if differ:

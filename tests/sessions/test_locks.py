@@ -108,3 +108,94 @@ async def test_a_waiter_that_gives_up_leaves_the_queue_and_the_lock_moves_on() -
     lock.release()
     assert await asyncio.wait_for(behind, 5) is True  # the next waiter gets it; the one that gave up holds nothing
     assert lock.locked()
+    lock.release()
+
+
+async def test_a_released_lock_goes_to_the_best_priority_then_the_first_come() -> None:
+    lock = OrderedLock("device", DEVICE_LEVEL)
+    order: list[str] = []
+
+    async def take(name: str, priority: int) -> None:
+        await lock.acquire(priority=priority)
+        order.append(name)
+        await asyncio.sleep(0)  # hold it across a turn of the loop, so nobody barges in at release
+        lock.release()
+
+    await lock.acquire()
+    tasks = [asyncio.create_task(take(name, priority))
+             for name, priority in (("refine-1", 1), ("box-1", 0), ("refine-2", 1), ("box-2", 0))]
+    await asyncio.sleep(0.01)
+    lock.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == ["box-1", "box-2", "refine-1", "refine-2"]
+    assert not lock.locked()
+
+
+async def test_a_cancelled_waiter_is_skipped_and_a_newcomer_waits_its_turn() -> None:
+    lock = OrderedLock("device", DEVICE_LEVEL)
+    await lock.acquire()
+    cancelled = asyncio.ensure_future(lock.acquire())
+    behind = asyncio.ensure_future(lock.acquire(priority=1))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    lock.release()
+    assert await asyncio.wait_for(behind, 5) is True  # handed on: it stayed locked, a newcomer must queue
+    newcomer = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0.01)
+    assert not newcomer.done()
+    lock.release()
+    assert await asyncio.wait_for(newcomer, 5) is True
+    lock.release()
+    assert not lock.locked()
+
+
+async def test_a_waiter_cancelled_as_the_lock_reaches_it_passes_it_on() -> None:
+    lock = OrderedLock("device", DEVICE_LEVEL)
+    await lock.acquire()
+    first = asyncio.ensure_future(lock.acquire())
+    second = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0.01)
+    lock.release()  # handed to ``first``, which has not run yet ...
+    first.cancel()  # ... and is cancelled before it does: the lock must not stay with nobody
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled()
+    assert await asyncio.wait_for(second, 5) is True
+    lock.release()
+    assert not lock.locked()
+
+
+async def test_a_waiting_prompt_runs_before_waiting_background_work() -> None:
+    executor = DeviceExecutor()
+    release = threading.Event()
+    ran: list[str] = []
+    try:
+        blocker = asyncio.create_task(executor.run(release.wait, 5))
+        await asyncio.sleep(0.02)
+        refinement = asyncio.create_task(executor.run_unless(asyncio.Event(), lambda: ran.append("refinement")))
+        trim = asyncio.create_task(executor.run_background(ran.append, "trim"))
+        await asyncio.sleep(0.02)
+        box = asyncio.create_task(executor.run(ran.append, "box"))
+        await asyncio.sleep(0.02)
+        assert executor.bulk.waiting == 3
+        release.set()
+        await asyncio.wait_for(asyncio.gather(blocker, refinement, trim, box), 5)
+        assert ran == ["box", "refinement", "trim"]
+    finally:
+        release.set()
+        executor.shutdown()
+
+
+async def test_a_new_sessions_encode_does_not_wait_for_the_bulk_lane() -> None:
+    executor = DeviceExecutor()
+    release = threading.Event()
+    try:
+        busy = asyncio.create_task(executor.run(release.wait, 5))  # a long bulk call in progress
+        await asyncio.sleep(0.02)
+        name = await asyncio.wait_for(executor.run_intake(lambda: threading.current_thread().name), 2)
+        assert "intake" in name and not busy.done()
+        release.set()
+        await asyncio.wait_for(busy, 5)
+    finally:
+        release.set()
+        executor.shutdown()
