@@ -225,8 +225,15 @@ async def test_each_acknowledged_prompt_is_counted_under_its_op(manager: Session
     assert {op: _prompts_total(manager, op) - n for op, n in counts.items()} == {"clicks": 1, "undo": 1, "reset": 1}
 
 
-async def test_a_refinement_that_fails_on_the_device_closes_the_session(manager: SessionManager,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def failures_logged(caplog: pytest.LogCaptureFixture):  # noqa: ANN201
+    caplog.set_level("ERROR", logger="app.sessions.refiner")
+    return lambda sid: sum(r.getMessage() == f"session {sid}: refinement failed on the device; closing the session"
+                           and r.exc_info is not None for r in caplog.records)
+
+
+async def test_a_refinement_that_fails_on_the_device_closes_the_session(
+        manager: SessionManager, monkeypatch: pytest.MonkeyPatch, failures_logged) -> None:  # noqa: ANN001
     session = await _boxed(manager)
 
     def failing(state, object_id):  # noqa: ANN001, ANN202
@@ -240,3 +247,59 @@ async def test_a_refinement_that_fails_on_the_device_closes_the_session(manager:
             break
         await asyncio.sleep(0.01)
     assert session.closed
+    assert manager.metrics.registry.get_sample_value("segsvc_sessions_ended_total", {"reason": "error"}) == 1.0
+    assert failures_logged(session.session_id) == 1
+
+
+async def test_a_both_reply_carries_the_net_change_of_both_steps_and_the_time_since_it_arrived(
+        manager: SessionManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = await _boxed(manager)
+    sub, _ = await manager.subscribe(session)
+    before, _ = await manager.get_mask(session, 1)
+    _items(sub)
+    # Every clock reading one second after the last: the reply's total is then a whole number of seconds.
+    ticks = iter(range(10**6, 10**7))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
+    outcome = await asyncio.wait_for(
+        manager.add_clicks(session, 1, [(12, 30, 30), (7, 22, 40)], [0, 1], mode="both"), WAIT_S)
+    monkeypatch.undo()
+    after, _ = await manager.get_mask(session, 1)
+    zyx = np.argwhere(before != after)
+    assert outcome.changed == len(zyx) > 0
+    assert outcome.bbox == (*map(int, zyx.min(0)), *map(int, zyx.max(0)))
+    gru_frame, decoder_frame = (f for f in _items(sub) if not isinstance(f, dict))
+    assert [(s.step, s.version) for s in outcome.steps] == [("gru", gru_frame.version),
+                                                             ("decoder", decoder_frame.version)]
+    refine = outcome.steps[1]
+    assert (refine.changed, refine.bbox) == (len(decoder_frame.indices), decoder_frame.bbox)
+    assert set(outcome.timings_ms) == ({f"gru.{k}" for k in outcome.steps[0].timings_ms}
+                                       | {f"decoder.{k}" for k in refine.timings_ms} | {"total"})
+    total = outcome.timings_ms["total"]
+    assert 0 < total < 1e6 and total % 1000 == 0  # milliseconds since the click arrived, in whole seconds
+
+
+async def test_a_refinement_is_recorded_counted_and_stamped_as_the_latest_change(
+        manager: SessionManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.sessions.refiner as refiner_module
+
+    encoded: list[str] = []
+    encode = refiner_module.encode_change
+
+    def counting(change, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        encoded.append(change.step)
+        return encode(change, **kwargs)
+
+    monkeypatch.setattr(refiner_module, "encode_change", counting)
+    session = await _boxed(manager)
+    await manager.add_box(session, 2, BOX)
+    refines = _prompts_total(manager, "refine")
+    unkeyed = await asyncio.wait_for(manager.add_clicks(session, 1, [(12, 30, 30)], [0], mode="both"), WAIT_S)
+    keyed = await asyncio.wait_for(manager.add_clicks(session, 1, [(7, 22, 40)], [1], mode="both", key="k"), WAIT_S)
+    assert encoded == []  # nobody watches: no decoder frame is encoded
+    assert _prompts_total(manager, "refine") == refines + 2
+    history = [r for r in await manager.store.prompt_history(session.session_id) if r.op == "refine"]
+    assert [(r.object_id, r.version) for r in history] == [(1, unkeyed.version), (1, keyed.version)]
+    assert history[0].reply is None  # no keyed click to answer from the record
+    assert history[1].reply == {"completes": {"k": json.loads(json.dumps(keyed.to_json()))}}
+    assert set(session.change_order) == {1, 2}
+    assert session.change_order[1] > session.change_order[2]  # the refined object is the latest change
