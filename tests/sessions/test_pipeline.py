@@ -7,33 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
 
 from app.errors import InvalidInput, NothingToUndo, ObjectNotFound
+from app.models.state import Change
 from app.sessions.diffs import decode_diff
 from app.sessions.executor import DeviceExecutor
 from app.sessions.idempotency import replies_from_history
-from app.sessions.manager import Geometry, Session, SessionLimits, SessionManager
+from app.sessions.manager import Session, SessionLimits, SessionManager
 from app.sessions.store import InProcessStore
 from app.sessions.subscribers import Subscriber
-from tests.sessions.test_refinement import HeldBulkLane
+from tests.sessions.test_refinement import BOX, GEOMETRY, SHAPE, WAIT_S, HeldBulkLane, _volume
 
 pytestmark = pytest.mark.anyio
-
-SHAPE = (24, 64, 64)
-GEOMETRY = Geometry(spacing=(2.0, 1.0, 1.0))
-BOX = [6, 20, 20, 17, 43, 43]
-WAIT_S = 20.0
-
-
-def _volume() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    vol = rng.normal(0, 10, SHAPE).astype(np.float32)
-    vol[6:18, 20:44, 20:44] += 200.0
-    return vol
 
 
 @pytest.fixture
@@ -43,6 +32,19 @@ async def manager(predictor) -> AsyncIterator[SessionManager]:  # noqa: ANN001
     yield m
     await m.shutdown()
     executor.shutdown()
+
+
+def _count_encodes(monkeypatch: pytest.MonkeyPatch, module: object, seen: Callable[[Change], object]) -> list:
+    """Wrap ``module.encode_change`` so that each frame it encodes is noted (as ``seen(change)``)."""
+    encoded: list = []
+    encode = module.encode_change  # type: ignore[attr-defined]
+
+    def counting(change: Change, **kwargs: object) -> bytes:
+        encoded.append(seen(change))
+        return encode(change, **kwargs)
+
+    monkeypatch.setattr(module, "encode_change", counting)
+    return encoded
 
 
 async def _boxed(manager: SessionManager) -> Session:
@@ -184,14 +186,7 @@ async def test_no_frame_is_encoded_for_a_session_nobody_watches(manager: Session
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import app.sessions.pipeline as pipeline_module
 
-    encoded: list[int] = []
-    encode = pipeline_module.encode_change
-
-    def counting(change, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        encoded.append(change.version)
-        return encode(change, **kwargs)
-
-    monkeypatch.setattr(pipeline_module, "encode_change", counting)
+    encoded = _count_encodes(monkeypatch, pipeline_module, lambda change: change.version)
     session = await _boxed(manager)
     await manager.add_clicks(session, 1, [(12, 30, 30)], [0], mode="gru")
     assert encoded == []
@@ -282,14 +277,7 @@ async def test_a_refinement_is_recorded_counted_and_stamped_as_the_latest_change
         manager: SessionManager, monkeypatch: pytest.MonkeyPatch) -> None:
     import app.sessions.refiner as refiner_module
 
-    encoded: list[str] = []
-    encode = refiner_module.encode_change
-
-    def counting(change, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        encoded.append(change.step)
-        return encode(change, **kwargs)
-
-    monkeypatch.setattr(refiner_module, "encode_change", counting)
+    encoded = _count_encodes(monkeypatch, refiner_module, lambda change: change.step)
     session = await _boxed(manager)
     await manager.add_box(session, 2, BOX)
     refines = _prompts_total(manager, "refine")
