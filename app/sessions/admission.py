@@ -7,9 +7,10 @@ cores, do not. So a new session is refused (``CapacityExceeded``: 503 + Retry-Af
 
 - the bulk lane's queue (``DeviceExecutor.bulk.waiting``: calls waiting behind the one that runs) is longer than
   ``max_queue``;
-- the 95th percentile of the device queue waits of the last ``window_s`` seconds, in either lane (a lane with at
-  least ``min_samples`` waits in the window), is above ``max_wait_ms``. Per lane, because the instant lane's
-  many near-zero waits would otherwise hide a slow bulk lane in a pooled percentile;
+- the 95th percentile of the device queue waits of the last ``window_s`` seconds, in the bulk or the instant
+  lane (a lane with at least ``min_samples`` waits in the window), is above ``max_wait_ms``. Per lane, because
+  the instant lane's many near-zero waits would otherwise hide a slow bulk lane in a pooled percentile. (The
+  intake lane's waits are new sessions waiting for their encode: ``max_creating`` bounds them.);
 - some call waited for the bulk lane during more than ``max_queued_share`` of the last ``window_s`` seconds.
   The lane runs one call at a time; with many annotators, the share of time its queue is not empty grows
   steadily with its use (about the square of it for random arrivals), before a percentile of finished waits

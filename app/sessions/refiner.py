@@ -1,7 +1,7 @@
 """Runs the deferred decoder refinement of a session's ``both`` clicks (the bookkeeping: ``refinement.py``).
 
 One task per session at a time (``PendingRefinements.schedule``). It waits for the session lock, then for the
-executor's bulk lane, and withdraws from that wait when a prompt of the same session arrives (that prompt
+executor's bulk lane as background work (after every prompt waiting there), and withdraws from that wait when a prompt of the same session arrives (that prompt
 runs first; the refinement starts again after it, from the latest state). When its turn comes it refines
 every due object once (``Predictor.refine``) and, per object, records a ``refine`` history entry that carries
 the complete replies of the keyed clicks it covered, then streams the decoder frame and answers the clicks.
