@@ -170,6 +170,17 @@ async def test_the_reply_carries_the_net_change_its_steps_and_the_total_time(man
     assert steps_ms <= outcome.timings_ms["total"] <= wall_ms
 
 
+async def test_the_reply_total_is_the_time_since_the_prompt_arrived_in_milliseconds(
+        manager: SessionManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = await _boxed(manager)
+    ticks = iter(range(10**6, 10**7))  # every clock reading one second after the last
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
+    outcome = await manager.add_clicks(session, 1, [(12, 30, 30)], [0], mode="decoder")
+    monkeypatch.undo()
+    total = outcome.timings_ms["total"]
+    assert 0 < total < 1e6 and total % 1000 == 0  # whole seconds, in milliseconds
+
+
 async def test_only_gru_steps_take_the_instant_lane(manager: SessionManager) -> None:
     session = await _boxed(manager)
     async with HeldBulkLane(manager.executor):
