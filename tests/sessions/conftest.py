@@ -1,4 +1,5 @@
-"""Fixtures for the session-layer tests: the asyncio backend and a metadata store of each kind."""
+"""Fixtures for the session-layer tests: the asyncio backend, a metadata store of each kind, the shared
+predictor and a session manager over it (in-process store, room for 4 sessions)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from app.sessions.executor import DeviceExecutor
+from app.sessions.manager import SessionLimits, SessionManager
 from app.sessions.store import InProcessStore, MetadataStore, RedisStore
 
 REDIS_URL = os.environ.get("SEGSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -53,3 +56,12 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[MetadataStore]:
 @pytest.fixture(scope="session")
 def predictor(service_predictor):  # noqa: ANN001, ANN201
     return service_predictor
+
+
+@pytest.fixture
+async def manager(predictor) -> AsyncIterator[SessionManager]:  # noqa: ANN001
+    executor = DeviceExecutor()
+    m = SessionManager(predictor, InProcessStore(), executor, SessionLimits(max_sessions=4))
+    yield m
+    await m.shutdown()
+    executor.shutdown()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,23 +15,12 @@ import pytest
 from app.errors import InvalidInput, NothingToUndo, ObjectNotFound
 from app.models.state import Change
 from app.sessions.diffs import decode_diff
-from app.sessions.executor import DeviceExecutor
 from app.sessions.idempotency import replies_from_history
-from app.sessions.manager import Session, SessionLimits, SessionManager
-from app.sessions.store import InProcessStore
+from app.sessions.manager import Session, SessionManager
 from app.sessions.subscribers import Subscriber
 from tests.sessions.test_refinement import BOX, GEOMETRY, SHAPE, WAIT_S, HeldBulkLane, _volume
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def manager(predictor) -> AsyncIterator[SessionManager]:  # noqa: ANN001
-    executor = DeviceExecutor()
-    m = SessionManager(predictor, InProcessStore(), executor, SessionLimits(max_sessions=4))
-    yield m
-    await m.shutdown()
-    executor.shutdown()
 
 
 def _count_encodes(monkeypatch: pytest.MonkeyPatch, module: object, seen: Callable[[Change], object]) -> list:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -14,10 +13,9 @@ import pytest
 from app.sessions.diffs import decode_diff
 from app.sessions.executor import DeviceExecutor
 from app.sessions.idempotency import replies_from_history
-from app.sessions.manager import Geometry, PromptOutcome, Session, SessionLimits, SessionManager
+from app.sessions.manager import Geometry, PromptOutcome, Session, SessionManager
 from app.sessions.persistence import replay_history
 from app.sessions.refinement import MAX_WITHDRAWALS
-from app.sessions.store import InProcessStore
 from app.sessions.subscribers import Subscriber
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +31,6 @@ def _volume() -> np.ndarray:
     vol = rng.normal(0, 10, SHAPE).astype(np.float32)
     vol[6:18, 20:44, 20:44] += 200.0
     return vol
-
-
-@pytest.fixture
-async def manager(predictor) -> AsyncIterator[SessionManager]:  # noqa: ANN001
-    executor = DeviceExecutor()
-    m = SessionManager(predictor, InProcessStore(), executor, SessionLimits(max_sessions=4))
-    yield m
-    await m.shutdown()
-    executor.shutdown()
 
 
 class HeldBulkLane:
